@@ -1,0 +1,236 @@
+"""The site directory: where a site's config, keys, links and grants live.
+
+    <site-dir>/site.toml           config (human-editable)
+    <site-dir>/ca.crt, ca.key      the site's CA (issues link certificates to redeemers)
+    <site-dir>/router.crt/.key     this router's server certificate, signed by its CA
+    <site-dir>/identity.key        Ed25519 key; the router id is derived from it
+    <site-dir>/links/NAME.toml     a link this site dials, with NAME.crt/.key/-ca.crt
+    <site-dir>/grants.json         token grants this site issued (code hashes, uses left)
+    <site-dir>/run/                control socket and pid file while the router runs
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import certs
+from router.atomic import write_atomic
+from router.config import NAME_RE, ConfigError, SiteConfig, load_config, save_config
+
+FIRST_LINK_PORT = 55671
+ENV_SITE_DIR = "SITECTL_SITE_DIR"
+
+
+class SiteError(Exception):
+    """A site directory problem, with a message for the user."""
+
+
+def data_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "vanrouter" / "sites"
+
+
+def resolve_site_dir(site_dir: str | None, site_name: str | None) -> Path:
+    """--site-dir, then $SITECTL_SITE_DIR, then --site NAME under the XDG data dir."""
+    if site_dir:
+        return Path(site_dir).expanduser().resolve()
+    env = os.environ.get(ENV_SITE_DIR)
+    if env:
+        return Path(env).expanduser().resolve()
+    home = data_home()
+    if site_name:
+        return home / site_name
+    existing = sorted(p.name for p in home.glob("*") if (p / "site.toml").exists())
+    if len(existing) == 1:
+        return home / existing[0]
+    if not existing:
+        raise SiteError("no site given and none exists: run `sitectl init NAME` first")
+    raise SiteError(f"several sites exist ({', '.join(existing)}): choose one with --site NAME")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    """A link this site dials: where, which CA to trust, which cert to present."""
+
+    name: str
+    peer_site: str
+    endpoints: tuple[tuple[str, int], ...]
+    cost: int
+
+
+class Site:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    # ---- paths
+    @property
+    def config_path(self) -> Path:
+        return self.root / "site.toml"
+
+    @property
+    def links_dir(self) -> Path:
+        return self.root / "links"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def grants_path(self) -> Path:
+        return self.root / "grants.json"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.run_dir / "router.pid"
+
+    @property
+    def control_path(self) -> Path:
+        """The control socket; AF_UNIX paths are capped near 108 bytes, so long
+        site paths get a short per-user path keyed by a hash of the site dir."""
+        path = self.run_dir / "control.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
+        return Path(f"/tmp/vanrouter-{os.getuid()}") / f"{digest}.sock"
+
+    def exists(self) -> bool:
+        return self.config_path.exists()
+
+    def require(self) -> None:
+        if not self.exists():
+            raise SiteError(f"no site at {self.root} (run `sitectl init NAME` first)")
+
+    # ---- config and identity
+    def config(self) -> SiteConfig:
+        self.require()
+        return load_config(self.config_path)
+
+    def save_config(self, config: SiteConfig) -> None:
+        save_config(self.config_path, config)
+
+    def ca(self) -> certs.CertificateAuthority:
+        return certs.CertificateAuthority.from_pem(
+            certs.load_pem(self.root / "ca.crt"), certs.load_pem(self.root / "ca.key")
+        )
+
+    def router_keypair(self) -> certs.KeyPair:
+        return certs.KeyPair(
+            key_pem=certs.load_pem(self.root / "router.key"),
+            cert_pem=certs.load_pem(self.root / "router.crt"),
+        )
+
+    def identity_key(self) -> Ed25519PrivateKey:
+        key = serialization.load_pem_private_key(
+            certs.load_pem(self.root / "identity.key"), password=None
+        )
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SiteError(f"{self.root / 'identity.key'}: not an Ed25519 key")
+        return key
+
+    # ---- links
+    def link_files(self, name: str) -> tuple[Path, Path, Path, Path]:
+        d = self.links_dir
+        return d / f"{name}.toml", d / f"{name}-ca.crt", d / f"{name}.crt", d / f"{name}.key"
+
+    def save_link(self, spec: LinkSpec, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
+        self.links_dir.mkdir(mode=0o700, exist_ok=True)
+        toml_path, ca_path, cert_path, key_path = self.link_files(spec.name)
+        certs.save_pem(key_path, key_pem, private=True)
+        certs.save_pem(cert_path, cert_pem, private=False)
+        certs.save_pem(ca_path, ca_pem, private=False)
+        endpoints = ", ".join(f'"{h}:{p}"' for h, p in spec.endpoints)
+        text = (
+            f'peer_site = "{spec.peer_site}"\n'
+            f"endpoints = [{endpoints}]\n"
+            f"cost = {spec.cost}\n"
+        )
+        write_atomic(toml_path, text.encode())  # last: a link exists once its toml does
+
+    def load_link(self, name: str) -> LinkSpec:
+        toml_path = self.link_files(name)[0]
+        try:
+            doc = tomllib.loads(toml_path.read_text())
+            endpoints = []
+            for ep in doc["endpoints"]:
+                host, _, port = str(ep).rpartition(":")
+                endpoints.append((host, int(port)))
+            cost = int(doc.get("cost", 1))
+            return LinkSpec(name=name, peer_site=str(doc["peer_site"]),
+                            endpoints=tuple(endpoints), cost=cost)
+        except (OSError, KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{toml_path}: bad link file: {exc}") from exc
+
+    def link_credentials(self, name: str) -> tuple[bytes, bytes, bytes]:
+        _, ca_path, cert_path, key_path = self.link_files(name)
+        return certs.load_pem(ca_path), certs.load_pem(cert_path), certs.load_pem(key_path)
+
+    def link_names(self) -> list[str]:
+        if not self.links_dir.exists():
+            return []
+        return sorted(p.stem for p in self.links_dir.glob("*.toml"))
+
+    def delete_link(self, name: str) -> None:
+        for path in self.link_files(name):
+            path.unlink(missing_ok=True)
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0" if host in ("", "0.0.0.0") else host, port))
+        except OSError:
+            return False
+    return True
+
+
+def claimed_ports() -> set[int]:
+    """Link ports the user's other sites (under the XDG data dir) already claim."""
+    ports: set[int] = set()
+    for cfg in data_home().glob("*/site.toml"):
+        try:
+            ports.add(load_config(cfg).link_port)
+        except ConfigError:
+            continue
+    return ports
+
+
+def pick_link_port(bind: str) -> int:
+    claimed = claimed_ports()
+    for port in range(FIRST_LINK_PORT, FIRST_LINK_PORT + 1000):
+        if port not in claimed and _port_free(bind, port):
+            return port
+    raise SiteError(f"no free link port in {FIRST_LINK_PORT}-{FIRST_LINK_PORT + 999}")
+
+
+def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: str) -> Site:
+    """Create a new site directory; refuses to touch an existing one."""
+    if not NAME_RE.match(name):
+        raise SiteError(f"{name!r} is not a valid site name (letters, digits, '.', '_', '-')")
+    site = Site(root)
+    if site.exists():
+        raise SiteError(f"a site already exists at {root}; refusing to overwrite it")
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    port = link_port if link_port is not None else pick_link_port(bind)
+    ca = certs.CertificateAuthority.generate(name)
+    router = ca.issue(name)
+    certs.save_pem(root / "ca.key", ca.key_pem, private=True)
+    certs.save_pem(root / "ca.crt", ca.cert_pem, private=False)
+    certs.save_pem(root / "router.key", router.key_pem, private=True)
+    certs.save_pem(root / "router.crt", router.cert_pem, private=False)
+    identity = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    certs.save_pem(root / "identity.key", identity, private=True)
+    # The config goes last: a site "exists" only once everything it needs is there.
+    site.save_config(SiteConfig(name=name, host=host, link_port=port, bind=bind))
+    return site

@@ -1,0 +1,628 @@
+"""Tests for the certs package: CA, leaves, CSRs, signatures, PEM files, real mTLS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import ssl
+import stat
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import certs
+from certs import CertError, CertificateAuthority, KeyPair
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.generate("west")
+
+
+@pytest.fixture(scope="module")
+def other_ca() -> CertificateAuthority:
+    return CertificateAuthority.generate("mallory")
+
+
+def _cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def _pem(der: bytes, label: str) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"\n".join(
+        [f"-----BEGIN {label}-----".encode(), *lines, f"-----END {label}-----".encode(), b""]
+    )
+
+
+def _ext(
+    cert: x509.Certificate, cls: type[x509.ExtensionType]
+) -> x509.Extension[x509.ExtensionType]:
+    return cert.extensions.get_extension_for_class(cls)
+
+
+# ---------------------------------------------------------------- CA
+
+
+def test_ca_generation_extensions(ca: CertificateAuthority) -> None:
+    cert = _cert(ca.cert_pem)
+    assert cert.subject.rfc4514_string() == "CN=west CA"
+    assert cert.issuer == cert.subject
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert isinstance(cert.public_key().curve, ec.SECP256R1)  # type: ignore[union-attr]
+
+    bc = _ext(cert, x509.BasicConstraints)
+    assert bc.critical
+    assert bc.value == x509.BasicConstraints(ca=True, path_length=0)
+
+    ku = _ext(cert, x509.KeyUsage)
+    assert ku.critical
+    assert ku.value.key_cert_sign and ku.value.crl_sign and ku.value.digital_signature  # type: ignore[attr-defined]
+    assert not ku.value.key_encipherment  # type: ignore[attr-defined]
+
+    ski = _ext(cert, x509.SubjectKeyIdentifier)
+    assert not ski.critical
+    assert ski.value == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
+
+    cert.verify_directly_issued_by(cert)  # self-signed
+    now = datetime.now(UTC)
+    assert cert.not_valid_before_utc <= now - timedelta(minutes=4)
+    assert cert.not_valid_after_utc > now + timedelta(days=3649)
+    assert b"BEGIN PRIVATE KEY" in ca.key_pem  # PKCS8, unencrypted
+
+
+def test_ca_from_pem_round_trip(ca: CertificateAuthority) -> None:
+    again = CertificateAuthority.from_pem(ca.cert_pem, ca.key_pem)
+    assert again.cert_pem == ca.cert_pem
+    leaf = _cert(again.issue("east").cert_pem)
+    leaf.verify_directly_issued_by(_cert(ca.cert_pem))
+
+
+def test_ca_from_pem_refuses_bad_input(
+    ca: CertificateAuthority, other_ca: CertificateAuthority
+) -> None:
+    with pytest.raises(CertError, match="does not match"):
+        CertificateAuthority.from_pem(ca.cert_pem, other_ca.key_pem)
+    leaf = ca.issue("east")
+    with pytest.raises(CertError, match="not a CA"):
+        CertificateAuthority.from_pem(leaf.cert_pem, leaf.key_pem)
+    with pytest.raises(CertError, match="certificate"):
+        CertificateAuthority.from_pem(b"garbage", ca.key_pem)
+    with pytest.raises(CertError, match="private key"):
+        CertificateAuthority.from_pem(ca.cert_pem, b"garbage")
+
+
+@pytest.mark.parametrize("bad", ["", "-west", "we st", "west\n", "é", "a" * 64, "a/b", "x:1"])
+def test_invalid_names_refused(ca: CertificateAuthority, bad: str) -> None:
+    with pytest.raises(CertError, match="invalid name"):
+        ca.issue(bad)
+    with pytest.raises(CertError, match="invalid name"):
+        certs.make_csr(bad)
+    with pytest.raises(CertError, match="invalid name"):
+        CertificateAuthority.generate(bad)
+
+
+def test_ca_name_too_long_for_cn() -> None:
+    with pytest.raises(CertError, match="too long"):
+        CertificateAuthority.generate("a" * 63)
+
+
+def test_valid_days_must_be_positive(ca: CertificateAuthority) -> None:
+    with pytest.raises(CertError, match="valid_days"):
+        ca.issue("east", valid_days=0)
+    with pytest.raises(CertError, match="valid_days"):
+        CertificateAuthority.generate("x", valid_days=-1)
+
+
+def test_repr_does_not_leak_key(ca: CertificateAuthority) -> None:
+    kp = ca.issue("east")
+    assert b"PRIVATE" not in repr(kp).encode()
+    assert "PRIVATE" not in repr(ca)
+
+
+# ---------------------------------------------------------------- leaves
+
+
+def _check_leaf(leaf_pem: bytes, ca: CertificateAuthority, name: str) -> x509.Certificate:
+    leaf = _cert(leaf_pem)
+    ca_cert = _cert(ca.cert_pem)
+    assert leaf.issuer == ca_cert.subject
+    assert leaf.subject.rfc4514_string() == f"CN={name}"
+    leaf.verify_directly_issued_by(ca_cert)
+
+    bc = _ext(leaf, x509.BasicConstraints)
+    assert bc.critical and bc.value == x509.BasicConstraints(ca=False, path_length=None)
+    ku = _ext(leaf, x509.KeyUsage)
+    assert ku.critical and ku.value.digital_signature  # type: ignore[attr-defined]
+    assert not ku.value.key_cert_sign  # type: ignore[attr-defined]
+    eku = _ext(leaf, x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]  # type: ignore[call-overload]
+    ski = _ext(leaf, x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(leaf.public_key())
+    aki = _ext(leaf, x509.AuthorityKeyIdentifier).value
+    ca_ski = _ext(ca_cert, x509.SubjectKeyIdentifier).value
+    assert aki.key_identifier == ca_ski.digest  # type: ignore[attr-defined]
+    san = _ext(leaf, x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [name]  # type: ignore[attr-defined]
+
+    now = datetime.now(UTC)
+    assert now - timedelta(minutes=6) < leaf.not_valid_before_utc <= now - timedelta(minutes=4)
+    return leaf
+
+
+def _verify_chain(ca: CertificateAuthority, leaf_pem: bytes, name: str) -> None:
+    # cryptography's RFC 5280 verifier is stricter than OpenSSL's defaults.
+    store = verification.Store([_cert(ca.cert_pem)])
+    builder = verification.PolicyBuilder().store(store)
+    builder.build_server_verifier(x509.DNSName(name)).verify(_cert(leaf_pem), [])
+    builder.build_client_verifier().verify(_cert(leaf_pem), [])
+
+
+def test_issue_and_verify_chain(ca: CertificateAuthority) -> None:
+    kp = ca.issue("east-1")
+    assert isinstance(kp, KeyPair)
+    leaf = _check_leaf(kp.cert_pem, ca, "east-1")
+    key = serialization.load_pem_private_key(kp.key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert key.public_key() == leaf.public_key()
+    _verify_chain(ca, kp.cert_pem, "east-1")
+
+
+def test_issue_serials_are_random(ca: CertificateAuthority) -> None:
+    a, b = _cert(ca.issue("east").cert_pem), _cert(ca.issue("east").cert_pem)
+    assert a.serial_number != b.serial_number
+
+
+def test_leaf_clamped_to_ca_lifetime() -> None:
+    short = CertificateAuthority.generate("short", valid_days=10)
+    leaf = _cert(short.issue("east").cert_pem)
+    assert leaf.not_valid_after_utc == _cert(short.cert_pem).not_valid_after_utc
+
+
+def test_foreign_ca_chain_fails(ca: CertificateAuthority, other_ca: CertificateAuthority) -> None:
+    with pytest.raises(verification.VerificationError):
+        _verify_chain(ca, other_ca.issue("west").cert_pem, "west")
+
+
+# ---------------------------------------------------------------- CSRs
+
+
+def test_sign_csr_round_trip(ca: CertificateAuthority) -> None:
+    key_pem, csr_pem = certs.make_csr("east")
+    assert b"BEGIN CERTIFICATE REQUEST" in csr_pem
+    cert_pem = ca.sign_csr(csr_pem, expected_name="east", valid_days=30)
+    leaf = _check_leaf(cert_pem, ca, "east")
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert key.public_key() == leaf.public_key()
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(days=30, minutes=5)
+    _verify_chain(ca, cert_pem, "east")
+
+
+def test_sign_csr_ed25519(ca: CertificateAuthority) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = _build_csr(key, [x509.NameAttribute(NameOID.COMMON_NAME, "edsite")])
+    leaf = _check_leaf(ca.sign_csr(csr), ca, "edsite")
+    assert isinstance(leaf.public_key(), ed25519.Ed25519PublicKey)
+
+
+def _build_csr(
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey,
+    attrs: list[x509.NameAttribute[str]],
+    extensions: Sequence[x509.ExtensionType] = (),
+) -> bytes:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs))
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=False)
+    algo = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, algo).public_bytes(serialization.Encoding.PEM)
+
+
+def test_sign_csr_bad_signature(ca: CertificateAuthority) -> None:
+    _, csr_pem = certs.make_csr("east")
+    der = x509.load_pem_x509_csr(csr_pem).public_bytes(serialization.Encoding.DER)
+    tampered = der.replace(b"east", b"eves", 1)  # signed content changes, signature does not
+    assert tampered != der
+    with pytest.raises(CertError, match=r"^CSR signature does not verify$"):
+        ca.sign_csr(_pem(tampered, "CERTIFICATE REQUEST"))
+
+
+def test_sign_csr_wrong_expected_name(ca: CertificateAuthority) -> None:
+    _, csr_pem = certs.make_csr("east")
+    with pytest.raises(CertError, match="CSR is for 'east', expected 'west'"):
+        ca.sign_csr(csr_pem, expected_name="west")
+
+
+def test_sign_csr_oversized(ca: CertificateAuthority) -> None:
+    big = b"-----BEGIN CERTIFICATE REQUEST-----\n" + b"A" * 17000
+    with pytest.raises(CertError, match="CSR too large"):
+        ca.sign_csr(big)
+
+
+def test_sign_csr_missing_cn(ca: CertificateAuthority) -> None:
+    csr = _build_csr(
+        ec.generate_private_key(ec.SECP256R1()),
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "acme")],
+    )
+    with pytest.raises(CertError, match="CSR has no common name"):
+        ca.sign_csr(csr)
+
+
+def test_sign_csr_garbage(ca: CertificateAuthority) -> None:
+    with pytest.raises(CertError, match="not a valid PEM"):
+        ca.sign_csr(b"hello")
+
+
+def test_sign_csr_invalid_cn_refused(ca: CertificateAuthority) -> None:
+    csr = _build_csr(
+        ec.generate_private_key(ec.SECP256R1()),
+        [x509.NameAttribute(NameOID.COMMON_NAME, "evil.example/../x")],
+    )
+    with pytest.raises(CertError, match="invalid name"):
+        ca.sign_csr(csr)
+
+
+@pytest.mark.parametrize("curve", [ec.SECP384R1(), ec.SECP521R1()])
+def test_sign_csr_other_ec_curves_refused(
+    ca: CertificateAuthority, curve: ec.EllipticCurve
+) -> None:
+    csr = _build_csr(ec.generate_private_key(curve), [x509.NameAttribute(NameOID.COMMON_NAME, "e")])
+    with pytest.raises(CertError, match="EC P-256 or Ed25519"):
+        ca.sign_csr(csr)
+
+
+def test_sign_csr_rsa_refused(ca: CertificateAuthority) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    csr = _build_csr(key, [x509.NameAttribute(NameOID.COMMON_NAME, "east")])
+    with pytest.raises(CertError, match="EC P-256 or Ed25519"):
+        ca.sign_csr(csr)
+
+
+def test_sign_csr_ignores_requested_extensions(ca: CertificateAuthority) -> None:
+    csr = _build_csr(
+        ec.generate_private_key(ec.SECP256R1()),
+        [x509.NameAttribute(NameOID.COMMON_NAME, "east")],
+        [
+            x509.BasicConstraints(ca=True, path_length=None),
+            x509.SubjectAlternativeName([x509.DNSName("west"), x509.DNSName("*.example")]),
+        ],
+    )
+    leaf = _check_leaf(ca.sign_csr(csr), ca, "east")  # asserts ca=False, SAN == ["east"]
+    assert len(leaf.extensions) == 6
+
+
+# ---------------------------------------------------------------- signatures and info
+
+
+def test_sign_bytes_and_verify(ca: CertificateAuthority, other_ca: CertificateAuthority) -> None:
+    data = b"link-token:east:12345"
+    sig = ca.sign_bytes(data)
+    assert certs.verify_signature(ca.cert_pem, data, sig) is True
+    assert certs.verify_signature(ca.cert_pem, data + b"x", sig) is False
+    assert certs.verify_signature(other_ca.cert_pem, data, sig) is False
+    assert certs.verify_signature(ca.cert_pem, data, sig[:-1] + bytes([sig[-1] ^ 1])) is False
+
+
+@pytest.mark.parametrize(
+    ("ca_pem", "sig"),
+    [(b"garbage", b"sig"), (b"", b""), (None, b"sig"), (b"ok", None)],
+)
+def test_verify_signature_never_raises(
+    ca: CertificateAuthority, ca_pem: bytes | None, sig: bytes | None
+) -> None:
+    real_ca = ca.cert_pem if ca_pem == b"ok" else ca_pem
+    assert certs.verify_signature(real_ca, b"data", sig) is False  # type: ignore[arg-type]
+    assert certs.verify_signature(ca.cert_pem, b"data", b"\x30\x00") is False
+
+
+def test_verify_signature_wrong_cert_is_false(ca: CertificateAuthority) -> None:
+    # A cert with a different key (here a leaf) cannot have made the signature.
+    kp = ca.issue("east")
+    assert certs.verify_signature(kp.cert_pem, b"d", ca.sign_bytes(b"d")) is False
+
+
+def test_fingerprint_format(ca: CertificateAuthority) -> None:
+    fp = certs.fingerprint(ca.cert_pem)
+    der = _cert(ca.cert_pem).public_bytes(serialization.Encoding.DER)
+    assert fp == "sha256:" + hashlib.sha256(der).hexdigest()
+    assert fp.startswith("sha256:") and len(fp) == 7 + 64 and fp == fp.lower()
+    with pytest.raises(CertError):
+        certs.fingerprint(b"nope")
+
+
+def test_common_names_and_not_after(ca: CertificateAuthority) -> None:
+    kp = ca.issue("east", valid_days=10)
+    assert certs.cert_common_name(kp.cert_pem) == "east"
+    assert certs.cert_common_name(ca.cert_pem) == "west CA"
+    der = _cert(kp.cert_pem).public_bytes(serialization.Encoding.DER)
+    assert certs.peer_common_name(der) == "east"
+    with pytest.raises(CertError, match="DER"):
+        certs.peer_common_name(b"\x30\x03junk")
+    expiry = certs.cert_not_after(kp.cert_pem)
+    assert expiry.utcoffset() == timedelta(0)
+    assert abs(expiry - (datetime.now(UTC) + timedelta(days=10))) < timedelta(minutes=1)
+
+
+# ---------------------------------------------------------------- PEM files
+
+
+def test_save_pem_private_permissions_and_atomic(tmp_path: Path, ca: CertificateAuthority) -> None:
+    target = tmp_path / "site.key"
+    certs.save_pem(target, ca.key_pem, private=True)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert target.read_bytes() == ca.key_pem
+    certs.save_pem(target, b"-----BEGIN X-----\n-----END X-----\n", private=True)
+    assert target.read_bytes().startswith(b"-----BEGIN X")
+    assert os.listdir(tmp_path) == ["site.key"]  # no temp files left behind
+
+
+def test_save_pem_public_mode_ignores_umask(tmp_path: Path, ca: CertificateAuthority) -> None:
+    old = os.umask(0o077)
+    try:
+        certs.save_pem(tmp_path / "ca.crt", ca.cert_pem, private=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ca.crt").stat().st_mode) == 0o644
+    assert certs.load_pem(tmp_path / "ca.crt") == ca.cert_pem
+
+
+def test_save_pem_failure_leaves_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "a.pem"
+    certs.save_pem(target, b"old", private=True)
+
+    def boom(src: object, dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(CertError, match=r"cannot write .*a\.pem"):
+        certs.save_pem(target, b"new", private=True)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["a.pem"]
+
+
+def test_save_pem_missing_dir(tmp_path: Path) -> None:
+    with pytest.raises(CertError, match="nodir"):
+        certs.save_pem(tmp_path / "nodir" / "x.pem", b"x", private=False)
+
+
+def test_load_pem_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(CertError, match=r"missing\.pem"):
+        certs.load_pem(missing)
+    junk = tmp_path / "junk.pem"
+    junk.write_bytes(b"not pem at all")
+    with pytest.raises(CertError, match=r"junk\.pem is not a PEM file"):
+        certs.load_pem(junk)
+    with pytest.raises(CertError, match="cannot read"):
+        certs.load_pem(tmp_path)  # a directory
+
+
+# ---------------------------------------------------------------- SSL contexts
+
+
+def test_context_settings(ca: CertificateAuthority) -> None:
+    kp = ca.issue("west")
+    srv = certs.server_context(cert_pem=kp.cert_pem, key_pem=kp.key_pem, ca_pem=ca.cert_pem)
+    assert srv.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert srv.verify_mode == ssl.CERT_REQUIRED
+    opt = certs.server_context(
+        cert_pem=kp.cert_pem, key_pem=kp.key_pem, ca_pem=ca.cert_pem, require_client_cert=False
+    )
+    assert opt.verify_mode == ssl.CERT_OPTIONAL
+    cli = certs.client_context(cert_pem=None, key_pem=None, ca_pem=ca.cert_pem)
+    assert cli.check_hostname and cli.verify_mode == ssl.CERT_REQUIRED
+    assert cli.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert len(cli.get_ca_certs()) == 1  # our CA is the only trust anchor
+
+
+def test_context_temp_files_removed(
+    ca: CertificateAuthority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    kp = ca.issue("west")
+    certs.server_context(cert_pem=kp.cert_pem, key_pem=kp.key_pem, ca_pem=ca.cert_pem)
+    certs.client_context(cert_pem=kp.cert_pem, key_pem=kp.key_pem, ca_pem=ca.cert_pem)
+    with pytest.raises(CertError):
+        certs.server_context(cert_pem=kp.cert_pem, key_pem=ca.key_pem, ca_pem=ca.cert_pem)
+    assert os.listdir(tmp_path) == []
+
+
+def test_context_errors(ca: CertificateAuthority, other_ca: CertificateAuthority) -> None:
+    kp, other = ca.issue("west"), other_ca.issue("west")
+    with pytest.raises(CertError, match="both"):
+        certs.client_context(cert_pem=kp.cert_pem, key_pem=None, ca_pem=ca.cert_pem)
+    with pytest.raises(CertError, match="cannot load certificate/key"):
+        certs.server_context(cert_pem=kp.cert_pem, key_pem=other.key_pem, ca_pem=ca.cert_pem)
+    with pytest.raises(CertError, match="not a CA"):
+        certs.server_context(cert_pem=kp.cert_pem, key_pem=kp.key_pem, ca_pem=kp.cert_pem)
+    with pytest.raises(CertError, match="CA certificate"):
+        certs.client_context(cert_pem=None, key_pem=None, ca_pem=b"junk")
+
+
+# ---------------------------------------------------------------- real mTLS handshakes
+
+
+@dataclass
+class Outcome:
+    server_error: BaseException | None = None
+    client_error: BaseException | None = None
+    server_peer: object = None
+    client_peer_der: bytes | None = None
+    received: dict[str, bytes | bytearray] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.server_error is None and self.client_error is None
+
+
+async def _mtls(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, hostname: str) -> Outcome:
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    server = trio.SSLStream(server_raw, server_ctx, server_side=True)
+    client = trio.SSLStream(client_raw, client_ctx, server_hostname=hostname)
+    out = Outcome()
+
+    async def run_server() -> None:
+        try:
+            await server.do_handshake()
+            out.server_peer = server.getpeercert()
+            out.received["server"] = await server.receive_some(100)
+            await server.send_all(b"pong")
+        except trio.BrokenResourceError as exc:
+            out.server_error = exc
+            # Close the transport so the peer sees EOF instead of hanging.
+            await trio.aclose_forcefully(server)
+
+    async def run_client() -> None:
+        try:
+            await client.do_handshake()
+            out.client_peer_der = client.getpeercert(binary_form=True)
+            # In TLS 1.3 the server checks our cert after our handshake ends,
+            # so a rejection only shows up on the first read.
+            await client.send_all(b"ping")
+            out.received["client"] = await client.receive_some(100)
+        except trio.BrokenResourceError as exc:
+            out.client_error = exc
+            await trio.aclose_forcefully(client)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_server)
+            nursery.start_soon(run_client)
+    return out
+
+
+def _contexts(
+    ca: CertificateAuthority,
+    server_kp: KeyPair,
+    client_kp: KeyPair | None,
+    *,
+    require_client_cert: bool = True,
+    strict: bool = False,
+) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    srv = certs.server_context(
+        cert_pem=server_kp.cert_pem,
+        key_pem=server_kp.key_pem,
+        ca_pem=ca.cert_pem,
+        require_client_cert=require_client_cert,
+    )
+    cli = certs.client_context(
+        cert_pem=client_kp.cert_pem if client_kp else None,
+        key_pem=client_kp.key_pem if client_kp else None,
+        ca_pem=ca.cert_pem,
+    )
+    if strict:
+        # Python 3.13+ sets this by default; make sure our certs survive it.
+        srv.verify_flags |= ssl.VERIFY_X509_STRICT
+        cli.verify_flags |= ssl.VERIFY_X509_STRICT
+    return srv, cli
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_mtls_same_ca_succeeds(ca: CertificateAuthority, strict: bool) -> None:
+    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east"), strict=strict)
+    out = await _mtls(srv, cli, "west")
+    assert out.ok, (out.server_error, out.client_error)
+    assert out.received == {"server": b"ping", "client": b"pong"}
+    assert out.client_peer_der is not None
+    assert certs.peer_common_name(out.client_peer_der) == "west"
+    assert out.server_peer  # verified client certificate dict
+
+
+async def test_mtls_with_csr_and_ed25519_strict(ca: CertificateAuthority) -> None:
+    key_pem, csr_pem = certs.make_csr("east_1")
+    client = KeyPair(key_pem=key_pem, cert_pem=ca.sign_csr(csr_pem, expected_name="east_1"))
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    ed_csr = _build_csr(ed_key, [x509.NameAttribute(NameOID.COMMON_NAME, "west")])
+    ed_pem = ed_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    server = KeyPair(key_pem=ed_pem, cert_pem=ca.sign_csr(ed_csr))
+    srv, cli = _contexts(ca, server, client, strict=True)
+    out = await _mtls(srv, cli, "west")
+    assert out.ok, (out.server_error, out.client_error)
+    assert out.received == {"server": b"ping", "client": b"pong"}
+
+
+async def test_mtls_foreign_client_cert_fails(
+    ca: CertificateAuthority, other_ca: CertificateAuthority
+) -> None:
+    srv, cli = _contexts(ca, ca.issue("west"), None)
+    # Client trusts our CA but presents a cert from a foreign CA.
+    foreign = other_ca.issue("east")
+    cli = certs.client_context(
+        cert_pem=foreign.cert_pem, key_pem=foreign.key_pem, ca_pem=ca.cert_pem
+    )
+    out = await _mtls(srv, cli, "west")
+    assert out.server_error is not None
+    assert "certificate verify failed" in str(out.server_error.__cause__)
+    assert out.client_error is not None
+    assert "server" not in out.received
+
+
+async def test_mtls_foreign_client_cert_fails_even_if_optional(
+    ca: CertificateAuthority, other_ca: CertificateAuthority
+) -> None:
+    foreign = other_ca.issue("east")
+    srv, _ = _contexts(ca, ca.issue("west"), None, require_client_cert=False)
+    cli = certs.client_context(
+        cert_pem=foreign.cert_pem, key_pem=foreign.key_pem, ca_pem=ca.cert_pem
+    )
+    out = await _mtls(srv, cli, "west")
+    assert out.server_error is not None
+    assert "server" not in out.received
+
+
+async def test_mtls_missing_client_cert_fails_when_required(ca: CertificateAuthority) -> None:
+    srv, cli = _contexts(ca, ca.issue("west"), None)
+    out = await _mtls(srv, cli, "west")
+    assert out.server_error is not None
+    assert "server" not in out.received
+
+
+async def test_mtls_foreign_server_cert_fails(
+    ca: CertificateAuthority, other_ca: CertificateAuthority
+) -> None:
+    srv, cli = _contexts(ca, other_ca.issue("west"), ca.issue("east"))
+    out = await _mtls(srv, cli, "west")
+    assert out.client_error is not None
+    assert "certificate verify failed" in str(out.client_error.__cause__)
+
+
+async def test_mtls_hostname_mismatch_fails(ca: CertificateAuthority) -> None:
+    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east"))
+    out = await _mtls(srv, cli, "south")
+    assert out.client_error is not None
+    assert "Hostname mismatch" in str(out.client_error.__cause__)
+    assert out.received == {}
+
+
+async def test_mtls_optional_server_accepts_no_client_cert(ca: CertificateAuthority) -> None:
+    srv, cli = _contexts(ca, ca.issue("west"), None, require_client_cert=False, strict=True)
+    out = await _mtls(srv, cli, "west")
+    assert out.ok, (out.server_error, out.client_error)
+    assert not out.server_peer  # None or {}: no client identity
+    assert out.received == {"server": b"ping", "client": b"pong"}
+
+
+async def test_mtls_optional_server_still_identifies_client(ca: CertificateAuthority) -> None:
+    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east"), require_client_cert=False)
+    out = await _mtls(srv, cli, "west")
+    assert out.ok, (out.server_error, out.client_error)
+    assert isinstance(out.server_peer, dict)
+    assert out.server_peer["subject"] == ((("commonName", "east"),),)
