@@ -29,12 +29,12 @@ class ClaimError(Exception):
 
 
 def encode_claim(*, code: bytes, csr_pem: bytes, site: str) -> bytes:
-    body = msgpack.packb({"code": code, "csr": csr_pem, "site": site})
+    body: bytes = msgpack.packb({"code": code, "csr": csr_pem, "site": site})
     return CLAIM_MAGIC + bytes([CLAIM_VERSION]) + _LEN.pack(len(body)) + body
 
 
 def encode_reply(reply: dict[str, Any]) -> bytes:
-    body = msgpack.packb(reply)
+    body: bytes = msgpack.packb(reply)
     return _LEN.pack(len(body)) + body
 
 

@@ -180,6 +180,13 @@ def connector_from(r: _Reader) -> ConnectorConfig:
     )
 
 
+def _array(path: Path, text: str, doc: Mapping[str, Any], kind: str) -> list[_Reader]:
+    entries = doc.get(kind, [])
+    if not isinstance(entries, list):
+        raise ConfigError(f"{path}: [{kind}] must be an array of tables ([[{kind}]])")
+    return [_Reader(path, text, kind, entry) for entry in entries]
+
+
 def parse_config(path: Path, text: str) -> SiteConfig:
     try:
         doc = tomllib.loads(text)
@@ -199,17 +206,8 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     limits_table = doc.get("limits", {})
     if not isinstance(limits_table, dict):
         raise ConfigError(f"{path}: [limits] must be a table")
-    listeners: list[ListenerConfig] = []
-    connectors: list[ConnectorConfig] = []
-    for kind, out, build in (
-        ("listener", listeners, listener_from),
-        ("connector", connectors, connector_from),
-    ):
-        entries = doc.get(kind, [])
-        if not isinstance(entries, list):
-            raise ConfigError(f"{path}: [{kind}] must be an array of tables ([[{kind}]])")
-        for entry in entries:
-            out.append(build(_Reader(path, text, kind, entry)))  # type: ignore[operator]
+    listeners = [listener_from(r) for r in _array(path, text, doc, "listener")]
+    connectors = [connector_from(r) for r in _array(path, text, doc, "connector")]
     return SiteConfig(
         name=name,
         host=_host(r, "host", "127.0.0.1"),
@@ -255,9 +253,9 @@ def dump_config(config: SiteConfig) -> str:
     lines += ["", "[limits]"]
     lines += _table(dataclasses.asdict(config.limits))
     for lst in config.listeners:
-        lines += ["", "[[listener]]"] + _table(dataclasses.asdict(lst))
+        lines += ["", "[[listener]]", *_table(dataclasses.asdict(lst))]
     for con in config.connectors:
-        lines += ["", "[[connector]]"] + _table(dataclasses.asdict(con))
+        lines += ["", "[[connector]]", *_table(dataclasses.asdict(con))]
     return "\n".join(lines) + "\n"
 
 

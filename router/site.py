@@ -192,10 +192,28 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _registry() -> Path:
+    """Every site dir this user created, wherever it lives (one path per line)."""
+    return data_home().parent / "known-sites"
+
+
+def _remember(root: Path) -> None:
+    registry = _registry()
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    known = registry.read_text().splitlines() if registry.exists() else []
+    alive = [p for p in known if (Path(p) / "site.toml").exists() and p != str(root)]
+    write_atomic(registry, ("\n".join([*alive, str(root)]) + "\n").encode())
+
+
 def claimed_ports() -> set[int]:
-    """Link ports the user's other sites (under the XDG data dir) already claim."""
+    """Link ports the user's other sites already claim (running or not)."""
     ports: set[int] = set()
-    for cfg in data_home().glob("*/site.toml"):
+    paths = set(data_home().glob("*/site.toml"))
+    if _registry().exists():
+        paths |= {Path(p) / "site.toml" for p in _registry().read_text().splitlines() if p}
+    for cfg in paths:
+        if not cfg.exists():
+            continue
         try:
             ports.add(load_config(cfg).link_port)
         except ConfigError:
@@ -233,4 +251,5 @@ def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: 
     certs.save_pem(root / "identity.key", identity, private=True)
     # The config goes last: a site "exists" only once everything it needs is there.
     site.save_config(SiteConfig(name=name, host=host, link_port=port, bind=bind))
+    _remember(root)
     return site

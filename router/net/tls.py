@@ -81,7 +81,7 @@ class TLSStream(trio.abc.Stream):
                     raise trio.BrokenResourceError(
                         "peer closed the connection during the TLS handshake"
                     ) from None
-            except ssl.SSLError as exc:
+            except ssl.SSLError:
                 # Tell the peer why (the alert sits in the outgoing BIO), then fail.
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self._flush()
@@ -129,10 +129,8 @@ class TLSStream(trio.abc.Stream):
         """Send close_notify (briefly, best effort), then close the transport."""
         try:
             with trio.move_on_after(1), contextlib.suppress(ssl.SSLError):
-                try:
+                with contextlib.suppress(ssl.SSLWantReadError):
                     self._ssl.unwrap()
-                except ssl.SSLWantReadError:
-                    pass
                 await self._flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -1,0 +1,53 @@
+"""The link protocol between routers, sans-IO: bytes in, events out, bytes to send."""
+
+from .connection import LinkConnection, LinkLimits, Role
+from .errors import ErrorCode, FlowError, ProtocolError, RouterError
+from .events import (
+    CreditGranted,
+    DataReceived,
+    Event,
+    FlowAccepted,
+    FlowFinished,
+    FlowOpened,
+    FlowRefused,
+    FlowReset,
+    HelloReceived,
+    LinkClosedByPeer,
+    LinkDead,
+    PongReceived,
+    RoutingReceived,
+)
+from .frames import PREFACE, VERSION, FrameType
+from .messages import Accept, GoAway, Hello, Open, Refuse, Reset
+
+__all__ = [
+    "PREFACE",
+    "VERSION",
+    "Accept",
+    "CreditGranted",
+    "DataReceived",
+    "ErrorCode",
+    "Event",
+    "FlowAccepted",
+    "FlowError",
+    "FlowFinished",
+    "FlowOpened",
+    "FlowRefused",
+    "FlowReset",
+    "FrameType",
+    "GoAway",
+    "Hello",
+    "HelloReceived",
+    "LinkClosedByPeer",
+    "LinkConnection",
+    "LinkDead",
+    "LinkLimits",
+    "Open",
+    "PongReceived",
+    "ProtocolError",
+    "Refuse",
+    "Reset",
+    "Role",
+    "RouterError",
+    "RoutingReceived",
+]

@@ -1,0 +1,184 @@
+"""The control socket: sitectl talks to a running router here.
+
+A Unix socket (0600) in the site's runtime dir; one JSON request per connection,
+one JSON reply: {"ok": true, ...} or {"ok": false, "error": "why"}. Requests are
+size-capped and validated with the same code that validates the config file, so a
+bad value gets the same message either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from router.config import ConfigError, connector_from, listener_from
+from router.config import _Reader as FieldReader
+from router.status import network_status, site_status
+from router.tokens import TokenError
+
+if TYPE_CHECKING:
+    from router.daemon import Router
+
+log = logging.getLogger("router.control")
+
+Handler = Callable[["Router", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class RequestError(Exception):
+    """A request that cannot be carried out; the message goes back to sitectl."""
+
+
+def _fields(req: dict[str, Any], section: str) -> FieldReader:
+    args = req.get("args")
+    if not isinstance(args, dict):
+        raise RequestError("request has no args")
+    return FieldReader(Path("request"), "", section, args)
+
+
+async def _status(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    result = site_status(router)
+    if req.get("args", {}).get("network"):
+        result["network"] = network_status(router)
+    return result
+
+
+async def _listener_create(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    lst = listener_from(_fields(req, "listener"))
+    await router.add_listener(lst)
+    return {"listener": _as_dict(lst)}
+
+
+async def _listener_delete(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    gone = router.delete_listener(str(req.get("args", {}).get("key")))
+    return {"deleted": [_as_dict(x) for x in gone]}
+
+
+async def _connector_create(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    con = connector_from(_fields(req, "connector"))
+    router.add_connector(con)
+    return {"connector": _as_dict(con)}
+
+
+async def _connector_delete(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    gone = router.delete_connector(str(req.get("args", {}).get("key")))
+    return {"deleted": [_as_dict(x) for x in gone]}
+
+
+async def _token_issue(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    args = req.get("args", {})
+    expires, uses = args.get("expires_s"), args.get("uses")
+    if not isinstance(expires, int | float) or not isinstance(uses, int):
+        raise RequestError("token.issue needs expires_s (number) and uses (integer)")
+    token = router.issue_token(expires_s=float(expires), uses=uses)
+    return {"token": token.decode()}
+
+
+async def _link_add(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    router.add_link(str(req.get("args", {}).get("name")))
+    return {}
+
+
+async def _link_delete(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    router.delete_link(str(req.get("args", {}).get("name")))
+    return {}
+
+
+async def _link_cost(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+    args = req.get("args", {})
+    cost = args.get("cost")
+    if not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
+        raise RequestError("cost must be an integer from 1 to 1000000")
+    router.set_link_cost(str(args.get("name")), cost)
+    return {}
+
+
+HANDLERS: dict[str, Handler] = {
+    "status": _status,
+    "listener.create": _listener_create,
+    "listener.delete": _listener_delete,
+    "connector.create": _connector_create,
+    "connector.delete": _connector_delete,
+    "token.issue": _token_issue,
+    "link.add": _link_add,
+    "link.delete": _link_delete,
+    "link.cost": _link_cost,
+}
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+class ControlServer:
+    def __init__(self, router: Router, path: Path) -> None:
+        self.router = router
+        self.path = path
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # stale socket from a crashed router
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket is born 0600
+        try:
+            await sock.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(64)
+        listener = trio.SocketListener(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async with listener:
+                    while True:
+                        stream = await listener.accept()
+                        nursery.start_soon(self._handle, stream)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        limit = self.router.config.limits.max_control_request_bytes
+        async with stream:
+            buf = bytearray()
+            try:
+                with trio.fail_after(10):
+                    while b"\n" not in buf:
+                        chunk = await stream.receive_some(65536)
+                        if not chunk:
+                            break
+                        buf += chunk
+                        if len(buf) > limit:
+                            raise RequestError(f"request over {limit} bytes")
+                    reply = await self._dispatch(bytes(buf))
+            except RequestError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            except (trio.TooSlowError, trio.BrokenResourceError):
+                return
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(json.dumps(reply, default=str).encode() + b"\n")
+
+    async def _dispatch(self, raw: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(raw)
+        except ValueError:
+            raise RequestError("request is not JSON") from None
+        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+            raise RequestError("request needs an op")
+        handler = HANDLERS.get(req["op"])
+        if handler is None:
+            raise RequestError(f"unknown op {req['op']!r}")
+        try:
+            result = await handler(self.router, req)
+        except (ConfigError, ValueError, TokenError, RequestError) as exc:
+            return {"ok": False, "error": str(exc).replace("request: ", "")}
+        return {"ok": True, **result}

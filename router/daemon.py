@@ -1,0 +1,440 @@
+"""The router daemon: builds the task tree from the site config and owns the state.
+
+Nursery tree:
+    run
+    +- link port acceptor (LinkManager.serve)   +- dialers (one per configured link)
+    +- TCP listeners (one accept loop each)      +- flows (one nursery for all flows)
+    +- control socket                            +- routing timer
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import ssl
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import trio
+
+import certs
+from router.config import ConnectorConfig, ListenerConfig, SiteConfig
+from router.control import ControlServer
+from router.links import LinkManager
+from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket
+from router.net.link import Link
+from router.net.transit import Splice
+from router.protocol import FlowError, Hello, Open
+from router.routing import (
+    Candidate,
+    Ed25519Signer,
+    KeyAdvert,
+    RoutingCore,
+    RoutingError,
+    choose,
+    ed25519_verify,
+)
+from router.site import Site
+from router.tokens import GrantStore, TokenError
+
+log = logging.getLogger("router")
+
+
+class Router:
+    def __init__(self, site: Site, config: SiteConfig) -> None:
+        self.site = site
+        self.config = config
+        self.ca = site.ca()
+        self.keypair = site.router_keypair()
+        self.signer = Ed25519Signer(site.identity_key())
+        self.routing = RoutingCore(site=config.name, signer=self.signer,
+                                   verify=ed25519_verify, now=trio.current_time())
+        self.router_id = self.routing.router_id
+        self.links = LinkManager(self)
+        self.grants = GrantStore(site.grants_path)
+        self.counters = FlowCounters()
+        self.outstanding: Counter[str] = Counter()
+        self.started = time.time()
+        self._rng = random.Random()
+        self._listeners: dict[tuple[str, int], tuple[ListenerConfig, trio.CancelScope]] = {}
+        self._connector_turn: Counter[str] = Counter()
+        self._server_ctx: ssl.SSLContext | None = None
+        self._client_ctx: dict[str, ssl.SSLContext] = {}
+        self._routing_wake = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._flows: trio.Nursery | None = None
+        self._shutdown = trio.Event()
+
+    # ---- identity and TLS
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def hello(self) -> Hello:
+        return Hello(router_id=self.router_id, site=self.name,
+                     max_frame_bytes=self.config.limits.max_frame_bytes,
+                     keepalive_interval=self.config.limits.keepalive_interval_s)
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        if self._server_ctx is None:
+            self._server_ctx = certs.server_context(
+                cert_pem=self.keypair.cert_pem, key_pem=self.keypair.key_pem,
+                ca_pem=self.ca.cert_pem, require_client_cert=False)
+        return self._server_ctx
+
+    def client_ssl_context(self, link_name: str) -> ssl.SSLContext:
+        ctx = self._client_ctx.get(link_name)
+        if ctx is None:
+            ca_pem, cert_pem, key_pem = self.site.link_credentials(link_name)
+            ctx = certs.client_context(cert_pem=cert_pem, key_pem=key_pem, ca_pem=ca_pem)
+            self._client_ctx[link_name] = ctx
+        return ctx
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "router not running"
+        return self._nursery
+
+    # ---- running
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        try:
+            link_listeners = await trio.open_tcp_listeners(cfg.link_port, host=cfg.bind)
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot listen for links on {cfg.bind}:{cfg.link_port}: {exc.strerror}"
+            ) from exc
+        control = ControlServer(self, self.site.control_path)
+        async with trio.open_nursery() as root:
+            self._nursery = root
+            await root.start(control.serve)
+            async with trio.open_nursery() as flows:
+                self._flows = flows
+                await root.start(self.links.serve, link_listeners)
+                for lst in cfg.listeners:
+                    await self._start_listener(lst)
+                self._advertise_keys()
+                for name in self.site.link_names():
+                    self.links.add_dial(self.site.load_link(name), root)
+                root.start_soon(self._routing_timer)
+                root.start_soon(self._watch_signals)
+                self._write_pid()
+                log.info("site %s (router %s) ready: links on %s:%d", self.name,
+                         self.router_id, cfg.bind, cfg.link_port)
+                task_status.started()
+                await self._shutdown.wait()
+                await self._drain()
+                flows.cancel_scope.cancel()
+            root.cancel_scope.cancel()
+        self._remove_pid()
+        log.info("site %s stopped", self.name)
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s: draining", signal.Signals(signum).name)
+                self._shutdown.set()
+                return
+
+    def stop(self) -> None:
+        self._shutdown.set()
+
+    async def _drain(self) -> None:
+        """Stop accepting, let open flows finish for up to drain_timeout_s, say GOAWAY."""
+        for _, scope in self._listeners.values():
+            scope.cancel()
+        with trio.move_on_after(self.config.limits.drain_timeout_s):
+            while self.counters.active:
+                await trio.sleep(0.05)
+        for link in self.links.all_links():
+            link.close("router shutting down")
+        with trio.move_on_after(1):
+            while self.links.all_links():
+                await trio.sleep(0.02)
+
+    def _write_pid(self) -> None:
+        self.site.run_dir.mkdir(mode=0o700, exist_ok=True)
+        self.site.pid_path.write_text(f"{os.getpid()}\n")
+
+    def _remove_pid(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.site.pid_path.unlink()
+
+    # ---- routing
+    def neighbour_up(self, link: Link) -> None:
+        self.routing.neighbour_up(link.peer_id, link.cost, trio.current_time())
+        self._flush_routing()
+
+    def neighbour_down(self, link: Link) -> None:
+        self.routing.neighbour_down(link.peer_id, trio.current_time())
+        self._flush_routing()
+
+    def neighbour_cost(self, link: Link) -> None:
+        self.routing.set_cost(link.peer_id, link.cost, trio.current_time())
+        self._flush_routing()
+
+    def on_routing(self, link: Link, payload: bytes) -> None:
+        try:
+            self.routing.receive(link.peer_id, payload, trio.current_time())
+        except RoutingError as exc:
+            log.warning("routing message from %s dropped: %s", link.peer_site, exc)
+        self._flush_routing()
+
+    def _flush_routing(self) -> None:
+        for peer_id, payload in self.routing.outgoing():
+            link = self.links.link_for(peer_id)
+            if link is not None and link.closed_reason is None:
+                link.conn.send_routing(payload)
+                link.kick()
+        self._routing_wake.set()
+
+    async def _routing_timer(self) -> None:
+        while True:
+            with trio.move_on_at(self.routing.next_deadline()):
+                await self._routing_wake.wait()
+            self._routing_wake = trio.Event()
+            self.routing.handle_timer(trio.current_time())
+            for peer_id, payload in self.routing.outgoing():
+                link = self.links.link_for(peer_id)
+                if link is not None:
+                    link.conn.send_routing(payload)
+                    link.kick()
+
+    def _advertise_keys(self) -> None:
+        keys: dict[str, KeyAdvert] = {}
+        for con in self.config.connectors:
+            prev = keys.get(con.key)
+            # Several local targets for one key: advertise the best priority, summed weight.
+            if prev is None:
+                keys[con.key] = KeyAdvert(priority=con.priority, weight=con.weight)
+            else:
+                keys[con.key] = KeyAdvert(priority=min(prev.priority, con.priority),
+                                          weight=prev.weight + con.weight)
+        self.routing.set_keys(keys, trio.current_time())
+        self._flush_routing()
+
+    # ---- listeners: clients connect here
+    async def _start_listener(self, lst: ListenerConfig) -> None:
+        try:
+            sockets = await trio.open_tcp_listeners(lst.port, host=lst.host)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {lst.host}:{lst.port}: {exc.strerror}") from exc
+        scope = trio.CancelScope()
+        self._listeners[(lst.host, lst.port)] = (lst, scope)
+        self.nursery.start_soon(self._accept_clients, lst, sockets, scope)
+
+    async def _accept_clients(self, lst: ListenerConfig, sockets: list[trio.SocketListener],
+                              scope: trio.CancelScope) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                for sock in sockets:
+                    nursery.start_soon(self._accept_loop, lst, sock)
+
+    async def _accept_loop(self, lst: ListenerConfig, listener: trio.SocketListener) -> None:
+        async with listener:
+            while True:
+                try:
+                    client = await listener.accept()
+                except OSError as exc:
+                    log.warning("listener %s: accept failed: %s", lst.key, exc)
+                    await trio.sleep(0.1)
+                    continue
+                assert self._flows is not None
+                self._flows.start_soon(self._serve_client, lst, client)
+
+    async def _serve_client(self, lst: ListenerConfig, client: trio.SocketStream) -> None:
+        """Try candidates in strategy order until one accepts; then pump."""
+        self.counters.active += 1
+        self.counters.opened += 1
+        reasons: list[str] = []
+        try:
+            candidates = self.routing.candidates(lst.key)
+            order = choose(candidates, lst.strategy, self.outstanding, self._rng)
+            for cand in order:
+                if await self._try_candidate(lst, client, cand, reasons):
+                    return
+            if not order:
+                reasons.append("no reachable site has a connector for it")
+            self.counters.refused += 1
+            log.warning("listener %s: closing client: %s", lst.key, "; ".join(reasons))
+            abort_socket(client)
+            await client.aclose()
+        finally:
+            self.counters.active -= 1
+
+    async def _try_candidate(self, lst: ListenerConfig, client: trio.SocketStream,
+                             cand: Candidate, reasons: list[str]) -> bool:
+        if cand.next_hop is None:
+            target = await self._connect_local(lst.key)
+            if isinstance(target, str):
+                reasons.append(target)
+                return False
+            self.outstanding[cand.router_id] += 1
+            try:
+                await Splice.local(client, target)
+            finally:
+                self.outstanding[cand.router_id] -= 1
+            return True
+        link = self.links.link_for(cand.next_hop)
+        if link is None:
+            reasons.append(f"{cand.site}: no link to next hop")
+            return False
+        flow = SocketFlow(link, counters=self.counters)
+        open_msg = Open(routing_key=lst.key, origin_site=self.name, origin_router=self.router_id,
+                        dest_router=cand.router_id, client_addr=_peer(client),
+                        trace=(self.router_id,), window=self.config.limits.flow_window_bytes)
+        try:
+            flow.flow_id = link.open_flow(open_msg, flow)
+            await flow.wait_answer(self.config.limits.open_timeout_s)
+        except (FlowError, FlowRefusedError) as exc:
+            reasons.append(f"{cand.site}: {exc}")
+            return False
+        self.outstanding[cand.router_id] += 1
+        try:
+            await flow.run(client)
+        finally:
+            self.outstanding[cand.router_id] -= 1
+        return True
+
+    # ---- connectors: flows arrive here
+    async def _connect_local(self, key: str) -> trio.SocketStream | str:
+        """Connect to a local target for `key`, rotating over several; or a reason."""
+        targets = [c for c in self.config.connectors if c.key == key]
+        if not targets:
+            return f"site {self.name} has no connector for {key!r}"
+        start = self._connector_turn[key]
+        self._connector_turn[key] += 1
+        errors = []
+        for i in range(len(targets)):
+            con = targets[(start + i) % len(targets)]
+            try:
+                with trio.fail_after(self.config.limits.connect_timeout_s):
+                    return await trio.open_tcp_stream(con.host, con.port)
+            except (OSError, trio.TooSlowError) as exc:
+                why = "timed out" if isinstance(exc, trio.TooSlowError) else (
+                    exc.strerror or str(exc))
+                errors.append(f"{con.host}:{con.port}: {why}")
+        return f"site {self.name} cannot reach {key!r} target {'; '.join(errors)}"
+
+    def on_flow_open(self, link: Link, flow_id: int, open_msg: Open) -> None:
+        """Called from the link reader: must not block."""
+        if open_msg.dest_router != self.router_id:
+            Splice.transit(self, link, flow_id, open_msg)
+            return
+        flow = SocketFlow(link, counters=self.counters)
+        flow.flow_id = flow_id
+        link.flows[flow_id] = flow
+        assert self._flows is not None
+        self._flows.start_soon(self._serve_open, link, flow, open_msg)
+
+    async def _serve_open(self, link: Link, flow: SocketFlow, open_msg: Open) -> None:
+        self.counters.active += 1
+        try:
+            target = await self._connect_local(open_msg.routing_key)
+            if flow.reset_reason is not None:  # the opener gave up meanwhile
+                if not isinstance(target, str):
+                    await target.aclose()
+                return
+            if isinstance(target, str):
+                log.info("refused flow for %s from %s: %s", open_msg.routing_key,
+                         open_msg.origin_site, target)
+                link.release(flow.flow_id)
+                link.conn.refuse_flow(flow.flow_id, target)
+                link.kick()
+                return
+            link.conn.accept_flow(flow.flow_id, self.config.limits.flow_window_bytes)
+            link.kick()
+            await flow.run(target)
+        finally:
+            self.counters.active -= 1
+
+    # ---- changes from the control socket
+    async def add_listener(self, lst: ListenerConfig) -> None:
+        if any(p == lst.port and h == lst.host for h, p in self._listeners):
+            raise ValueError(f"a listener on {lst.host}:{lst.port} already exists")
+        await self._start_listener(lst)
+        self._save(replace(self.config, listeners=(*self.config.listeners, lst)))
+
+    def delete_listener(self, key: str) -> list[ListenerConfig]:
+        gone = [lst for lst in self.config.listeners if lst.key == key]
+        if not gone:
+            raise ValueError(f"no listener for {key!r}")
+        for lst in gone:
+            _, scope = self._listeners.pop((lst.host, lst.port))
+            scope.cancel()
+        self._save(replace(self.config, listeners=tuple(
+            lst for lst in self.config.listeners if lst.key != key)))
+        return gone
+
+    def add_connector(self, con: ConnectorConfig) -> None:
+        self._save(replace(self.config, connectors=(*self.config.connectors, con)))
+        self._advertise_keys()
+
+    def delete_connector(self, key: str) -> list[ConnectorConfig]:
+        gone = [c for c in self.config.connectors if c.key == key]
+        if not gone:
+            raise ValueError(f"no connector for {key!r}")
+        self._save(replace(self.config, connectors=tuple(
+            c for c in self.config.connectors if c.key != key)))
+        self._advertise_keys()
+        return gone
+
+    def _save(self, config: SiteConfig) -> None:
+        self.site.save_config(config)
+        self.config = config
+
+    def add_link(self, name: str) -> None:
+        self._client_ctx.pop(name, None)
+        self.links.add_dial(self.site.load_link(name), self.nursery)
+
+    def delete_link(self, name: str) -> None:
+        if name not in self.links.dials:
+            raise ValueError(f"no link named {name!r}")
+        self.links.remove_dial(name)
+        self.site.delete_link(name)
+        self._client_ctx.pop(name, None)
+
+    def set_link_cost(self, name: str, cost: int) -> None:
+        if name not in self.links.dials:
+            raise ValueError(f"no link named {name!r}")
+        spec = self.links.dials[name].spec
+        self.links.set_cost(name, cost)
+        ca_pem, cert_pem, key_pem = self.site.link_credentials(name)
+        self.site.save_link(replace(spec, cost=cost), ca_pem=ca_pem, cert_pem=cert_pem,
+                            key_pem=key_pem)
+
+    def issue_token(self, *, expires_s: float, uses: int) -> bytes:
+        from router.tokens import Token
+
+        code, grant = self.grants.issue(expires_in=expires_s, uses=uses, now=time.time())
+        token = Token(site=self.name, endpoints=((self.config.host, self.config.link_port),),
+                      ca_pem=self.ca.cert_pem, code=code, expires=grant.expires, uses=uses)
+        return token.dump(self.ca.sign_bytes(token.signed_bytes()))
+
+    async def on_claim(self, body: bytes) -> dict[str, Any]:
+        """A redeemer presents a code and a CSR: sign it if the grant allows."""
+        from router.claim import ClaimError, decode_claim_body
+
+        try:
+            code, csr_pem, site = decode_claim_body(body)
+            grant = self.grants.check(code, now=time.time())
+            cert_pem = self.ca.sign_csr(csr_pem, expected_name=site)
+            self.grants.consume(grant)  # counted only once the certificate exists
+        except (ClaimError, TokenError, certs.CertError) as exc:
+            log.warning("token claim refused: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        log.info("token redeemed by site %s", site)
+        return {"ok": True, "cert": cert_pem, "site": self.name, "router_id": self.router_id}
+
+
+def _peer(sock: trio.SocketStream) -> str:
+    try:
+        host, port = sock.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"

@@ -1,0 +1,221 @@
+"""The router's links: accepting on the link port, dialling configured links with
+backoff, and keeping the routing core told which neighbours are up."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+import certs
+from router.net.handshake import HandshakeError, serve_unauthenticated, start_link, tls_handshake
+from router.net.link import Link
+from router.net.tls import TLSStream
+from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
+from router.site import LinkSpec
+
+if TYPE_CHECKING:
+    from router.daemon import Router
+
+log = logging.getLogger("router.links")
+
+
+@dataclass(slots=True)
+class DialState:
+    """What `status` shows for a configured (outgoing) link."""
+
+    spec: LinkSpec
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    link: Link | None = None
+    state: str = "connecting"
+    since: float = field(default_factory=time.time)
+    last_error: str | None = None
+    attempts: int = 0
+
+
+class LinkManager:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.dials: dict[str, DialState] = {}
+        self.accepted: list[Link] = []
+        self.by_peer: dict[str, list[Link]] = {}
+        self._rng = random.Random()
+
+    # ---- neighbour bookkeeping
+    def link_for(self, peer_id: str) -> Link | None:
+        links = self.by_peer.get(peer_id)
+        return links[0] if links else None
+
+    def all_links(self) -> list[Link]:
+        return [link for links in self.by_peer.values() for link in links]
+
+    async def _run_link(self, link: Link, early: list[Event]) -> None:
+        peers = self.by_peer.setdefault(link.peer_id, [])
+        peers.append(link)
+        if len(peers) == 1:
+            self.router.neighbour_up(link)
+        log.info("link %s up: %s site %s (%s)", link.name, link.direction, link.peer_site,
+                 link.peer_id)
+        try:
+            await link.run(early)
+        finally:
+            peers.remove(link)
+            if not peers:
+                del self.by_peer[link.peer_id]
+                self.router.neighbour_down(link)
+            elif peers[0].cost != link.cost:
+                self.router.neighbour_cost(peers[0])
+
+    def _make_link(self, name: str, direction: str, stream: TLSStream, conn: LinkConnection,
+                   peer: Hello, cost: int) -> Link:
+        limits = self.router.config.limits
+        return Link(name=name, direction=direction, stream=stream, conn=conn, peer=peer,
+                    cost=cost, buffer_limit=limits.link_buffer_bytes,
+                    on_open=self.router.on_flow_open, on_routing=self.router.on_routing)
+
+    # ---- accepting
+    async def serve(self, listeners: list[trio.SocketListener],
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ctx = self.router.server_ssl_context()
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, ctx, nursery)
+            task_status.started()
+
+    async def _accept_loop(self, listener: trio.SocketListener, ctx: object,
+                           nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    sock = await listener.accept()
+                except OSError as exc:  # EMFILE and friends: back off, don't die
+                    log.warning("link port accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._handle_incoming, sock)
+
+    async def _handle_incoming(self, sock: trio.SocketStream) -> None:
+        router = self.router
+        stream = TLSStream(sock, router.server_ssl_context(), server_side=True)
+        try:
+            peer_addr = _peer_name(sock)
+            try:
+                await tls_handshake(stream)
+                if stream.peer_certificate_der() is None:
+                    await serve_unauthenticated(stream, router.on_claim)
+                    return
+                conn, peer, early = await start_link(
+                    stream, role=Role.ACCEPTOR, hello=router.hello(),
+                    limits=router.config.limits, expect_site=None)
+            except (HandshakeError, ProtocolError, trio.TooSlowError,
+                    trio.BrokenResourceError) as exc:
+                log.warning("refused link attempt from %s: %s", peer_addr, exc)
+                return
+            link = self._make_link(f"in:{peer.site}", "in", stream, conn, peer, 1)
+            self.accepted.append(link)
+            try:
+                await self._run_link(link, early)
+            finally:
+                self.accepted.remove(link)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    # ---- dialling
+    def add_dial(self, spec: LinkSpec, nursery: trio.Nursery) -> None:
+        if spec.name in self.dials:
+            raise ValueError(f"link {spec.name} already exists")
+        state = DialState(spec=spec)
+        self.dials[spec.name] = state
+        nursery.start_soon(self._dial_loop, state)
+
+    def remove_dial(self, name: str) -> None:
+        state = self.dials.pop(name)
+        if state.link is not None:
+            state.link.close("link deleted")
+        state.cancel.cancel()
+
+    def set_cost(self, name: str, cost: int) -> None:
+        state = self.dials[name]
+        state.spec = LinkSpec(name=state.spec.name, peer_site=state.spec.peer_site,
+                              endpoints=state.spec.endpoints, cost=cost)
+        if state.link is not None:
+            state.link.cost = cost
+            self.router.neighbour_cost(state.link)
+
+    async def _dial_loop(self, state: DialState) -> None:
+        limits = self.router.config.limits
+        delay = limits.redial_min_s
+        with state.cancel:
+            while True:
+                state.attempts += 1
+                up_for = await self._dial_once(state)
+                if up_for is not None and up_for > 10 * limits.redial_min_s:
+                    delay = limits.redial_min_s  # it was healthy: retry quickly
+                state.state = "connecting"
+                # Full jitter keeps many sites from redialling a restarted hub in lockstep.
+                await trio.sleep(self._rng.uniform(delay / 2, delay))
+                delay = min(delay * 2, limits.redial_max_s)
+
+    async def _dial_once(self, state: DialState) -> float | None:
+        """One attempt over every endpoint; returns how long the link was up."""
+        spec, router = state.spec, self.router
+        for host, port in spec.endpoints:
+            try:
+                with trio.fail_after(router.config.limits.connect_timeout_s):
+                    sock = await trio.open_tcp_stream(host, port)
+            except (OSError, trio.TooSlowError) as exc:
+                state.last_error = f"cannot connect to {host}:{port}: {_reason(exc)}"
+                continue
+            stream = TLSStream(sock, router.client_ssl_context(spec.name),
+                               server_side=False, server_hostname=spec.peer_site)
+            try:
+                try:
+                    await tls_handshake(stream)
+                    conn, peer, early = await start_link(
+                        stream, role=Role.DIALER, hello=router.hello(),
+                        limits=router.config.limits, expect_site=spec.peer_site)
+                except (HandshakeError, ProtocolError) as exc:
+                    state.last_error = f"{host}:{port}: {exc}"
+                    log.warning("link %s: %s", spec.name, state.last_error)
+                    continue
+                link = self._make_link(spec.name, "out", stream, conn, peer, spec.cost)
+                state.link, state.state, state.since = link, "up", time.time()
+                state.last_error = None
+                started = trio.current_time()
+                try:
+                    await self._run_link(link, early)
+                finally:
+                    state.link, state.since = None, time.time()
+                    state.last_error = link.closed_reason
+                return trio.current_time() - started
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await stream.aclose()
+        state.state = "down"
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _peer_name(sock: trio.SocketStream) -> str:
+    try:
+        host, port = sock.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
+PeerCallback = Callable[[Link], None]
+_ = certs  # certificates are loaded by the router; imported for type context

@@ -1,0 +1,183 @@
+"""One end of a flow: a local TCP socket bridged to (link, flow id).
+
+Two tasks per flow: socket -> link (reads only as much as the peer's credit allows,
+so a slow far end stops us reading, and the kernel pushes back on the client), and
+link -> socket (credit is granted back only after bytes were written to the socket).
+The link's reader never blocks on a flow: it appends to a buffer that the credit
+window bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+from collections import deque
+
+import trio
+
+from router.net.link import Link
+from router.protocol import FlowError
+
+log = logging.getLogger("router.flow")
+
+READ_CHUNK = 256 * 1024
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class FlowRefusedError(Exception):
+    """The far end refused the OPEN; the message carries its reason."""
+
+
+def abort_socket(stream: trio.SocketStream) -> None:
+    """Make the next close send RST: the client must see a reset, not a clean EOF."""
+    with contextlib.suppress(OSError):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+
+
+class SocketFlow:
+    """Implements link.FlowHandler for a flow whose local end is a TCP socket."""
+
+    def __init__(self, link: Link, *, counters: FlowCounters | None = None) -> None:
+        self.link = link
+        self.flow_id = 0
+        self._inbox: deque[bytes] = deque()
+        self._remote_fin = False
+        self._local_fin = False
+        self.reset_reason: str | None = None
+        self._answer: trio.Event = trio.Event()
+        self.refusal: str | None = None
+        self._data_ready = trio.Event()
+        self._credit_ready = trio.Event()
+        self._scope = trio.CancelScope()
+        self.counters = counters
+
+    # ---- FlowHandler: called by the link reader, must not block
+    def on_accepted(self, window: int) -> None:
+        self._answer.set()
+
+    def on_refused(self, reason: str) -> None:
+        self.refusal = reason
+        self._answer.set()
+
+    def on_data(self, data: bytes) -> None:
+        self._inbox.append(data)
+        self._data_ready.set()
+
+    def on_credit(self) -> None:
+        self._credit_ready.set()
+
+    def on_fin(self) -> None:
+        self._remote_fin = True
+        self._data_ready.set()
+
+    def on_reset(self, reason: str) -> None:
+        if self.reset_reason is None:
+            self.reset_reason = reason
+        self.refusal = self.refusal or reason
+        self._answer.set()
+        self._scope.cancel()
+
+    # ---- setup
+    async def wait_answer(self, timeout: float) -> None:
+        """Wait for ACCEPT; raise FlowRefusedError with the reason otherwise."""
+        with trio.move_on_after(timeout):
+            await self._answer.wait()
+        if not self._answer.is_set():
+            self.link.conn.reset_flow(self.flow_id, "open timed out")
+            self.link.release(self.flow_id)
+            self.link.kick()
+            raise FlowRefusedError(f"no answer from {self.link.peer_site} within {timeout:g} s")
+        if self.refusal is not None:
+            raise FlowRefusedError(self.refusal)
+
+    # ---- the pump
+    async def run(self, sock: trio.SocketStream) -> None:
+        """Pump until both directions finished or the flow is reset; closes `sock`."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._socket_to_link, sock)
+                    nursery.start_soon(self._link_to_socket, sock)
+        finally:
+            if self.reset_reason is not None:
+                abort_socket(sock)
+                log.debug("flow %d reset: %s", self.flow_id, self.reset_reason)
+            self.link.release(self.flow_id)
+            with trio.CancelScope(shield=True):
+                await sock.aclose()
+
+    def _reset(self, reason: str) -> None:
+        """Our local socket failed: tell the far end and stop both directions."""
+        if self.reset_reason is None:
+            self.reset_reason = reason
+            self.link.conn.reset_flow(self.flow_id, reason)
+            self.link.kick()
+        self._scope.cancel()
+
+    async def _socket_to_link(self, sock: trio.SocketStream) -> None:
+        conn, link, fid = self.link.conn, self.link, self.flow_id
+        while True:
+            credit = conn.credit(fid)
+            while credit <= 0:
+                self._credit_ready = trio.Event()
+                await self._credit_ready.wait()
+                credit = conn.credit(fid)
+            try:
+                data = await sock.receive_some(min(credit, READ_CHUNK))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._reset(f"connection reset by local peer: {exc}")
+                return
+            if not data:
+                conn.send_fin(fid)
+                link.kick()
+                self._local_fin = True
+                return
+            try:
+                conn.send_data(fid, data)
+            except FlowError as exc:
+                self._reset(f"flow error: {exc}")
+                return
+            if self.counters is not None:
+                self.counters.bytes_out += len(data)
+            link.kick()
+            if conn.outgoing_bytes > link.buffer_limit:
+                await link.wait_drained()
+
+    async def _link_to_socket(self, sock: trio.SocketStream) -> None:
+        conn, link, fid, inbox = self.link.conn, self.link, self.flow_id, self._inbox
+        while True:
+            while not inbox and not self._remote_fin:
+                self._data_ready = trio.Event()
+                await self._data_ready.wait()
+            if inbox:
+                data = inbox.popleft() if len(inbox) == 1 else b"".join(inbox)
+                inbox.clear()
+                try:
+                    await sock.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._reset(f"connection reset by local peer: {exc}")
+                    return
+                if self.counters is not None:
+                    self.counters.bytes_in += len(data)
+                conn.grant_credit(fid, len(data))
+                link.kick()
+                continue
+            # Peer half-closed and everything it sent was delivered.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await sock.send_eof()
+            return
+
+
+class FlowCounters:
+    """Bytes moved by flows, for status and metrics."""
+
+    __slots__ = ("active", "bytes_in", "bytes_out", "opened", "refused")
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.opened = 0
+        self.refused = 0
+        self.bytes_in = 0
+        self.bytes_out = 0

@@ -1,0 +1,124 @@
+"""Bringing a link up: TCP, TLS 1.3 with client certificates, then the link HELLO.
+
+Used by both sides: the dialer (a configured link) and the acceptor (the link port).
+Also answers token claims on the link port: a TLS client without a certificate may
+only redeem a token, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+import certs
+from router.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES, encode_reply
+from router.config import Limits
+from router.net.link import LinkLost, exchange_hello
+from router.net.tls import TLSStream
+from router.protocol import PREFACE, Event, Hello, LinkConnection, LinkLimits, Role
+
+log = logging.getLogger("router.handshake")
+
+HANDSHAKE_TIMEOUT_S = 10.0
+ClaimHandler = Callable[[bytes], Awaitable[dict[str, Any]]]
+
+
+class HandshakeError(Exception):
+    """The peer could not be brought up as a link; the message says why."""
+
+
+def link_limits(limits: Limits) -> LinkLimits:
+    return LinkLimits(
+        max_frame_bytes=limits.max_frame_bytes,
+        max_flows=limits.max_flows_per_link,
+        keepalive_interval=limits.keepalive_interval_s,
+        dead_after=limits.dead_after_s,
+    )
+
+
+async def tls_handshake(stream: TLSStream, timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
+    try:
+        with trio.fail_after(timeout):
+            await stream.do_handshake()
+    except trio.TooSlowError:
+        raise HandshakeError(f"TLS handshake took longer than {timeout:g} s") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise HandshakeError(f"peer certificate rejected: {exc.verify_message}") from None
+    except ssl.SSLError as exc:
+        raise HandshakeError(f"TLS handshake failed: {exc.reason or exc}") from None
+    except trio.BrokenResourceError as exc:
+        raise HandshakeError(f"TLS handshake failed: {exc}") from None
+
+
+async def start_link(
+    stream: TLSStream, *, role: Role, hello: Hello, limits: Limits, expect_site: str | None
+) -> tuple[LinkConnection, Hello, list[Event]]:
+    """Exchange HELLOs on an authenticated TLS stream; check the peer is who its
+    certificate says."""
+    conn = LinkConnection(role=role, hello=hello, limits=link_limits(limits),
+                          now=trio.current_time())
+    try:
+        peer, early = await exchange_hello(stream, conn, HANDSHAKE_TIMEOUT_S)
+    except trio.TooSlowError:
+        raise HandshakeError("peer sent no HELLO in time") from None
+    except (trio.BrokenResourceError, LinkLost) as exc:
+        raise HandshakeError(f"link setup failed: {exc}") from None
+    der = stream.peer_certificate_der()
+    cert_site = certs.peer_common_name(der) if der else None
+    if cert_site != peer.site:
+        raise HandshakeError(
+            f"peer says it is site {peer.site!r} but its certificate names {cert_site!r}"
+        )
+    if expect_site is not None and peer.site != expect_site:
+        raise HandshakeError(f"expected site {expect_site!r}, found {peer.site!r}")
+    if peer.router_id == hello.router_id:
+        raise HandshakeError("the link leads back to this router")
+    return conn, peer, early
+
+
+_CLAIM_HEADER = struct.Struct(">4sBI")
+
+
+async def read_claim(stream: TLSStream, first: bytes) -> bytes:
+    """Read a claim's body after the 9-byte header; sizes are checked first."""
+    buf = bytearray(first)
+    with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+        while len(buf) < _CLAIM_HEADER.size:
+            chunk = await stream.receive_some()
+            if not chunk:
+                raise HandshakeError("claim truncated")
+            buf += chunk
+        magic, version, length = _CLAIM_HEADER.unpack_from(buf)
+        if magic != CLAIM_MAGIC:
+            raise HandshakeError("a peer without a certificate may only redeem a token")
+        if version != CLAIM_VERSION:
+            raise HandshakeError(f"unsupported claim version {version}")
+        if length > MAX_CLAIM_BYTES:
+            raise HandshakeError(f"claim of {length} bytes exceeds limit of {MAX_CLAIM_BYTES}")
+        del buf[: _CLAIM_HEADER.size]
+        while len(buf) < length:
+            chunk = await stream.receive_some()
+            if not chunk:
+                raise HandshakeError("claim truncated")
+            buf += chunk
+    return bytes(buf[:length])
+
+
+async def serve_unauthenticated(stream: TLSStream, on_claim: ClaimHandler) -> None:
+    """A TLS client without a certificate: answer one token claim, then close."""
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            first = await stream.receive_some()
+    except trio.TooSlowError:
+        raise HandshakeError("unauthenticated peer sent nothing") from None
+    if first.startswith(PREFACE[:4]):
+        raise HandshakeError("link attempt without a client certificate refused")
+    body = await read_claim(stream, first)
+    reply = await on_claim(body)
+    with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+        await stream.send_all(encode_reply(reply))

@@ -1,0 +1,257 @@
+"""The trio driver of one established link: a thin loop around LinkConnection.
+
+One reader task feeds received bytes to the pure connection and dispatches its
+events; one writer task drains the connection's outgoing buffer (so frames from
+many flows coalesce into one TLS write); one timer task runs keepalive. Flows are
+registered as handlers keyed by flow id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from router.net.tls import TLSStream
+from router.protocol import (
+    CreditGranted,
+    DataReceived,
+    Event,
+    FlowAccepted,
+    FlowError,
+    FlowFinished,
+    FlowOpened,
+    FlowRefused,
+    FlowReset,
+    Hello,
+    HelloReceived,
+    LinkClosedByPeer,
+    LinkConnection,
+    LinkDead,
+    Open,
+    PongReceived,
+    ProtocolError,
+    RoutingReceived,
+)
+
+log = logging.getLogger("router.link")
+
+
+class LinkLost(Exception):
+    """The link ended; the message says why (peer closed, keepalive, protocol error)."""
+
+
+class FlowHandler(Protocol):
+    def on_accepted(self, window: int) -> None: ...
+    def on_refused(self, reason: str) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_credit(self) -> None: ...
+    def on_fin(self) -> None: ...
+    def on_reset(self, reason: str) -> None: ...
+
+
+OpenCallback = Callable[["Link", int, Open], None]
+RoutingCallback = Callable[["Link", bytes], None]
+
+
+async def exchange_hello(
+    stream: TLSStream, conn: LinkConnection, timeout: float
+) -> tuple[Hello, list[Event]]:
+    """Send our preface+HELLO and read until the peer's HELLO; returns it and any
+    events that arrived in the same read."""
+    with trio.fail_after(timeout):
+        await stream.send_all(conn.data_to_send())
+        while True:
+            data = await stream.receive_some()
+            if not data:
+                raise LinkLost("peer closed the connection before its HELLO")
+            try:
+                events = conn.receive_data(data, trio.current_time())
+            except ProtocolError:
+                await _flush_quietly(stream, conn)
+                raise
+            for i, event in enumerate(events):
+                if isinstance(event, HelloReceived):
+                    return event.hello, events[i + 1 :]
+
+
+async def _flush_quietly(stream: TLSStream, conn: LinkConnection) -> None:
+    with trio.move_on_after(1):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(conn.data_to_send())
+
+
+class Link:
+    def __init__(
+        self,
+        *,
+        name: str,
+        direction: str,
+        stream: TLSStream,
+        conn: LinkConnection,
+        peer: Hello,
+        cost: int,
+        buffer_limit: int,
+        on_open: OpenCallback,
+        on_routing: RoutingCallback,
+    ) -> None:
+        self.name = name
+        self.direction = direction
+        self.stream = stream
+        self.conn = conn
+        self.peer = peer
+        self.cost = cost
+        self.buffer_limit = buffer_limit
+        self.flows: dict[int, FlowHandler] = {}
+        self.since = trio.current_time()
+        self.rtt: float | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._on_open = on_open
+        self._on_routing = on_routing
+        self._wake = trio.Event()
+        self._drained = trio.Event()
+        self._cancel = trio.CancelScope()
+        self.closed_reason: str | None = None
+
+    @property
+    def peer_id(self) -> str:
+        return self.peer.router_id
+
+    @property
+    def peer_site(self) -> str:
+        return self.peer.site
+
+    # ---- commands used by flows
+    def kick(self) -> None:
+        """Wake the writer: the connection has bytes to send."""
+        self._wake.set()
+
+    async def wait_drained(self) -> None:
+        """Back-pressure: wait while the outgoing queue is over its limit."""
+        while self.conn.outgoing_bytes > self.buffer_limit and self.closed_reason is None:
+            await self._drained.wait()
+
+    def open_flow(self, open_msg: Open, handler: FlowHandler) -> int:
+        flow_id = self.conn.open_flow(open_msg)
+        self.flows[flow_id] = handler
+        self.kick()
+        return flow_id
+
+    def release(self, flow_id: int) -> None:
+        self.flows.pop(flow_id, None)
+
+    def close(self, reason: str) -> None:
+        """Say GOAWAY and end the link (flushes what is queued first)."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self.conn.close(reason)
+            self.kick()
+            # Give the writer a moment to flush the GOAWAY before the scope ends.
+            self._cancel.deadline = trio.current_time() + 1.0
+
+    # ---- the loops
+    async def run(self, initial: list[Event]) -> None:
+        """Run until the link ends; every flow still on it is reset with the reason."""
+        reason = "link closed"
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._timer)
+                    self._dispatch(initial)
+                    await self._reader()
+        except LinkLost as exc:
+            reason = str(exc)
+        except ProtocolError as exc:
+            reason = f"protocol error from peer: {exc}"
+            await _flush_quietly(self.stream, self.conn)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            reason = f"connection lost: {exc}" if str(exc) else "connection lost"
+        finally:
+            if self.closed_reason is not None:
+                reason = self.closed_reason
+            self.closed_reason = reason
+            self._drained.set()
+            for handler in list(self.flows.values()):
+                handler.on_reset(f"link to {self.peer_site} lost: {reason}")
+            self.flows.clear()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+        log.info("link %s to %s ended: %s", self.name, self.peer_site, reason)
+
+    async def _reader(self) -> None:
+        while True:
+            data = await self.stream.receive_some()
+            if not data:
+                raise LinkLost("peer closed the connection")
+            self.bytes_in += len(data)
+            self._dispatch(self.conn.receive_data(data, trio.current_time()))
+            if self.conn.outgoing_bytes:
+                self.kick()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while True:
+                data = self.conn.data_to_send()
+                if not data:
+                    break
+                self.bytes_out += len(data)
+                await self.stream.send_all(data)
+            drained, self._drained = self._drained, trio.Event()
+            drained.set()
+            if self.closed_reason is not None:
+                raise LinkLost(self.closed_reason)
+
+    async def _timer(self) -> None:
+        while True:
+            await trio.sleep_until(self.conn.next_deadline())
+            self._dispatch(self.conn.handle_timer(trio.current_time()))
+            if self.conn.outgoing_bytes:
+                self.kick()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        flows = self.flows
+        for event in events:
+            if isinstance(event, DataReceived):
+                handler = flows.get(event.flow_id)
+                if handler is not None:
+                    handler.on_data(event.data)
+            elif isinstance(event, CreditGranted):
+                handler = flows.get(event.flow_id)
+                if handler is not None:
+                    handler.on_credit()
+            elif isinstance(event, FlowOpened):
+                self._on_open(self, event.flow_id, event.open)
+            elif isinstance(event, FlowAccepted):
+                handler = flows.get(event.flow_id)
+                if handler is not None:
+                    handler.on_accepted(event.window)
+            elif isinstance(event, FlowRefused):
+                handler = flows.pop(event.flow_id, None)
+                if handler is not None:
+                    handler.on_refused(event.reason)
+            elif isinstance(event, FlowFinished):
+                handler = flows.get(event.flow_id)
+                if handler is not None:
+                    handler.on_fin()
+            elif isinstance(event, FlowReset):
+                handler = flows.pop(event.flow_id, None)
+                if handler is not None:
+                    handler.on_reset(event.reason)
+            elif isinstance(event, RoutingReceived):
+                self._on_routing(self, event.payload)
+            elif isinstance(event, PongReceived):
+                self.rtt = event.rtt
+            elif isinstance(event, LinkClosedByPeer):
+                raise LinkLost(f"peer closed the link: {event.reason}")
+            elif isinstance(event, LinkDead):
+                raise LinkLost(event.reason)
+
+
+__all__ = ["FlowError", "FlowHandler", "Link", "LinkLost", "exchange_hello"]

@@ -1,0 +1,178 @@
+"""Splicing: a transit router joins (incoming link, flow) to (outgoing link, flow).
+
+Event-driven, no tasks: the link readers call these handlers, and DATA moves from
+one connection's receive events straight into the other's send queue without being
+parsed. Per-hop credit: we grant the upstream hop credit only for bytes we could
+hand to the downstream hop, so a slow far end slows only its own flow and the bytes
+held here are bounded by the window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from router.net.link import Link
+from router.protocol import FlowError, Open
+
+if TYPE_CHECKING:
+    from router.daemon import Router
+
+log = logging.getLogger("router.transit")
+
+MAX_HOPS = 32
+
+
+class TransitHalf:
+    """One side of a splice; `peer` is the other side. Implements FlowHandler."""
+
+    def __init__(self, link: Link, flow_id: int) -> None:
+        self.link = link
+        self.flow_id = flow_id
+        self.peer: TransitHalf = self
+        self._pending: deque[bytes] = deque()
+        self._fin_pending = False
+        self._fin_sent = False
+        self._fin_received = False
+        self.upstream = False  # True for the half facing the opener
+
+    # -- sending side (called for the half we forward INTO)
+    def _push(self, data: bytes) -> None:
+        if self._pending:
+            self._pending.append(data)
+            return
+        sent = self._send_now(data)
+        if sent < len(data):
+            self._pending.append(data[sent:])
+
+    def _send_now(self, data: bytes) -> int:
+        conn = self.link.conn
+        n = min(conn.credit(self.flow_id), len(data))
+        if n <= 0:
+            return 0
+        try:
+            conn.send_data(self.flow_id, data[:n] if n < len(data) else data)
+        except FlowError:
+            return 0
+        self.link.kick()
+        # Bytes left this router: the upstream hop may send that much more.
+        self.peer.link.conn.grant_credit(self.peer.flow_id, n)
+        self.peer.link.kick()
+        return n
+
+    def _flush(self) -> None:
+        while self._pending:
+            data = self._pending[0]
+            sent = self._send_now(data)
+            if sent < len(data):
+                self._pending[0] = data[sent:]
+                return
+            self._pending.popleft()
+        if self._fin_pending:
+            self._fin_pending = False
+            self._fin_sent = True
+            self.link.conn.send_fin(self.flow_id)
+            self.link.kick()
+            self._release_if_done()
+
+    def _release_if_done(self) -> None:
+        if self._fin_sent and self._fin_received:
+            self.link.release(self.flow_id)
+
+    # -- FlowHandler (events about this half's own flow)
+    def on_accepted(self, window: int) -> None:
+        up = self.peer
+        up.link.conn.accept_flow(up.flow_id, window)
+        up.link.kick()
+
+    def on_refused(self, reason: str) -> None:
+        up = self.peer
+        up.link.release(up.flow_id)
+        up.link.conn.refuse_flow(up.flow_id, reason)
+        up.link.kick()
+
+    def on_data(self, data: bytes) -> None:
+        self.peer._push(data)
+
+    def on_credit(self) -> None:
+        self._flush()
+
+    def on_fin(self) -> None:
+        self._fin_received = True
+        self._release_if_done()
+        other = self.peer
+        other._fin_pending = True
+        if not other._pending:
+            other._flush()
+
+    def on_reset(self, reason: str) -> None:
+        other = self.peer
+        other.link.release(other.flow_id)
+        other.link.conn.reset_flow(other.flow_id, reason)
+        other.link.kick()
+
+
+def open_transit(router: Router, link: Link, flow_id: int, open_msg: Open) -> None:
+    """Forward an OPEN toward its destination, or refuse it with the reason."""
+    conn = link.conn
+    reason: str | None = None
+    next_link: Link | None = None
+    if router.router_id in open_msg.trace:
+        reason = f"routing loop at site {router.name}"
+    elif len(open_msg.trace) >= MAX_HOPS:
+        reason = f"too many hops ({len(open_msg.trace)})"
+    else:
+        hop = router.routing.next_hop(open_msg.dest_router)
+        next_link = router.links.link_for(hop) if hop else None
+        if next_link is None:
+            reason = f"site {router.name} has no route to router {open_msg.dest_router}"
+    if reason is not None or next_link is None:
+        conn.refuse_flow(flow_id, reason or "no route")
+        link.kick()
+        return
+    up = TransitHalf(link, flow_id)
+    up.upstream = True
+    fwd = Open(routing_key=open_msg.routing_key, origin_site=open_msg.origin_site,
+               origin_router=open_msg.origin_router, dest_router=open_msg.dest_router,
+               client_addr=open_msg.client_addr, trace=(*open_msg.trace, router.router_id),
+               window=router.config.limits.flow_window_bytes)
+    down = TransitHalf(next_link, 0)
+    up.peer, down.peer = down, up
+    try:
+        down.flow_id = next_link.open_flow(fwd, down)
+    except FlowError as exc:
+        conn.refuse_flow(flow_id, f"site {router.name}: {exc}")
+        link.kick()
+        return
+    link.flows[flow_id] = up
+
+
+async def splice_sockets(a: trio.SocketStream, b: trio.SocketStream) -> None:
+    """Listener and connector on the same site: pump two sockets, half-close aware."""
+
+    async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        try:
+            while data := await src.receive_some(256 * 1024):
+                await dst.send_all(data)
+            await dst.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            nursery.cancel_scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, a, b)
+            nursery.start_soon(pump, b, a)
+    finally:
+        with trio.CancelScope(shield=True):
+            await a.aclose()
+            await b.aclose()
+
+
+class Splice:
+    """Namespace used by the daemon."""
+
+    transit = staticmethod(open_transit)
+    local = staticmethod(splice_sockets)

@@ -1,0 +1,274 @@
+"""Control messages carried as msgpack maps in HELLO, OPEN, ACCEPT, REFUSE, RESET, GOAWAY.
+
+Constructing a message validates it (``ValueError`` for local mistakes); ``from_wire``
+validates the same way and turns any problem into ``ProtocolError(BAD_MESSAGE)``. Unknown
+keys are ignored so that a newer peer may add fields; missing keys are errors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Self
+
+import msgpack
+
+from .errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "MAX_NAME_CHARS",
+    "MAX_REASON_CHARS",
+    "MAX_TRACE_HOPS",
+    "MAX_WINDOW",
+    "Accept",
+    "GoAway",
+    "Hello",
+    "Open",
+    "Refuse",
+    "Reset",
+    "truncate_reason",
+]
+
+MAX_NAME_CHARS = 256  # router ids, site names, routing keys, addresses
+MAX_REASON_CHARS = 1024  # human-readable reasons in REFUSE/RESET/GOAWAY
+MAX_TRACE_HOPS = 64  # routers an OPEN may have passed through
+MAX_WINDOW = 2**31 - 1  # credit windows are signed-31-bit like HTTP/2's
+MIN_FRAME_BYTES = 1024  # below this, framing overhead would dominate
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_KEEPALIVE_SECONDS = 3600.0
+
+_MSGPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+
+
+def truncate_reason(reason: str) -> str:
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
+
+
+def _check_str(name: str, value: object, *, cap: int, nonempty: bool = False) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}")
+    if len(value) > cap:
+        raise ValueError(f"{name} is {len(value)} characters, more than {cap}")
+    if nonempty and not value:
+        raise ValueError(f"{name} must not be empty")
+
+
+def _check_int(name: str, value: object, *, lo: int, hi: int) -> None:
+    # bool is an int subclass; a True window is a bug, not a 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+
+
+def _check_seconds(name: str, value: object, *, hi: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
+    if not (math.isfinite(value) and 0.0 < value <= hi):
+        raise ValueError(f"{name} must be in (0, {hi}] seconds, got {value}")
+
+
+def _pack(body: dict[str, Any]) -> bytes:
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return data
+
+
+def _unpack(kind: str, data: bytes, required: tuple[str, ...]) -> dict[str, Any]:
+    """Decode a msgpack map and pick out ``required`` keys, ignoring any others."""
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except _MSGPACK_ERRORS as exc:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"{kind} body is not valid msgpack: {exc}"
+        ) from exc
+    if not isinstance(body, dict):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"{kind} body must be a map, got {type(body).__name__}"
+        )
+    for key in required:
+        if key not in body:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{kind} message lacks field {key!r}")
+    return {key: body[key] for key in required}
+
+
+def _invalid(kind: str, exc: ValueError) -> ProtocolError:
+    return ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind} message: {exc}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hello:
+    """First frame on a link: who we are and how we want to be spoken to."""
+
+    router_id: str
+    site: str
+    max_frame_bytes: int  # largest DATA payload we accept
+    keepalive_interval: float  # seconds; we PING after this much send-idleness
+
+    def __post_init__(self) -> None:
+        _check_str("router_id", self.router_id, cap=MAX_NAME_CHARS, nonempty=True)
+        _check_str("site", self.site, cap=MAX_NAME_CHARS, nonempty=True)
+        _check_int("max_frame_bytes", self.max_frame_bytes, lo=MIN_FRAME_BYTES, hi=MAX_FRAME_BYTES)
+        _check_seconds("keepalive_interval", self.keepalive_interval, hi=MAX_KEEPALIVE_SECONDS)
+
+    def to_wire(self) -> bytes:
+        return _pack(
+            {
+                "router_id": self.router_id,
+                "site": self.site,
+                "max_frame_bytes": self.max_frame_bytes,
+                "keepalive_interval": self.keepalive_interval,
+            }
+        )
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        f = _unpack("HELLO", data, ("router_id", "site", "max_frame_bytes", "keepalive_interval"))
+        interval = f["keepalive_interval"]
+        if isinstance(interval, int) and not isinstance(interval, bool):
+            f["keepalive_interval"] = float(interval)
+        try:
+            return cls(**f)
+        except ValueError as exc:
+            raise _invalid("HELLO", exc) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Open:
+    """Request to open a flow towards the service named by ``routing_key``."""
+
+    routing_key: str
+    origin_site: str
+    origin_router: str
+    dest_router: str
+    client_addr: str
+    trace: tuple[str, ...]  # router ids this request passed through, for loop detection
+    window: int  # initial credit the opener grants for data flowing back to it
+
+    def __post_init__(self) -> None:
+        _check_str("routing_key", self.routing_key, cap=MAX_NAME_CHARS, nonempty=True)
+        _check_str("origin_site", self.origin_site, cap=MAX_NAME_CHARS)
+        _check_str("origin_router", self.origin_router, cap=MAX_NAME_CHARS)
+        _check_str("dest_router", self.dest_router, cap=MAX_NAME_CHARS)
+        _check_str("client_addr", self.client_addr, cap=MAX_NAME_CHARS)
+        if not isinstance(self.trace, tuple):
+            raise ValueError(f"trace must be a list, got {type(self.trace).__name__}")
+        if len(self.trace) > MAX_TRACE_HOPS:
+            raise ValueError(f"trace has {len(self.trace)} hops, more than {MAX_TRACE_HOPS}")
+        for hop in self.trace:
+            _check_str("trace entry", hop, cap=MAX_NAME_CHARS)
+        _check_int("window", self.window, lo=0, hi=MAX_WINDOW)
+
+    def to_wire(self) -> bytes:
+        return _pack(
+            {
+                "routing_key": self.routing_key,
+                "origin_site": self.origin_site,
+                "origin_router": self.origin_router,
+                "dest_router": self.dest_router,
+                "client_addr": self.client_addr,
+                "trace": list(self.trace),
+                "window": self.window,
+            }
+        )
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        f = _unpack(
+            "OPEN",
+            data,
+            (
+                "routing_key",
+                "origin_site",
+                "origin_router",
+                "dest_router",
+                "client_addr",
+                "trace",
+                "window",
+            ),
+        )
+        if isinstance(f["trace"], list):
+            f["trace"] = tuple(f["trace"])
+        try:
+            return cls(**f)
+        except ValueError as exc:
+            raise _invalid("OPEN", exc) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    window: int  # initial credit the acceptor grants the opener
+
+    def __post_init__(self) -> None:
+        _check_int("window", self.window, lo=0, hi=MAX_WINDOW)
+
+    def to_wire(self) -> bytes:
+        return _pack({"window": self.window})
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        f = _unpack("ACCEPT", data, ("window",))
+        try:
+            return cls(**f)
+        except ValueError as exc:
+            raise _invalid("ACCEPT", exc) from exc
+
+
+def _check_reason(reason: object) -> None:
+    _check_str("reason", reason, cap=MAX_REASON_CHARS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refuse:
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason)
+
+    def to_wire(self) -> bytes:
+        return _pack({"reason": self.reason})
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        f = _unpack("REFUSE", data, ("reason",))
+        try:
+            return cls(**f)
+        except ValueError as exc:
+            raise _invalid("REFUSE", exc) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reset:
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason)
+
+    def to_wire(self) -> bytes:
+        return _pack({"reason": self.reason})
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        f = _unpack("RESET", data, ("reason",))
+        try:
+            return cls(**f)
+        except ValueError as exc:
+            raise _invalid("RESET", exc) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoAway:
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_reason(self.reason)
+
+    def to_wire(self) -> bytes:
+        return _pack({"reason": self.reason})
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        f = _unpack("GOAWAY", data, ("reason",))
+        try:
+            return cls(**f)
+        except ValueError as exc:
+            raise _invalid("GOAWAY", exc) from exc

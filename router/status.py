@@ -1,0 +1,87 @@
+"""What `sitectl status` shows, built from a running router's state."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from router.daemon import Router
+
+
+def _ago(epoch: float) -> float:
+    return round(time.time() - epoch, 1)
+
+
+def site_status(router: Router) -> dict[str, Any]:
+    cfg = router.config
+    links: list[dict[str, Any]] = []
+    for name, dial in sorted(router.links.dials.items()):
+        link = dial.link
+        links.append({
+            "name": name, "peer_site": dial.spec.peer_site, "direction": "out",
+            "state": "up" if link else dial.state, "since": dial.since,
+            "cost": dial.spec.cost, "error": dial.last_error,
+            "endpoints": [f"{h}:{p}" for h, p in dial.spec.endpoints],
+            "flows": len(link.flows) if link else 0,
+            "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
+        })
+    for link in router.links.accepted:
+        links.append({
+            "name": link.name, "peer_site": link.peer_site, "direction": "in", "state": "up",
+            "since": time.time() - (trio.current_time() - link.since), "cost": link.cost,
+            "error": None, "flows": len(link.flows),
+            "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
+        })
+    keys: dict[str, dict[str, Any]] = {}
+    wanted = {lst.key for lst in cfg.listeners} | {con.key for con in cfg.connectors}
+    for key in sorted(wanted):
+        cands = router.routing.candidates(key)
+        keys[key] = {
+            "reachable": bool(cands),
+            "served_by": [c.site for c in cands],
+        }
+    return {
+        "site": cfg.name,
+        "router_id": router.router_id,
+        "link_endpoint": f"{cfg.host}:{cfg.link_port}",
+        "pid": __import__("os").getpid(),
+        "uptime_s": _ago(router.started),
+        "links": links,
+        "listeners": [dataclasses.asdict(lst) | {"reachable": keys[lst.key]["reachable"]}
+                      for lst in cfg.listeners],
+        "connectors": [dataclasses.asdict(con) for con in cfg.connectors],
+        "keys": keys,
+        "flows": {
+            "active": router.counters.active, "opened": router.counters.opened,
+            "refused": router.counters.refused, "bytes_in": router.counters.bytes_in,
+            "bytes_out": router.counters.bytes_out,
+        },
+    }
+
+
+def network_status(router: Router) -> dict[str, Any]:
+    """Every site known, its links, and every routing key with its servers and path."""
+    routing = router.routing
+    names = {r.router_id: r.site for r in routing.records()}
+    sites = []
+    keys: dict[str, dict[str, Any]] = {}
+    for rec in sorted(routing.records(), key=lambda r: r.site):
+        cost = routing.cost_to(rec.router_id)
+        sites.append({
+            "site": rec.site, "router_id": rec.router_id, "reachable": cost is not None,
+            "cost": cost,
+            "links": [{"peer": names.get(peer, peer), "cost": c} for peer, c in rec.links],
+        })
+        for key, priority, weight in rec.keys:
+            entry = keys.setdefault(key, {"servers": [], "path": None})
+            entry["servers"].append({"site": rec.site, "priority": priority, "weight": weight,
+                                     "reachable": cost is not None})
+    for key, entry in keys.items():
+        cands = routing.candidates(key)
+        if cands:
+            entry["path"] = [names.get(r, r) for r in routing.path(cands[0].router_id)]
+    return {"sites": sites, "keys": keys}

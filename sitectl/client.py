@@ -1,0 +1,46 @@
+"""Talking to a running router over its control socket (blocking; the CLI is simple)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+
+class NotRunning(Exception):
+    """No router answers on the site's control socket."""
+
+
+class RequestFailed(Exception):
+    """The router refused the request; the message is its reason."""
+
+
+def call(path: Path, op: str, args: dict[str, Any] | None = None,
+         timeout: float = 30.0) -> dict[str, Any]:
+    request = json.dumps({"op": op, "args": args or {}}).encode() + b"\n"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunning(str(path)) from None
+        sock.sendall(request)
+        buf = bytearray()
+        while not buf.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except TimeoutError:
+        raise RequestFailed(f"router did not answer within {timeout:g} s") from None
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise RequestFailed("router sent an unreadable reply") from None
+    if not reply.get("ok"):
+        raise RequestFailed(str(reply.get("error", "unknown error")))
+    return dict(reply)

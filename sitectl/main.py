@@ -1,0 +1,393 @@
+"""sitectl: create a site, link it to others, expose and consume services.
+
+Thin by design: it reads and writes the site directory, and talks to a running
+router over its control socket. No protocol logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from router.claim import ClaimError, redeem
+from router.config import (
+    ConfigError,
+    ConnectorConfig,
+    ListenerConfig,
+    SiteConfig,
+    connector_from,
+    listener_from,
+)
+from router.config import _Reader as FieldReader
+from router.site import LinkSpec, Site, SiteError, init_site, resolve_site_dir
+from router.tokens import Token, TokenError
+from sitectl.client import NotRunning, RequestFailed, call
+from sitectl.render import render_links, render_network, render_status
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class UsageError(Exception):
+    """Bad arguments from the user."""
+
+
+def parse_duration(text: str) -> float:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise UsageError(f"bad duration {text!r} (use e.g. 30s, 15m, 2h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_hostport(text: str, *, default_host: str | None) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        if default_host is None:
+            raise UsageError(f"expected HOST:PORT, got {text!r}")
+        host, port = default_host, text
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"bad port in {text!r}")
+    return host or (default_host or ""), int(port)
+
+
+class Ctx:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.root = resolve_site_dir(args.site_dir, args.site)
+        self.site = Site(self.root)
+
+    def call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            return call(self.site.control_path, op, args)
+        except NotRunning:
+            name = self.site.config().name if self.site.exists() else str(self.root)
+            raise NotRunning(
+                f"the router of site {name} is not running (start it with `sitectl run`)"
+            ) from None
+
+    def try_call(self, op: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """Call the router if it runs; None if it does not."""
+        try:
+            return call(self.site.control_path, op, args)
+        except NotRunning:
+            return None
+
+
+def out(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text)
+
+
+# ---- commands
+def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
+    root = resolve_site_dir(a.site_dir, a.name)
+    site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind)
+    cfg = site.config()
+    out(a, {"site": cfg.name, "site_dir": str(root), "link_port": cfg.link_port},
+        f"site {cfg.name} created in {root}\n"
+        f"  links accepted on {cfg.bind}:{cfg.link_port}, advertised as {cfg.host}\n"
+        f"  start its router with: sitectl --site-dir {root} run")
+    return 0
+
+
+def cmd_run(ctx: Ctx, a: argparse.Namespace) -> int:
+    from router.main import run_router
+
+    ctx.site.require()
+    return run_router(ctx.root, log_level=a.log_level)
+
+
+def cmd_status(ctx: Ctx, a: argparse.Namespace) -> int:
+    ctx.site.require()
+    status = ctx.call("status", {"network": a.network})
+    status.pop("ok", None)
+    text = render_status(status)
+    if a.network:
+        text += "\n" + render_network(status["network"])
+    out(a, status, text)
+    return 0
+
+
+def cmd_token_issue(ctx: Ctx, a: argparse.Namespace) -> int:
+    ctx.site.require()
+    expires = parse_duration(a.expires)
+    if a.uses < 1:
+        raise UsageError("--uses must be at least 1")
+    reply = ctx.call("token.issue", {"expires_s": expires, "uses": a.uses})
+    token = reply["token"]
+    if a.output and a.output != "-":
+        path = Path(a.output)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        print(f"token written to {path} (valid {a.expires}, {a.uses} use(s)); "
+              "hand it to the other site: sitectl link create FILE", file=sys.stderr)
+    else:
+        sys.stdout.write(token)
+    return 0
+
+
+def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
+    import certs
+
+    cfg = ctx.site.config()
+    try:
+        data = Path(a.file).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read token {a.file}: {exc.strerror}") from None
+    token = Token.load(data, now=time.time())
+    if token.site == cfg.name:
+        raise UsageError(f"the token was issued by this site ({cfg.name}); "
+                         "a site cannot link to itself")
+    name = a.name or token.site
+    if (ctx.site.links_dir / f"{name}.toml").exists():
+        raise UsageError(f"a link named {name} already exists (choose another with --name)")
+    if a.cost < 1:
+        raise UsageError("--cost must be at least 1")
+    key_pem, csr_pem = certs.make_csr(cfg.name)
+    errors: list[str] = []
+    reply: dict[str, Any] | None = None
+    for host, port in token.endpoints:
+        try:
+            reply = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
+                           code=token.code, csr_pem=csr_pem, site=cfg.name)
+            break
+        except ClaimError as exc:
+            errors.append(str(exc))
+            if "refused the token" in str(exc):
+                break  # the issuer answered: another endpoint would say the same
+    if reply is None:
+        raise ClaimError("; ".join(errors))
+    spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost)
+    ctx.site.save_link(spec, ca_pem=token.ca_pem, cert_pem=reply["cert"], key_pem=key_pem)
+    if ctx.try_call("link.add", {"name": name}) is None:
+        print(f"link {name} to site {token.site} saved; it comes up when the router starts")
+        return 0
+    state = _wait_link_up(ctx, name, a.wait)
+    print(f"link {name} to site {token.site} created: {state}")
+    return 0
+
+
+def _wait_link_up(ctx: Ctx, name: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    state = "connecting"
+    while time.monotonic() < deadline:
+        for link in ctx.call("status").get("links", []):
+            if link["name"] == name:
+                state = link["state"] if not link.get("error") else (
+                    f"{link['state']} ({link['error']})")
+                if link["state"] == "up":
+                    return "up"
+        time.sleep(0.1)
+    return state
+
+
+def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
+    ctx.site.require()
+    reply = ctx.try_call("status", {})
+    if reply is not None:
+        links = reply["links"]
+    else:
+        links = []
+        for name in ctx.site.link_names():
+            spec = ctx.site.load_link(name)
+            links.append({"name": name, "peer_site": spec.peer_site, "direction": "out",
+                          "state": "router not running", "cost": spec.cost,
+                          "endpoints": [f"{h}:{p}" for h, p in spec.endpoints]})
+    out(a, links, render_links(links))
+    return 0
+
+
+def cmd_link_delete(ctx: Ctx, a: argparse.Namespace) -> int:
+    ctx.site.require()
+    if ctx.try_call("link.delete", {"name": a.name}) is None:
+        if a.name not in ctx.site.link_names():
+            raise UsageError(f"no link named {a.name!r}")
+        ctx.site.delete_link(a.name)
+    print(f"link {a.name} deleted")
+    return 0
+
+
+def cmd_link_cost(ctx: Ctx, a: argparse.Namespace) -> int:
+    ctx.site.require()
+    if a.cost < 1:
+        raise UsageError("cost must be at least 1")
+    if ctx.try_call("link.cost", {"name": a.name, "cost": a.cost}) is None:
+        if a.name not in ctx.site.link_names():
+            raise UsageError(f"no link named {a.name!r}")
+        spec = ctx.site.load_link(a.name)
+        ca, cert, key = ctx.site.link_credentials(a.name)
+        ctx.site.save_link(replace(spec, cost=a.cost), ca_pem=ca, cert_pem=cert, key_pem=key)
+    print(f"link {a.name} cost set to {a.cost}")
+    return 0
+
+
+def _offline_edit(ctx: Ctx, change: str, new: SiteConfig) -> None:
+    ctx.site.save_config(new)
+    print(f"{change} (router not running: saved, takes effect when it starts)")
+
+
+def cmd_listener_create(ctx: Ctx, a: argparse.Namespace) -> int:
+    host, port = parse_hostport(a.address, default_host="127.0.0.1")
+    fields = {"key": a.key, "host": host, "port": port, "strategy": a.strategy}
+    lst = listener_from(FieldReader(Path("arguments"), "", "listener", fields))
+    if ctx.try_call("listener.create", {**fields}) is None:
+        cfg = ctx.site.config()
+        if any(x.host == host and x.port == port for x in cfg.listeners):
+            raise UsageError(f"a listener on {host}:{port} already exists")
+        _offline_edit(ctx, f"listener {a.key} on {host}:{port}",
+                      replace(cfg, listeners=(*cfg.listeners, lst)))
+        return 0
+    print(f"listener {a.key} on {host}:{port} ({a.strategy})")
+    return 0
+
+
+def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
+    host, port = parse_hostport(a.address, default_host=None)
+    fields = {"key": a.key, "host": host, "port": port, "priority": a.priority,
+              "weight": a.weight}
+    con = connector_from(FieldReader(Path("arguments"), "", "connector", fields))
+    if ctx.try_call("connector.create", {**fields}) is None:
+        cfg = ctx.site.config()
+        _offline_edit(ctx, f"connector {a.key} -> {host}:{port}",
+                      replace(cfg, connectors=(*cfg.connectors, con)))
+        return 0
+    print(f"connector {a.key} -> {host}:{port}")
+    return 0
+
+
+def _list(ctx: Ctx, a: argparse.Namespace, kind: str) -> int:
+    cfg = ctx.site.config()
+    items: tuple[ListenerConfig, ...] | tuple[ConnectorConfig, ...] = (
+        cfg.listeners if kind == "listener" else cfg.connectors)
+    rows = [{"key": x.key, "host": x.host, "port": x.port} for x in items]
+    text = "\n".join(f"{r['key']:<20} {r['host']}:{r['port']}" for r in rows) or f"no {kind}s"
+    out(a, rows, text)
+    return 0
+
+
+def _delete(ctx: Ctx, a: argparse.Namespace, kind: str) -> int:
+    cfg = ctx.site.config()
+    if ctx.try_call(f"{kind}.delete", {"key": a.key}) is None:
+        if kind == "listener":
+            if not any(x.key == a.key for x in cfg.listeners):
+                raise UsageError(f"no listener for {a.key!r}")
+            new = replace(cfg, listeners=tuple(x for x in cfg.listeners if x.key != a.key))
+        else:
+            if not any(x.key == a.key for x in cfg.connectors):
+                raise UsageError(f"no connector for {a.key!r}")
+            new = replace(cfg, connectors=tuple(x for x in cfg.connectors if x.key != a.key))
+        _offline_edit(ctx, f"{kind} {a.key} deleted", new)
+        return 0
+    print(f"{kind} {a.key} deleted")
+    return 0
+
+
+# ---- argument parsing
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--site-dir", default=argparse.SUPPRESS,
+                        help="site directory (or $SITECTL_SITE_DIR)")
+    common.add_argument("--site", default=argparse.SUPPRESS,
+                        help="site name under the XDG data dir")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="sitectl", parents=[common], description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("init", parents=[common], help="create a site")
+    p.add_argument("name")
+    p.add_argument("--host", default="127.0.0.1", help="address other sites dial")
+    p.add_argument("--link-port", type=int, default=None)
+    p.add_argument("--bind", default="0.0.0.0", help="address the link port listens on")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", parents=[common], help="run the router in the foreground")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", parents=[common], help="this site, its links and services")
+    p.add_argument("--network", action="store_true", help="also every site and key known")
+    p.set_defaults(func=cmd_status)
+
+    token = sub.add_parser("token", parents=[common], help="link tokens").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    p = token.add_parser("issue", parents=[common], help="issue a token for another site")
+    p.add_argument("--expires", default="15m")
+    p.add_argument("--uses", type=int, default=1)
+    p.add_argument("-o", "--output", default="-")
+    p.set_defaults(func=cmd_token_issue)
+
+    link = sub.add_parser("link", parents=[common], help="links to other sites").add_subparsers(
+        dest="sub", required=True, metavar="ACTION")
+    p = link.add_parser("create", parents=[common], help="redeem a token and link")
+    p.add_argument("file")
+    p.add_argument("--name")
+    p.add_argument("--cost", type=int, default=1)
+    p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the link")
+    p.set_defaults(func=cmd_link_create)
+    p = link.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_link_list)
+    p = link.add_parser("delete", parents=[common])
+    p.add_argument("name")
+    p.set_defaults(func=cmd_link_delete)
+    p = link.add_parser("cost", parents=[common], help="change a link's cost (live)")
+    p.add_argument("name")
+    p.add_argument("cost", type=int)
+    p.set_defaults(func=cmd_link_cost)
+
+    lst = sub.add_parser("listener", parents=[common], help="local ports for remote services")
+    lsub = lst.add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = lsub.add_parser("create", parents=[common])
+    p.add_argument("key")
+    p.add_argument("address", metavar="[HOST:]PORT")
+    p.add_argument("--strategy", default="balanced", choices=["balanced", "priority", "weighted"])
+    p.set_defaults(func=cmd_listener_create)
+    p = lsub.add_parser("list", parents=[common])
+    p.set_defaults(func=lambda c, a: _list(c, a, "listener"))
+    p = lsub.add_parser("delete", parents=[common])
+    p.add_argument("key")
+    p.set_defaults(func=lambda c, a: _delete(c, a, "listener"))
+
+    con = sub.add_parser("connector", parents=[common], help="expose a local service")
+    csub = con.add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = csub.add_parser("create", parents=[common])
+    p.add_argument("key")
+    p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument("--priority", type=int, default=0, help="lower is preferred")
+    p.add_argument("--weight", type=int, default=1)
+    p.set_defaults(func=cmd_connector_create)
+    p = csub.add_parser("list", parents=[common])
+    p.set_defaults(func=lambda c, a: _list(c, a, "connector"))
+    p = csub.add_parser("delete", parents=[common])
+    p.add_argument("key")
+    p.set_defaults(func=lambda c, a: _delete(c, a, "connector"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for attr, default in (("site_dir", None), ("site", None), ("json", False)):
+        if not hasattr(args, attr):
+            setattr(args, attr, default)
+    try:
+        ctx = None if args.func is cmd_init else Ctx(args)
+        code: int = args.func(ctx, args)
+        return code
+    except (UsageError, SiteError, ConfigError, TokenError, ClaimError, NotRunning,
+            RequestFailed) as exc:
+        print(f"sitectl: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Human-readable tables for `sitectl status` and friends."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def _since(epoch: float | None) -> str:
+    if not epoch:
+        return ""
+    secs = max(0.0, time.time() - epoch)
+    if secs < 120:
+        return f"{secs:.0f}s"
+    if secs < 7200:
+        return f"{secs / 60:.0f}m"
+    return f"{secs / 3600:.1f}h"
+
+
+def render_links(links: list[dict[str, Any]]) -> str:
+    if not links:
+        return "  (none)"
+    rows = []
+    for link in links:
+        arrow = "->" if link.get("direction") == "out" else "<-"
+        line = (f"  {link['name']:<16} {arrow} {link['peer_site']:<14} {link['state']:<10}"
+                f" cost {link.get('cost', 1)}")
+        if link.get("since") and link["state"] == "up":
+            line += f"  for {_since(link['since'])}"
+        if link.get("rtt_ms") is not None:
+            line += f"  rtt {link['rtt_ms']:.2f} ms"
+        if link.get("flows"):
+            line += f"  flows {link['flows']}"
+        if link.get("error") and link["state"] != "up":
+            line += f"  ({link['error']})"
+        rows.append(line)
+    return "\n".join(rows)
+
+
+def render_status(st: dict[str, Any]) -> str:
+    lines = [
+        f"site {st['site']}  (router {st['router_id']}, pid {st['pid']}, "
+        f"up {st['uptime_s']:.0f}s)",
+        f"link endpoint: {st['link_endpoint']}",
+        "links:",
+        render_links(st["links"]),
+        "listeners:",
+    ]
+    for lst in st["listeners"] or []:
+        state = "reachable" if lst["reachable"] else "NOT REACHABLE"
+        lines.append(f"  {lst['key']:<20} {lst['host']}:{lst['port']:<6} {lst['strategy']:<9}"
+                     f" {state}")
+    if not st["listeners"]:
+        lines.append("  (none)")
+    lines.append("connectors:")
+    for con in st["connectors"] or []:
+        lines.append(f"  {con['key']:<20} -> {con['host']}:{con['port']}  priority "
+                     f"{con['priority']} weight {con['weight']}")
+    if not st["connectors"]:
+        lines.append("  (none)")
+    lines.append("routing keys:")
+    for key, info in st["keys"].items():
+        where = ", ".join(info["served_by"]) if info["served_by"] else "no site serves it"
+        lines.append(f"  {key:<20} {'reachable' if info['reachable'] else 'unreachable'}: "
+                     f"{where}")
+    if not st["keys"]:
+        lines.append("  (none)")
+    flows = st["flows"]
+    lines.append(f"flows: {flows['active']} active, {flows['opened']} opened, "
+                 f"{flows['refused']} refused")
+    return "\n".join(lines)
+
+
+def render_network(net: dict[str, Any]) -> str:
+    lines = ["network sites:"]
+    for site in net["sites"]:
+        links = ", ".join(f"{x['peer']} (cost {x['cost']})" for x in site["links"]) or "none"
+        reach = f"cost {site['cost']}" if site["reachable"] else "unreachable"
+        lines.append(f"  {site['site']:<16} {reach:<12} links: {links}")
+    lines.append("network keys:")
+    for key, info in sorted(net["keys"].items()):
+        servers = ", ".join(
+            f"{s['site']}(p{s['priority']} w{s['weight']})" for s in info["servers"])
+        path = " -> ".join(info["path"]) if info["path"] else "no path"
+        lines.append(f"  {key:<20} served by {servers}; path {path}")
+    return "\n".join(lines)
