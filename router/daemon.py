@@ -26,6 +26,7 @@ import certs
 from router.config import ConnectorConfig, ListenerConfig, SiteConfig
 from router.control import ControlServer
 from router.links import LinkManager
+from router.net.errors import connect_reason, guarded
 from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket
 from router.net.link import Link
 from router.net.transit import Splice
@@ -245,7 +246,8 @@ class Router:
                     await trio.sleep(0.1)
                     continue
                 assert self._flows is not None
-                self._flows.start_soon(self._serve_client, lst, client)
+                self._flows.start_soon(guarded, f"client of {lst.key}", self._serve_client,
+                                       lst, client)
 
     async def _serve_client(self, lst: ListenerConfig, client: trio.SocketStream) -> None:
         """Try candidates in strategy order until one accepts; then pump."""
@@ -316,9 +318,7 @@ class Router:
                 with trio.fail_after(self.config.limits.connect_timeout_s):
                     return await trio.open_tcp_stream(con.host, con.port)
             except (OSError, trio.TooSlowError) as exc:
-                why = "timed out" if isinstance(exc, trio.TooSlowError) else (
-                    exc.strerror or str(exc))
-                errors.append(f"{con.host}:{con.port}: {why}")
+                errors.append(f"{con.host}:{con.port}: {connect_reason(exc)}")
         return f"site {self.name} cannot reach {key!r} target {'; '.join(errors)}"
 
     def on_flow_open(self, link: Link, flow_id: int, open_msg: Open) -> None:
@@ -330,7 +330,8 @@ class Router:
         flow.flow_id = flow_id
         link.flows[flow_id] = flow
         assert self._flows is not None
-        self._flows.start_soon(self._serve_open, link, flow, open_msg)
+        self._flows.start_soon(guarded, f"flow for {open_msg.routing_key}", self._serve_open,
+                               link, flow, open_msg)
 
     async def _serve_open(self, link: Link, flow: SocketFlow, open_msg: Open) -> None:
         self.counters.active += 1
@@ -344,10 +345,15 @@ class Router:
                 log.info("refused flow for %s from %s: %s", open_msg.routing_key,
                          open_msg.origin_site, target)
                 link.release(flow.flow_id)
-                link.conn.refuse_flow(flow.flow_id, target)
+                with contextlib.suppress(FlowError):
+                    link.conn.refuse_flow(flow.flow_id, target)
                 link.kick()
                 return
-            link.conn.accept_flow(flow.flow_id, self.config.limits.flow_window_bytes)
+            try:
+                link.conn.accept_flow(flow.flow_id, self.config.limits.flow_window_bytes)
+            except FlowError:
+                await target.aclose()  # the flow ended meanwhile
+                return
             link.kick()
             await flow.run(target)
         finally:

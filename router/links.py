@@ -6,13 +6,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
-import certs
+from router.net.errors import connect_reason, guarded
 from router.net.handshake import HandshakeError, serve_unauthenticated, start_link, tls_handshake
 from router.net.link import Link
 from router.net.tls import TLSStream
@@ -97,7 +96,7 @@ class LinkManager:
                     log.warning("link port accept failed: %s", exc)
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(self._handle_incoming, sock)
+                nursery.start_soon(guarded, "incoming link", self._handle_incoming, sock)
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
@@ -170,7 +169,7 @@ class LinkManager:
                 with trio.fail_after(router.config.limits.connect_timeout_s):
                     sock = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError) as exc:
-                state.last_error = f"cannot connect to {host}:{port}: {_reason(exc)}"
+                state.last_error = f"cannot connect to {host}:{port}: {connect_reason(exc)}"
                 continue
             stream = TLSStream(sock, router.client_ssl_context(spec.name),
                                server_side=False, server_hostname=spec.peer_site)
@@ -201,14 +200,6 @@ class LinkManager:
         return None
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
 def _peer_name(sock: trio.SocketStream) -> str:
     try:
         host, port = sock.socket.getpeername()[:2]
@@ -217,5 +208,3 @@ def _peer_name(sock: trio.SocketStream) -> str:
         return "?"
 
 
-PeerCallback = Callable[[Link], None]
-_ = certs  # certificates are loaded by the router; imported for type context

@@ -130,7 +130,10 @@ class SocketFlow:
                 self._reset(f"connection reset by local peer: {exc}")
                 return
             if not data:
-                conn.send_fin(fid)
+                try:
+                    conn.send_fin(fid)
+                except FlowError:
+                    return  # reset meanwhile; on_reset cancels us
                 link.kick()
                 self._local_fin = True
                 return

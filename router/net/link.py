@@ -15,6 +15,7 @@ from typing import Protocol
 
 import trio
 
+from router.net.errors import NETWORK_ERRORS, only
 from router.net.tls import TLSStream
 from router.protocol import (
     CreditGranted,
@@ -164,13 +165,18 @@ class Link:
                     nursery.start_soon(self._timer)
                     self._dispatch(initial)
                     await self._reader()
-        except LinkLost as exc:
-            reason = str(exc)
-        except ProtocolError as exc:
-            reason = f"protocol error from peer: {exc}"
-            await _flush_quietly(self.stream, self.conn)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = f"connection lost: {exc}" if str(exc) else "connection lost"
+        except BaseException as exc:
+            first = only(exc, (LinkLost, *NETWORK_ERRORS))
+            if first is None:
+                if only(exc, (Exception,)) is None:
+                    raise  # cancellation, KeyboardInterrupt
+                # A bug must not take the router down: end this link, say why loudly.
+                log.exception("link %s to %s failed with an internal error", self.name,
+                              self.peer_site)
+                first = LinkLost("internal error in this router")
+            reason = _describe(first)
+            if isinstance(first, ProtocolError):
+                await _flush_quietly(self.stream, self.conn)
         finally:
             if self.closed_reason is not None:
                 reason = self.closed_reason
@@ -252,6 +258,14 @@ class Link:
                 raise LinkLost(f"peer closed the link: {event.reason}")
             elif isinstance(event, LinkDead):
                 raise LinkLost(event.reason)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, LinkLost):
+        return str(exc)
+    if isinstance(exc, ProtocolError):
+        return f"protocol error from peer: {exc}"
+    return f"connection lost: {exc}" if str(exc) else "connection lost"
 
 
 __all__ = ["FlowError", "FlowHandler", "Link", "LinkLost", "exchange_hello"]

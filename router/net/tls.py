@@ -106,8 +106,9 @@ class TLSStream(trio.abc.Stream):
                 # Transport EOF without close_notify: treat as end of stream; the link
                 # protocol has its own GOAWAY, so truncation cannot go unnoticed.
                 self._eof = True
-            if self._out.pending:
-                await self._flush()
+            # Never flush here: if both peers' readers blocked on sending, neither would
+            # read, and the link would deadlock. Bytes the TLS layer produced while
+            # reading (e.g. a KeyUpdate reply) leave with the next send_all.
             if chunks:
                 return b"".join(chunks) if len(chunks) > 1 else chunks[0]
             if self._eof:

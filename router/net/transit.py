@@ -9,6 +9,7 @@ held here are bounded by the window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -74,7 +75,8 @@ class TransitHalf:
         if self._fin_pending:
             self._fin_pending = False
             self._fin_sent = True
-            self.link.conn.send_fin(self.flow_id)
+            with contextlib.suppress(FlowError):
+                self.link.conn.send_fin(self.flow_id)
             self.link.kick()
             self._release_if_done()
 
@@ -85,13 +87,16 @@ class TransitHalf:
     # -- FlowHandler (events about this half's own flow)
     def on_accepted(self, window: int) -> None:
         up = self.peer
-        up.link.conn.accept_flow(up.flow_id, window)
+        # The opener may have given up meanwhile (FlowError): its RESET reaches us next.
+        with contextlib.suppress(FlowError):
+            up.link.conn.accept_flow(up.flow_id, window)
         up.link.kick()
 
     def on_refused(self, reason: str) -> None:
         up = self.peer
         up.link.release(up.flow_id)
-        up.link.conn.refuse_flow(up.flow_id, reason)
+        with contextlib.suppress(FlowError):
+            up.link.conn.refuse_flow(up.flow_id, reason)
         up.link.kick()
 
     def on_data(self, data: bytes) -> None:

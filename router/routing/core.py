@@ -367,8 +367,7 @@ class RoutingCore:
             assert held is not None
             if _newer(record, held):
                 # We restarted and the network remembers a later incarnation: jump past it.
-                self._seq = record.seq
-                self._commit_own(self._build_own(self._links, self._keys), now)
+                self._commit_own(self._build_own(self._links, self._keys, seq=record.seq + 1), now)
             elif record != held.record:
                 self._enqueue(from_peer, held)
             return
@@ -395,11 +394,14 @@ class RoutingCore:
         # Keyed by origin: a newer version queued later replaces the older one.
         self._queues.setdefault(peer, {})[entry.record.router_id] = entry
 
-    def _build_own(self, links: Mapping[str, int], keys: Mapping[str, KeyAdvert]) -> RouterRecord:
+    def _build_own(
+        self, links: Mapping[str, int], keys: Mapping[str, KeyAdvert], seq: int | None = None
+    ) -> RouterRecord:
+        """Our next record (seq: ours + 1 unless given), signed and size-checked."""
         unsigned = RouterRecord(
             router_id=self._router_id,
             site=self._site,
-            seq=self._seq + 1,
+            seq=self._seq + 1 if seq is None else seq,
             links=tuple(sorted(links.items())),
             keys=tuple(sorted((k, a.priority, a.weight) for k, a in keys.items())),
             public_key=self._signer.public_key,

@@ -1,0 +1,345 @@
+"""Benchmark: the same loads, direct vs. through two routers vs. through stunnel (mTLS).
+
+Run from the repository root:  .venv/bin/python bench/bench.py [--quick]
+See bench/README.md for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from loads import (
+    LoadError,
+    RssSampler,
+    connection_rate,
+    echo_check,
+    iperf3_mbps,
+    percentile,
+    ping_pong_us,
+)
+from paths import RouterPair, SetupError, StunnelPair
+from procs import Service, child_env, free_port, log_tail, port_open, rss_kib, wait_until
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results.json"
+PATHS = ("direct", "router", "stunnel")
+
+
+@dataclass(frozen=True)
+class Settings:
+    reps: int
+    iperf_seconds: float
+    conn_seconds: float
+    conn_concurrency: int
+    rtt_rounds: int
+
+
+FULL = Settings(reps=3, iperf_seconds=3, conn_seconds=2.5, conn_concurrency=4, rtt_rounds=2000)
+QUICK = Settings(reps=1, iperf_seconds=1, conn_seconds=1, conn_concurrency=4, rtt_rounds=500)
+
+
+@dataclass
+class Metric:
+    label: str
+    unit: str
+    higher_is_better: bool
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, path: str, value: float) -> None:
+        self.samples.setdefault(path, []).append(value)
+
+    def median(self, path: str) -> float | None:
+        values = self.samples.get(path)
+        return statistics.median(values) if values else None
+
+
+def new_metrics() -> dict[str, Metric]:
+    return {
+        "tput_1": Metric("throughput, 1 flow", "MB/s", True),
+        "tput_8": Metric("throughput, 8 flows", "MB/s", True),
+        "conn_rate": Metric("new connections", "conn/s", True),
+        "rtt_p50": Metric("1-byte RTT p50", "us", False),
+        "rtt_p99": Metric("1-byte RTT p99", "us", False),
+        "rss_idle": Metric("RSS idle (2 procs)", "MiB", False),
+        "rss_loaded": Metric("RSS max loaded (2 procs)", "MiB", False),
+    }
+
+
+# A load takes the entry ports of a path ({"iperf": port, "echo": port}) and
+# returns metric values.
+Load = Callable[[dict[str, int]], dict[str, float]]
+
+
+def make_loads(s: Settings, iperf3: str) -> dict[str, Load]:
+    def tput(streams: int, key: str) -> Load:
+        return lambda ports: {key: iperf3_mbps(iperf3, ports["iperf"], s.iperf_seconds, streams)}
+
+    def conns(ports: dict[str, int]) -> dict[str, float]:
+        return {"conn_rate": connection_rate(ports["echo"], s.conn_seconds, s.conn_concurrency)}
+
+    def rtt(ports: dict[str, int]) -> dict[str, float]:
+        samples = ping_pong_us(ports["echo"], s.rtt_rounds)
+        return {"rtt_p50": percentile(samples, 50), "rtt_p99": percentile(samples, 99)}
+
+    return {"tput_1": tput(1, "tput_1"), "tput_8": tput(8, "tput_8"),
+            "conn_rate": conns, "rtt": rtt}
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    root: Path
+    stack: ExitStack
+    notes: list[str] = field(default_factory=list)
+    entries: dict[str, dict[str, int]] = field(default_factory=dict)
+    logs: dict[str, dict[str, Path]] = field(default_factory=dict)
+    pids: dict[str, dict[str, int]] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=new_metrics)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # --- setup -----------------------------------------------------------
+
+    def start_servers(self, iperf3: str) -> dict[str, int]:
+        targets = {"iperf": free_port(), "echo": free_port()}
+        servers = {
+            "iperf3-server": [iperf3, "-s", "-B", "127.0.0.1", "-p", str(targets["iperf"])],
+            "echo-server": [sys.executable, str(BENCH_DIR / "echo_server.py"),
+                            str(targets["echo"])],
+        }
+        server_logs: dict[str, Path] = {}
+        for name, argv in servers.items():
+            svc = Service(name, argv, self.root / f"{name}.log")
+            self.stack.callback(svc.stop)
+            server_logs[name] = svc.log
+        for port in targets.values():
+            wait_until(partial(port_open, port), 15, f"server port {port}")
+        self.entries["direct"] = targets
+        self.logs["direct"] = server_logs
+        return targets
+
+    def start_router(self, targets: dict[str, int], sitectl: str) -> None:
+        pair = RouterPair(self.root / "sites", sitectl, child_env(self.root / "xdg"), self.stack)
+        pair.root.mkdir()
+        try:
+            pair.start(targets)
+            echo_check(pair.ports["echo"])
+        finally:
+            self.logs["router"] = pair.logs()
+        self.entries["router"] = pair.ports
+        self.pids["router"] = {f"router-{site}": pid for site, pid in pair.pids.items()}
+        self.extra["router_pair"] = pair
+
+    def start_stunnel(self, targets: dict[str, int]) -> None:
+        binary = shutil.which("stunnel4") or shutil.which("stunnel")
+        if binary is None:
+            self.note("stunnel not found (apt-get install -y stunnel4): stunnel column skipped")
+            return
+        pair = StunnelPair(self.root / "stunnel", binary, self.stack)
+        pair.root.mkdir()
+        try:
+            pair.start(targets)
+            echo_check(pair.ports["echo"])
+        except (SetupError, LoadError, TimeoutError, OSError) as exc:
+            self.note(f"stunnel setup failed, column skipped: {exc}")
+            self.print_logs(pair.logs())
+            return
+        self.entries["stunnel"] = pair.ports
+        self.logs["stunnel"] = pair.logs()
+        self.pids["stunnel"] = {f"stunnel-{side}": pid for side, pid in pair.pids.items()}
+
+    # --- measuring -------------------------------------------------------
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"NOTE: {text}", flush=True)
+
+    def print_logs(self, logs: dict[str, Path]) -> None:
+        for name, path in logs.items():
+            print(f"--- tail of {name} log ({path.name}) ---\n{log_tail(path)}", flush=True)
+
+    def sample_idle_rss(self) -> None:
+        for path, pids in self.pids.items():
+            kib = [rss_kib(pid) or 0 for pid in pids.values()]
+            self.metrics["rss_idle"].add(path, sum(kib) / 1024)
+
+    def run_all(self, loads: dict[str, Load]) -> None:
+        paths = [p for p in PATHS if p in self.entries]
+        all_pids = {name: pid for pids in self.pids.values() for name, pid in pids.items()}
+        with RssSampler(all_pids) as sampler:
+            for rep in range(self.settings.reps):
+                order = paths[rep % len(paths):] + paths[:rep % len(paths)]
+                for load_name, load in loads.items():
+                    for path in order:
+                        self.run_one(rep, load_name, load, path)
+        for path, pids in self.pids.items():
+            loaded = sum(sampler.max_kib.get(name, 0) for name in pids) / 1024
+            self.metrics["rss_loaded"].add(path, loaded)
+
+    def run_one(self, rep: int, load_name: str, load: Load, path: str) -> None:
+        label = f"[{rep + 1}/{self.settings.reps}] {load_name:<9} {path:<8}"
+        try:
+            values = load(self.entries[path])
+        except (LoadError, OSError, KeyError, ValueError) as exc:
+            print(f"{label} FAILED: {exc}", flush=True)
+            self.note(f"{load_name} over {path} failed (rep {rep + 1}): {exc}")
+            self.print_logs(self.logs.get(path, {}))
+            return
+        for key, value in values.items():
+            self.metrics[key].add(path, value)
+        shown = "  ".join(f"{k}={v:.1f}" for k, v in values.items())
+        print(f"{label} {shown}", flush=True)
+        time.sleep(0.3)  # let sockets and the iperf3 server settle between runs
+
+    def check_router_logs(self) -> None:
+        for name, path in self.logs.get("router", {}).items():
+            text = path.read_text(errors="replace")
+            bad = [ln for ln in text.splitlines()
+                   if " ERROR " in ln or " WARNING " in ln or "Traceback" in ln]
+            if bad:
+                self.note(f"router {name} log has {len(bad)} warning/error lines during the run; "
+                          f"first: {bad[0][:200]}")
+
+    def record_router_counters(self) -> None:
+        pair = self.extra.get("router_pair")
+        if not isinstance(pair, RouterPair):
+            return
+        try:
+            self.extra["router_flows"] = {site: pair.status(site).get("flows")
+                                          for site in pair.sites}
+        except (SetupError, ValueError) as exc:
+            self.note(f"could not read router status after the run: {exc}")
+            return
+        for site, flows in self.extra["router_flows"].items():
+            if isinstance(flows, dict) and flows.get("refused"):
+                self.note(f"router {site} refused {flows['refused']} flows")
+
+
+# --- reporting -----------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+RATIOS = (("router", "direct"), ("stunnel", "direct"), ("router", "stunnel"))
+
+
+def summary(metrics: dict[str, Metric]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, m in metrics.items():
+        med = {p: m.median(p) for p in PATHS}
+        out[key] = {
+            "label": m.label, "unit": m.unit, "higher_is_better": m.higher_is_better,
+            "median": med, "samples": {p: m.samples.get(p, []) for p in PATHS},
+            "ratios": {f"{a}/{b}": ratio(med[a], med[b]) for a, b in RATIOS},
+        }
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    head = ["metric", "unit", "better", *PATHS, *(f"{a}/{b}" for a, b in RATIOS)]
+    rows = [head]
+    for r in results.values():
+        rows.append([r["label"], r["unit"], "higher" if r["higher_is_better"] else "lower",
+                     *(fmt(r["median"][p]) for p in PATHS),
+                     *(fmt_ratio(r["ratios"][f"{a}/{b}"]) for a, b in RATIOS)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+
+
+# --- main ----------------------------------------------------------------------
+
+
+def find_tool(name: str) -> str:
+    venv_bin = Path(sys.executable).parent / name
+    found = str(venv_bin) if venv_bin.exists() else shutil.which(name)
+    if found is None:
+        sys.exit(f"bench: {name} not found (for iperf3: apt-get install -y iperf3)")
+    return found
+
+
+def run(settings: Settings, quick: bool) -> dict[str, Any]:
+    iperf3, sitectl = find_tool("iperf3"), find_tool("sitectl")
+    info = machine_info()
+    with tempfile.TemporaryDirectory(prefix="vanbench-") as tmp, ExitStack() as stack:
+        bench = Bench(settings, Path(tmp), stack)
+        targets = bench.start_servers(iperf3)
+        try:
+            bench.start_router(targets, sitectl)
+        except (SetupError, LoadError, TimeoutError) as exc:
+            print(f"router setup failed: {exc}", flush=True)
+            bench.print_logs(bench.logs.get("router", {}))
+            raise SystemExit(1) from exc
+        bench.start_stunnel(targets)
+        time.sleep(1.0)
+        bench.sample_idle_rss()
+        bench.run_all(make_loads(settings, iperf3))
+        bench.record_router_counters()
+        bench.check_router_logs()
+        info["loadavg_end"] = os.getloadavg()
+        results = summary(bench.metrics)
+        return {
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "quick": quick, "settings": settings.__dict__, "machine": info,
+            "router_flows": bench.extra.get("router_flows"),
+            "notes": bench.notes, "results": results,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 repetition, 1 s loads")
+    args = parser.parse_args()
+    # Turn SIGTERM into SystemExit so the ExitStack stops every child process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    settings = QUICK if args.quick else FULL
+    report = run(settings, args.quick)
+    print()
+    print(table(report["results"]))
+    for text in report["notes"]:
+        print(f"note: {text}")
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

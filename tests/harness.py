@@ -1,0 +1,147 @@
+"""Real routers as subprocesses, driven only through sitectl, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+SITECTL = str(BIN / "sitectl")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `cond` until it returns something truthy, or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class Site:
+    def __init__(self, workdir: Path, name: str, env: dict[str, str], *,
+                 host: str = "127.0.0.1") -> None:
+        self.name = name
+        self.dir = workdir / name
+        self.env = env
+        self.host = host
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"{name}.log"
+        self.link_port = free_port()
+
+    def sitectl(self, *args: str, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        cmd = [SITECTL, "--site-dir", str(self.dir), *args]
+        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"sitectl {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}\n--- router log:\n{self.log_tail()}")
+        return result
+
+    def init(self) -> Site:
+        self.sitectl("init", self.name, "--host", self.host, "--link-port", str(self.link_port))
+        return self
+
+    def start(self) -> Site:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "--site-dir", str(self.dir)],
+            env=self.env, stdout=log, stderr=log, cwd=str(ROOT))
+        log.close()
+        wait_for(self._ready, what=f"router {self.name} ready")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"router {self.name} exited:\n{self.log_tail()}")
+        return self.sitectl("status", check=False).returncode == 0
+
+    def status(self, network: bool = False) -> dict[str, Any]:
+        args = ["status", "--json"] + (["--network"] if network else [])
+        result: dict[str, Any] = json.loads(self.sitectl(*args).stdout)
+        return result
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def key_reachable(self, key: str) -> bool:
+        keys = self.status().get("keys", {})
+        return bool(keys.get(key, {}).get("reachable"))
+
+    def link_up(self, name: str) -> bool:
+        return any(lk["name"] == name and lk["state"] == "up" for lk in self.status()["links"])
+
+
+def link(issuer: Site, redeemer: Site, workdir: Path, *, cost: int | None = None,
+         name: str | None = None) -> None:
+    token = workdir / f"{issuer.name}-for-{redeemer.name}.token"
+    issuer.sitectl("token", "issue", "--expires", "15m", "--uses", "1", "-o", str(token))
+    args = ["link", "create", str(token)]
+    if cost is not None:
+        args += ["--cost", str(cost)]
+    if name is not None:
+        args += ["--name", name]
+    out = redeemer.sitectl(*args)
+    assert "up" in out.stdout, out.stdout
+
+
+def test_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XDG_DATA_HOME"] = str(tmp / "xdg")
+    env.pop(ENV_SITE_DIR, None)
+    return env
+
+
+ENV_SITE_DIR = "SITECTL_SITE_DIR"

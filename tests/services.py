@@ -1,0 +1,139 @@
+"""Small real TCP services for end-to-end tests (threads: simple and independent of
+the routers' event loop)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+_HEADER = struct.Struct(">QQ")  # connection id, bytes the server must send back
+CHUNK = 256 * 1024
+
+
+def pattern(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _send_pattern(sock: socket.socket, seed: int, total: int) -> str:
+    digest = hashlib.sha256()
+    rng = random.Random(seed)
+    left = total
+    while left:
+        chunk = rng.randbytes(min(CHUNK, left))
+        sock.sendall(chunk)
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest.hexdigest()
+
+
+def _recv_all(sock: socket.socket) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    n = 0
+    while data := sock.recv(CHUNK):
+        digest.update(data)
+        n += len(data)
+    return digest.hexdigest(), n
+
+
+@dataclass
+class Transfer:
+    sent_hash: str
+    received_hash: str
+    received: int
+
+
+class Server:
+    """Accepts on 127.0.0.1:port and runs `handle` per connection in a thread."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port: int = self.sock.getsockname()[1]
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                self.handle(conn)
+        except OSError as exc:
+            self.errors.append(exc)
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class HashServer(Server):
+    """Reads a header, then at once sends N pattern bytes back while hashing all it
+    receives; records (received hash, received bytes, sent hash) by connection id."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, Transfer] = {}
+        super().__init__()
+
+    def handle(self, conn: socket.socket) -> None:
+        header = b""
+        while len(header) < _HEADER.size:
+            more = conn.recv(_HEADER.size - len(header))
+            if not more:
+                return
+            header += more
+        conn_id, back = _HEADER.unpack(header)
+        sent: list[str] = []
+        sender = threading.Thread(target=lambda: sent.append(
+            _send_pattern(conn, conn_id + 1_000_000, back)))
+        sender.start()
+        received_hash, n = _recv_all(conn)
+        sender.join()
+        self.results[conn_id] = Transfer(sent[0] if sent else "", received_hash, n)
+        conn.shutdown(socket.SHUT_WR)
+
+
+class EchoServer(Server):
+    def handle(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(CHUNK):
+            conn.sendall(data)
+
+
+def transfer(port: int, conn_id: int, send: int, back: int, timeout: float = 60) -> Transfer:
+    """Client side of HashServer: send `send` pattern bytes, receive `back` bytes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(_HEADER.pack(conn_id, back))
+        result: list[str] = []
+
+        def sender() -> None:
+            digest = hashlib.sha256()
+            rng = random.Random(conn_id)
+            left = send
+            while left:
+                chunk = rng.randbytes(min(CHUNK, left))
+                sock.sendall(chunk)
+                digest.update(chunk)
+                left -= len(chunk)
+            sock.shutdown(socket.SHUT_WR)
+            result.append(digest.hexdigest())
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        received_hash, n = _recv_all(sock)
+        thread.join()
+    return Transfer(result[0] if result else "", received_hash, n)
