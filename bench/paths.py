@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
@@ -78,7 +79,14 @@ class RouterPair:
         self.services[site] = svc
         # Registered now, so routers are stopped even if setup fails; east first,
         # so that west never sees its peer go away while it is still running.
-        self.stack.callback(svc.stop)
+        self.stack.callback(self._stop, site)
+
+    def _stop(self, site: str) -> None:
+        svc = self.services[site]
+        code = svc.stop()
+        if code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
+            print(f"NOTE: router {site} exited with code {code} on SIGTERM; log tail:\n"
+                  f"{log_tail(svc.log, 8)}", flush=True)
 
     def _wait_ready(self, site: str) -> None:
         svc = self.services[site]

@@ -153,7 +153,11 @@ class LinkManager:
         with state.cancel:
             while True:
                 state.attempts += 1
-                up_for = await self._dial_once(state)
+                try:
+                    up_for = await self._dial_once(state)
+                except Exception as exc:  # a bug must not stop this link for good
+                    log.exception("link %s: dial failed with an internal error", state.spec.name)
+                    state.last_error, up_for = f"internal error: {exc}", None
                 if up_for is not None and up_for > 10 * limits.redial_min_s:
                     delay = limits.redial_min_s  # it was healthy: retry quickly
                 state.state = "connecting"

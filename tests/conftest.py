@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Site, link, test_env
+from tests.harness import Site, link, site_env
 
 _ids = itertools.count(1)
 
@@ -16,7 +16,7 @@ class Pair:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.env = test_env(workdir)
+        self.env = site_env(workdir)
         self.west = Site(workdir, "west", self.env).init().start()
         self.east = Site(workdir, "east", self.env).init().start()
         link(self.west, self.east, workdir)

@@ -137,7 +137,7 @@ def link(issuer: Site, redeemer: Site, workdir: Path, *, cost: int | None = None
     assert "up" in out.stdout, out.stdout
 
 
-def test_env(tmp: Path) -> dict[str, str]:
+def site_env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["XDG_DATA_HOME"] = str(tmp / "xdg")
     env.pop(ENV_SITE_DIR, None)

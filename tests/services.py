@@ -119,21 +119,30 @@ def transfer(port: int, conn_id: int, send: int, back: int, timeout: float = 60)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(_HEADER.pack(conn_id, back))
         result: list[str] = []
+        failed: list[OSError] = []
 
         def sender() -> None:
             digest = hashlib.sha256()
             rng = random.Random(conn_id)
             left = send
-            while left:
-                chunk = rng.randbytes(min(CHUNK, left))
-                sock.sendall(chunk)
-                digest.update(chunk)
-                left -= len(chunk)
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                while left:
+                    chunk = rng.randbytes(min(CHUNK, left))
+                    sock.sendall(chunk)
+                    digest.update(chunk)
+                    left -= len(chunk)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                failed.append(exc)
+                return
             result.append(digest.hexdigest())
 
         thread = threading.Thread(target=sender)
         thread.start()
-        received_hash, n = _recv_all(sock)
-        thread.join()
-    return Transfer(result[0] if result else "", received_hash, n)
+        try:
+            received_hash, n = _recv_all(sock)
+        finally:
+            thread.join()
+        if failed:
+            raise failed[0]
+    return Transfer(result[0], received_hash, n)

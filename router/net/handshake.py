@@ -68,6 +68,10 @@ async def start_link(
         raise HandshakeError("peer sent no HELLO in time") from None
     except (trio.BrokenResourceError, LinkLost) as exc:
         raise HandshakeError(f"link setup failed: {exc}") from None
+    except ssl.SSLError as exc:
+        # TLS 1.3: the server checks our certificate after the client's handshake
+        # ends, so its verdict arrives as an alert on the first read.
+        raise HandshakeError(_alert_text(exc)) from None
     der = stream.peer_certificate_der()
     cert_site = certs.peer_common_name(der) if der else None
     if cert_site != peer.site:
@@ -79,6 +83,15 @@ async def start_link(
     if peer.router_id == hello.router_id:
         raise HandshakeError("the link leads back to this router")
     return conn, peer, early
+
+
+def _alert_text(exc: ssl.SSLError) -> str:
+    reason = (exc.reason or str(exc)).upper()
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason:
+        return "the peer rejected our certificate (not signed by its CA)"
+    if "CERTIFICATE_REQUIRED" in reason:
+        return "the peer requires a client certificate"
+    return f"TLS failed: {exc.reason or exc}"
 
 
 _CLAIM_HEADER = struct.Struct(">4sBI")
