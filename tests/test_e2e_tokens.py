@@ -167,7 +167,7 @@ def test_router_with_foreign_ca_cannot_link(tmp_path: Path) -> None:
         assert not mallory.link_up("west")
         assert "certificate" in error or "TLS" in error, error
         wait_for(lambda: "refused link attempt" in west.log_tail(50), what="west log")
-        assert "peer certificate rejected" in west.log_tail(50) or "certificate" in west.log_tail(50)
+        assert "peer certificate rejected" in west.log_tail(50)
         assert west.link_up("in:east")  # the real link is unaffected
     finally:
         for s in (mallory, east, west):
