@@ -114,6 +114,8 @@ class Link:
         self._on_open = on_open
         self._on_routing = on_routing
         self._wake = trio.Event()
+        self._writing = False
+        self._dispatching = False
         self._drained = trio.Event()
         self._cancel = trio.CancelScope()
         self.closed_reason: str | None = None
@@ -128,8 +130,17 @@ class Link:
 
     # ---- commands used by flows
     def kick(self) -> None:
-        """Wake the writer: the connection has bytes to send."""
-        self._wake.set()
+        """The connection has bytes to send: write them now if the socket takes them
+        without blocking (no task switch on the latency path), else wake the writer.
+        Inside a batch of received events, one write happens after the batch."""
+        if self._dispatching or self._writing or self._wake.is_set():
+            return
+        data = self.conn.data_to_send()
+        if not data:
+            return
+        self.bytes_out += len(data)
+        if not self.stream.send_nowait(data):
+            self._wake.set()
 
     async def wait_drained(self) -> None:
         """Back-pressure: wait while the outgoing queue is over its limit."""
@@ -150,7 +161,7 @@ class Link:
         if self.closed_reason is None:
             self.closed_reason = reason
             self.conn.close(reason)
-            self.kick()
+            self._wake.set()  # the writer flushes the GOAWAY, then ends the link
             # Give the writer a moment to flush the GOAWAY before the scope ends.
             self._cancel.deadline = trio.current_time() + 1.0
 
@@ -195,20 +206,26 @@ class Link:
             if not data:
                 raise LinkLost("peer closed the connection")
             self.bytes_in += len(data)
-            self._dispatch(self.conn.receive_data(data, trio.current_time()))
-            if self.conn.outgoing_bytes:
-                self.kick()
+            self._dispatching = True
+            try:
+                self._dispatch(self.conn.receive_data(data, trio.current_time()))
+            finally:
+                self._dispatching = False
+            self.kick()
 
     async def _writer(self) -> None:
         while True:
             await self._wake.wait()
+            self._writing = True
+            try:
+                # send_all(b"") also flushes what send_nowait left behind.
+                await self.stream.send_all(b"")
+                while data := self.conn.data_to_send():
+                    self.bytes_out += len(data)
+                    await self.stream.send_all(data)
+            finally:
+                self._writing = False
             self._wake = trio.Event()
-            while True:
-                data = self.conn.data_to_send()
-                if not data:
-                    break
-                self.bytes_out += len(data)
-                await self.stream.send_all(data)
             drained, self._drained = self._drained, trio.Event()
             drained.set()
             if self.closed_reason is not None:

@@ -59,7 +59,7 @@ class Candidate:
 @dataclass(slots=True, kw_only=True)
 class _Entry:
     record: RouterRecord
-    wire: bytes  # canonical encoding, forwarded as is
+    wire: bytes  # encoding as received (ours: canonical), forwarded as is
     links: dict[str, int]
     origin_time: float  # our clock's time when the record had age 0
     expires_at: float  # inf for our own record
@@ -68,7 +68,7 @@ class _Entry:
 def _newer(record: RouterRecord, held: _Entry) -> bool:
     if record.seq != held.record.seq:
         return record.seq > held.record.seq
-    return record != held.record and record.to_wire() > held.wire
+    return record != held.record and record.to_wire() > held.record.to_wire()
 
 
 class RoutingCore:
@@ -268,7 +268,7 @@ class RoutingCore:
             raise LimitExceeded(
                 f"message holds more records than max_routers ({self._max_routers})"
             )
-        accepted: list[tuple[float, RouterRecord]] = []
+        accepted: list[tuple[float, RouterRecord, bytes]] = []
         new_origins: set[str] = set()
         for age, wire in items:
             if wire in self._by_wire:
@@ -281,13 +281,13 @@ class RoutingCore:
                     raise ForgedRecord(f"bad signature on record of {record.router_id}")
                 if held is None and age < self._max_age:
                     new_origins.add(record.router_id)
-            accepted.append((age, record))
+            accepted.append((age, record, wire))
         if len(self._db) + len(new_origins) > self._max_routers:
             raise LimitExceeded(f"max_routers ({self._max_routers}) would be exceeded")
         self.messages_received += 1
         self.records_received += len(items)
-        for age, record in accepted:
-            self._apply(from_peer, age, record, now)
+        for age, record, wire in accepted:
+            self._apply(from_peer, age, record, wire, now)
 
     def outgoing(self) -> list[tuple[str, bytes]]:
         """Drain queued records as (neighbour, payload), batched up to max_message_bytes."""
@@ -360,7 +360,9 @@ class RoutingCore:
         if record.router_id != router_id_for(record.public_key):
             raise ForgedRecord(f"router id {record.router_id} does not match its public key")
 
-    def _apply(self, from_peer: str, age: float, record: RouterRecord, now: float) -> None:
+    def _apply(
+        self, from_peer: str, age: float, record: RouterRecord, wire: bytes, now: float
+    ) -> None:
         rid = record.router_id
         held = self._db.get(rid)
         if rid == self._router_id:
@@ -380,7 +382,7 @@ class RoutingCore:
         origin_time = now - age
         entry = _Entry(
             record=record,
-            wire=record.to_wire(),
+            wire=wire,  # forwarded as received: the signature covers the decoded fields
             links=dict(record.links),
             origin_time=origin_time,
             expires_at=origin_time + self._max_age,
