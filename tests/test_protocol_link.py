@@ -468,3 +468,29 @@ def test_conversation_is_independent_of_chunking(chunk: int) -> None:
     assert d.log[7] == [FlowAccepted(flow_id=7, window=700), FlowReset(flow_id=7, reason="reset")]
     assert d.log[5] == [FlowRefused(flow_id=5, reason="refused")]
     assert a.log[2] == [FlowAccepted(flow_id=2, window=700), FlowFinished(flow_id=2)]
+
+
+def test_credit_is_coalesced_to_a_quarter_window() -> None:
+    """Small deliveries cost no CREDIT frame until a quarter of the window is consumed,
+    and a sender that used its whole window always gets credit back."""
+    d, a = handshake()
+    fid = d.open_flow(request(window=1000))
+    pump(d, a)
+    a.accept_flow(fid, window=400)
+    pump(d, a)
+    for _ in range(9):
+        d.send_data(fid, b"x" * 10)
+        pump(d, a)
+        a.grant_credit(fid, 10)
+    at_d, _ = pump(d, a)
+    assert at_d == []  # 90 bytes consumed < 100: nothing sent yet
+    assert d.credit(fid) == 310
+    a.grant_credit(fid, 10)
+    at_d, _ = pump(d, a)
+    assert at_d == [CreditGranted(flow_id=fid, amount=100)]
+    assert d.credit(fid) == 400
+    d.send_data(fid, b"y" * 400)  # the whole window in flight
+    pump(d, a)
+    a.grant_credit(fid, 400)
+    at_d, _ = pump(d, a)
+    assert at_d == [CreditGranted(flow_id=fid, amount=400)]

@@ -36,7 +36,8 @@ def test_any_edit_breaks_the_signature(field: str) -> None:
 
 
 def test_swapped_ca_breaks_the_signature() -> None:
-    ca, other = certs.CertificateAuthority.generate("west"), certs.CertificateAuthority.generate("x")
+    ca = certs.CertificateAuthority.generate("west")
+    other = certs.CertificateAuthority.generate("x")
     doc = json.loads(make(ca))
     doc["ca"] = other.cert_pem.decode()
     with pytest.raises(TokenError, match="signature does not verify"):

@@ -120,33 +120,34 @@ class TLSStream(trio.abc.Stream):
         await self._flush()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        ssl_obj, incoming = self._ssl, self._in
         while True:
             chunks: list[bytes] = []
-            try:
-                while True:
-                    chunk = self._ssl.read(RECV_CHUNK)
-                    if not chunk:
-                        self._eof = True
-                        break
-                    chunks.append(chunk)
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLZeroReturnError:
-                self._eof = True
-            except ssl.SSLEOFError:
-                # Transport EOF without close_notify: treat as end of stream; the link
-                # protocol has its own GOAWAY, so truncation cannot go unnoticed.
-                self._eof = True
+            # Only call read() when there is something to decrypt: a read that would
+            # block costs a raised SSLWantReadError, measurable on the latency path.
+            if incoming.pending or ssl_obj.pending() or incoming.eof:
+                try:
+                    while True:
+                        chunk = ssl_obj.read(RECV_CHUNK)
+                        if not chunk:
+                            self._eof = True
+                            break
+                        chunks.append(chunk)
+                        if not incoming.pending and not ssl_obj.pending():
+                            break
+                except ssl.SSLWantReadError:
+                    pass
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    # EOF with or without close_notify: the link protocol has its own
+                    # GOAWAY, so a truncated stream cannot go unnoticed.
+                    self._eof = True
             # Never flush here: if both peers' readers blocked on sending, neither would
             # read, and the link would deadlock. Bytes the TLS layer produced while
             # reading (e.g. a KeyUpdate reply) leave with the next send_all.
             if chunks:
                 return b"".join(chunks) if len(chunks) > 1 else chunks[0]
-            if self._eof:
+            if self._eof or (incoming.eof and not incoming.pending):
                 return b""
-            if self._in.eof:
-                return b""
-            # At transport EOF the next read() sees it and classifies it.
             await self._fill()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

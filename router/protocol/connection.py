@@ -466,7 +466,7 @@ class LinkConnection:
         accept = Accept(window=window)
         flow = self._local_flow(flow_id)
         flow.on_local(FlowInput.SEND_ACCEPT)
-        flow.recv_allowance = window
+        flow.recv_allowance = flow.window = window
         self._queue(FrameType.ACCEPT, flow_id, accept.to_wire())
 
     def refuse_flow(self, flow_id: int, reason: str) -> None:
@@ -502,16 +502,27 @@ class LinkConnection:
         self._sent_since_tick = True
 
     def grant_credit(self, flow_id: int, n: int) -> None:
-        """Tell the peer ``n`` more bytes were consumed locally; no-op if the flow is gone."""
+        """Record that ``n`` more bytes were consumed locally; no-op if the flow is gone.
+
+        CREDIT goes out once a quarter of the window was consumed, not per call: a
+        request/response flow then costs no CREDIT frames at all (and no wake-up of
+        the peer), while a bulk sender never runs dry (3/4 of its window stays in
+        flight while the grant travels).
+        """
         if n < 0:
             raise ValueError(f"cannot grant negative credit {n}")
         flow = self._flows.get(flow_id)
         if flow is None or not n or not flow.can(FlowInput.SEND_CREDIT):
             return
-        if flow.recv_allowance + n > MAX_WINDOW:
+        unacked = flow.unacked + n
+        if unacked < (flow.window >> 2):
+            flow.unacked = unacked
+            return
+        if flow.recv_allowance + unacked > MAX_WINDOW:
             raise FlowError(f"granting {n} bytes on flow {flow_id} exceeds window {MAX_WINDOW}")
-        flow.recv_allowance += n
-        self._queue(FrameType.CREDIT, flow_id, CREDIT_BODY.pack(n))
+        flow.unacked = 0
+        flow.recv_allowance += unacked
+        self._queue(FrameType.CREDIT, flow_id, CREDIT_BODY.pack(unacked))
 
     def send_fin(self, flow_id: int) -> None:
         flow = self._local_flow(flow_id)

@@ -79,13 +79,15 @@ CAN_SEND_DATA = frozenset(s for (s, i) in TRANSITIONS if i is I.SEND_DATA)
 class Flow:
     """One multiplexed flow: its state and both directions' flow-control counters."""
 
-    __slots__ = ("flow_id", "recv_allowance", "send_credit", "state")
+    __slots__ = ("flow_id", "recv_allowance", "send_credit", "state", "unacked", "window")
 
     def __init__(self, flow_id: int, state: FlowState, send_credit: int, recv_allowance: int):
         self.flow_id = flow_id
         self.state = state
         self.send_credit = send_credit  # bytes we may still send
         self.recv_allowance = recv_allowance  # bytes the peer may still send
+        self.window = recv_allowance  # the receive window we granted at the start
+        self.unacked = 0  # consumed locally, not yet granted back to the peer
 
     def can(self, event: FlowInput) -> bool:
         return (self.state, event) in TRANSITIONS
