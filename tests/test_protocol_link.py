@@ -485,6 +485,8 @@ def test_credit_is_coalesced_to_a_quarter_window() -> None:
     at_d, _ = pump(d, a)
     assert at_d == []  # 90 bytes consumed < 100: nothing sent yet
     assert d.credit(fid) == 310
+    d.send_data(fid, b"x" * 10)
+    pump(d, a)
     a.grant_credit(fid, 10)
     at_d, _ = pump(d, a)
     assert at_d == [CreditGranted(flow_id=fid, amount=100)]
