@@ -163,3 +163,31 @@ def test_sites_by_name_under_xdg(tmp_path: Path) -> None:
     assert run("--site", "beta", "connector", "list").returncode == 0
     key_mode = (tmp_path / "xdg" / "vanrouter" / "sites" / "beta" / "ca.key").stat().st_mode
     assert key_mode & 0o777 == 0o600
+
+
+def test_graceful_peer_shutdown_and_no_leaks(fresh_pair: Pair) -> None:
+    """SIGTERM on one router: it exits 0 without a traceback; the other survives,
+    sees why, and holds no leftover flows or file descriptors."""
+    import os
+
+    pair = fresh_pair
+    server = HashServer()
+    key, port = pair.key("leak"), free_port()
+    pair.expose(key, server.port, port)
+
+    def fds(site: Site) -> int:
+        return len(os.listdir(f"/proc/{site.pid}/fd"))
+
+    transfer(port, 1, 1000, 1000)  # warm up: first-use sockets and caches exist
+    before = (fds(pair.east), fds(pair.west))
+    for i in range(2, 52):
+        transfer(port, i, 10_000, 10_000)
+    wait_for(lambda: pair.east.status()["flows"]["active"] == 0, what="flows closed")
+    wait_for(lambda: (fds(pair.east), fds(pair.west)) == before,
+             what=f"fd counts back to {before}")
+    assert pair.west.stop() == 0
+    assert "Traceback" not in pair.west.log_tail(200)
+    wait_for(lambda: "router shutting down" in pair.east.log_tail(20),
+             what="east told why the link ended")
+    assert pair.east.status()["site"] == "east"  # still running
+    assert "Traceback" not in pair.east.log_tail(200)
