@@ -1,0 +1,64 @@
+"""Several sites on loopback: flows across transit routers, failover between sites."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Site, free_port, link, site_env, wait_for
+from tests.services import HashServer, transfer
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Site]]:
+    """a - b - c - d, each linked to the next (the later one redeems)."""
+    work = tmp_path_factory.mktemp("line")
+    env = site_env(work)
+    sites = [Site(work, name, env).init().start() for name in "abcd"]
+    for left, right in zip(sites, sites[1:], strict=False):
+        link(left, right, work)
+    yield sites
+    for site in sites:
+        site.stop()
+
+
+def test_flow_across_two_transit_routers(line: list[Site]) -> None:
+    a, _, _, d = line
+    server = HashServer()
+    a.sitectl("connector", "create", "far", f"127.0.0.1:{server.port}")
+    port = free_port()
+    d.sitectl("listener", "create", "far", str(port))
+    wait_for(lambda: d.key_reachable("far"), what="far reachable from d")
+    result = transfer(port, 1, 20 * MB, 20 * MB)
+    assert server.results[1].received_hash == result.sent_hash
+    assert result.received_hash == server.results[1].sent_hash
+    net = d.status(network=True)["network"]
+    assert net["keys"]["far"]["path"] == ["d", "c", "b", "a"]
+    assert {s["site"] for s in net["sites"]} == {"a", "b", "c", "d"}
+
+
+def test_refusal_fails_over_to_another_site(tmp_path: Path) -> None:
+    env = site_env(tmp_path)
+    hub, left, right = (Site(tmp_path, n, env).init().start() for n in ("hub", "left", "right"))
+    try:
+        link(hub, left, tmp_path)
+        link(hub, right, tmp_path)
+        server = HashServer()
+        dead = free_port()
+        left.sitectl("connector", "create", "svc", f"127.0.0.1:{dead}", "--priority", "0")
+        right.sitectl("connector", "create", "svc", f"127.0.0.1:{server.port}",
+                      "--priority", "5")
+        port = free_port()
+        hub.sitectl("listener", "create", "svc", str(port), "--strategy", "priority")
+        wait_for(lambda: len(hub.status()["keys"].get("svc", {}).get("served_by", [])) == 2,
+                 what="both servers known")
+        result = transfer(port, 7, MB, MB)  # left refuses (target down), right serves
+        assert server.results[7].received_hash == result.sent_hash
+        assert "cannot reach 'svc'" in left.log_tail(20)
+    finally:
+        for s in (hub, left, right):
+            s.stop()
