@@ -184,7 +184,20 @@ class Router:
             self.routing.receive(link.peer_id, payload, trio.current_time())
         except RoutingError as exc:
             log.warning("routing message from %s dropped: %s", link.peer_site, exc)
+        if link.direction == "in":
+            self._adopt_cost(link)
         self._flush_routing()
+
+    def _adopt_cost(self, link: Link) -> None:
+        """The dialling side owns a link's cost (`link create --cost`, `link cost`); the
+        accepting side takes it from the dialler's record, so both directions agree."""
+        record = self.routing.record(link.peer_id)
+        if record is None:
+            return
+        cost = dict(record.links).get(self.router_id)
+        if cost is not None and cost != link.cost:
+            link.cost = cost
+            self.routing.set_cost(link.peer_id, cost, trio.current_time())
 
     def _flush_routing(self) -> None:
         for peer_id, payload in self.routing.outgoing():
@@ -217,6 +230,8 @@ class Router:
                 keys[con.key] = KeyAdvert(priority=min(prev.priority, con.priority),
                                           weight=prev.weight + con.weight)
         self.routing.set_keys(keys, trio.current_time())
+        self.routing.set_listens([lst.key for lst in self.config.listeners],
+                                 trio.current_time())
         self._flush_routing()
 
     # ---- listeners: clients connect here
@@ -258,8 +273,16 @@ class Router:
             candidates = self.routing.candidates(lst.key)
             order = choose(candidates, lst.strategy, self.outstanding, self._rng)
             for cand in order:
-                if await self._try_candidate(lst, client, cand, reasons):
-                    return
+                for _attempt in range(2):
+                    # A second try only when the path broke under the OPEN (a link died)
+                    # and routing now knows another way to the same site.
+                    hop_before = cand.next_hop
+                    if await self._try_candidate(lst, client, cand, reasons):
+                        return
+                    hop_now = self.routing.next_hop(cand.router_id)
+                    if hop_now is None or hop_now == hop_before or cand.next_hop is None:
+                        break
+                    cand = replace(cand, next_hop=hop_now)
             if not order:
                 reasons.append("no reachable site has a connector for it")
             self.counters.refused += 1
@@ -365,6 +388,7 @@ class Router:
             raise ValueError(f"a listener on {lst.host}:{lst.port} already exists")
         await self._start_listener(lst)
         self._save(replace(self.config, listeners=(*self.config.listeners, lst)))
+        self._advertise_keys()
 
     def delete_listener(self, key: str) -> list[ListenerConfig]:
         gone = [lst for lst in self.config.listeners if lst.key == key]
@@ -375,6 +399,7 @@ class Router:
             scope.cancel()
         self._save(replace(self.config, listeners=tuple(
             lst for lst in self.config.listeners if lst.key != key)))
+        self._advertise_keys()
         return gone
 
     def add_connector(self, con: ConnectorConfig) -> None:

@@ -76,8 +76,11 @@ def network_status(router: Router) -> dict[str, Any]:
             "cost": cost,
             "links": [{"peer": names.get(peer, peer), "cost": c} for peer, c in rec.links],
         })
+        for key in rec.listens:
+            entry = keys.setdefault(key, {"servers": [], "listeners": [], "path": None})
+            entry["listeners"].append(rec.site)
         for key, priority, weight in rec.keys:
-            entry = keys.setdefault(key, {"servers": [], "path": None})
+            entry = keys.setdefault(key, {"servers": [], "listeners": [], "path": None})
             entry["servers"].append({"site": rec.site, "priority": priority, "weight": weight,
                                      "reachable": cost is not None})
     for key, entry in keys.items():

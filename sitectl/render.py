@@ -82,5 +82,7 @@ def render_network(net: dict[str, Any]) -> str:
         servers = ", ".join(
             f"{s['site']}(p{s['priority']} w{s['weight']})" for s in info["servers"])
         path = " -> ".join(info["path"]) if info["path"] else "no path"
-        lines.append(f"  {key:<20} served by {servers}; path {path}")
+        listeners = ", ".join(info.get("listeners", [])) or "none"
+        lines.append(f"  {key:<20} served by {servers or 'nobody'}; listened on {listeners};"
+                     f" path {path}")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Site]]:
     work = tmp_path_factory.mktemp("line")
     env = site_env(work)
     sites = [Site(work, name, env).init().start() for name in "abcd"]
-    for left, right in zip(sites, sites[1:], strict=False):
+    for left, right in itertools.pairwise(sites):
         link(left, right, work)
     yield sites
     for site in sites:

@@ -196,8 +196,9 @@ class Link:
             for handler in list(self.flows.values()):
                 handler.on_reset(f"link to {self.peer_site} lost: {reason}")
             self.flows.clear()
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await self.stream.aclose()
+            # No checkpoint from here until the caller's bookkeeping (routing told the
+            # neighbour is gone) has run: flows woken by the resets above then retry on
+            # a fresh route. The caller closes the stream.
         log.info("link %s to %s ended: %s", self.name, self.peer_site, reason)
 
     async def _reader(self) -> None:

@@ -20,7 +20,7 @@ Flooding rules (OSPF-like):
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import ForgedRecord, LimitExceeded, RoutingError
@@ -107,6 +107,7 @@ class RoutingCore:
         self._seq = 0
         self._links: dict[str, int] = {}
         self._keys: dict[str, KeyAdvert] = {}
+        self._listens: tuple[str, ...] = ()
         self._last_originated = now
         self._db: dict[str, _Entry] = {}  # includes our own record
         self._by_wire: dict[bytes, str] = {}  # held wire bytes -> origin: cheap duplicate check
@@ -246,6 +247,17 @@ class RoutingCore:
         self._keys = new_keys
         self._commit_own(record, now)
 
+    def set_listens(self, keys: Iterable[str], now: float) -> None:
+        """Tell the network which keys this router listens for (status only)."""
+        now = self._advance(now)
+        listens = tuple(sorted({check_str("listened key", k, MAX_KEY_CHARS) for k in keys}))
+        if listens == self._listens:
+            return
+        if len(listens) > self._max_keys_per_record:
+            raise LimitExceeded(f"max_keys_per_record ({self._max_keys_per_record}) exceeded")
+        self._listens = listens
+        self._commit_own(self._build_own(self._links, self._keys), now)
+
     # ---- messages and time -----------------------------------------------------------------
 
     def receive(self, from_peer: str, payload: bytes, now: float) -> None:
@@ -352,9 +364,10 @@ class RoutingCore:
                 f"record of {record.router_id} has {len(record.links)} links, over "
                 f"max_links_per_record ({self._max_links_per_record})"
             )
-        if len(record.keys) > self._max_keys_per_record:
+        if max(len(record.keys), len(record.listens)) > self._max_keys_per_record:
             raise LimitExceeded(
-                f"record of {record.router_id} has {len(record.keys)} keys, over "
+                f"record of {record.router_id} has {len(record.keys)} keys and "
+                f"{len(record.listens)} listened keys, over "
                 f"max_keys_per_record ({self._max_keys_per_record})"
             )
         if record.router_id != router_id_for(record.public_key):
@@ -406,6 +419,7 @@ class RoutingCore:
             seq=self._seq + 1 if seq is None else seq,
             links=tuple(sorted(links.items())),
             keys=tuple(sorted((k, a.priority, a.weight) for k, a in keys.items())),
+            listens=self._listens,
             public_key=self._signer.public_key,
             signature=b"",
         )
@@ -415,6 +429,7 @@ class RoutingCore:
             seq=unsigned.seq,
             links=unsigned.links,
             keys=unsigned.keys,
+            listens=unsigned.listens,
             public_key=unsigned.public_key,
             signature=self._signer.sign(unsigned.signed_bytes()),
         )

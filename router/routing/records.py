@@ -1,9 +1,9 @@
 """Router records, the unit of link-state flooding, and the msgpack wire encoding.
 
 A record on the wire is a msgpack array
-``[router_id, site, seq, [[neighbour, cost], ...], [[key, priority, weight], ...], public_key,
-signature]`` with links and keys sorted and unique, so the encoding is canonical: the signature
-covers ``RECORD_DOMAIN + msgpack([... all but signature])``.
+``[router_id, site, seq, [[neighbour, cost], ...], [[key, priority, weight], ...],
+[listened key, ...], public_key, signature]`` with links and keys sorted and unique, so the
+encoding is canonical: the signature covers ``RECORD_DOMAIN + msgpack([... all but signature])``.
 
 A routing message is ``[MESSAGE_VERSION, [[age_seconds, record_bytes], ...]]``. The age is how
 long ago the origin produced the record (as OSPF's LS age); it is not signed, because it only
@@ -96,6 +96,8 @@ class RouterRecord:
     keys: tuple[tuple[str, int, int], ...]
     public_key: bytes
     signature: bytes
+    # Keys this router has listeners for: shown in network status, not used for routing.
+    listens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_str("router_id", self.router_id, MAX_ID_CHARS)
@@ -126,6 +128,14 @@ class RouterRecord:
             if key <= previous:
                 raise MalformedMessage("keys must be sorted, without duplicates")
             previous = key
+        if type(self.listens) is not tuple:
+            raise MalformedMessage("listens must be a tuple")
+        previous = ""
+        for key in self.listens:
+            check_str("listened key", key, MAX_KEY_CHARS)
+            if key <= previous:
+                raise MalformedMessage("listened keys must be sorted, without duplicates")
+            previous = key
 
     def _fields(self) -> list[Any]:
         return [
@@ -134,6 +144,7 @@ class RouterRecord:
             self.seq,
             [list(link) for link in self.links],
             [list(entry) for entry in self.keys],
+            list(self.listens),
             self.public_key,
         ]
 
@@ -153,7 +164,7 @@ class RouterRecord:
             obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except _DECODE_ERRORS as exc:
             raise MalformedMessage(f"record does not decode: {exc}") from exc
-        fields = _check_list("record", obj, 7)
+        fields = _check_list("record", obj, 8)
         links = tuple(
             tuple(_check_list("link", link, 2)) for link in _check_list("links", fields[3])
         )
@@ -166,8 +177,9 @@ class RouterRecord:
             seq=fields[2],
             links=links,  # element shapes are checked in __post_init__
             keys=keys,
-            public_key=fields[5],
-            signature=fields[6],
+            listens=tuple(_check_list("listens", fields[5])),
+            public_key=fields[6],
+            signature=fields[7],
         )
 
 
