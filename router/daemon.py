@@ -26,6 +26,7 @@ import certs
 from router.config import ConnectorConfig, ListenerConfig, SiteConfig
 from router.control import ControlServer
 from router.links import LinkManager
+from router.metrics import make_registry, serve_metrics
 from router.net.errors import connect_reason, guarded
 from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket
 from router.net.link import Link
@@ -114,6 +115,9 @@ class Router:
         async with trio.open_nursery() as root:
             self._nursery = root
             await root.start(control.serve)
+            if cfg.metrics_port:
+                await root.start(serve_metrics, make_registry(self), "127.0.0.1",
+                                 cfg.metrics_port)
             async with trio.open_nursery() as flows:
                 self._flows = flows
                 await root.start(self.links.serve, link_listeners)
