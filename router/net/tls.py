@@ -41,7 +41,11 @@ class TLSStream(trio.abc.Stream):
         # Ciphertext a non-blocking write could not take; it goes out before anything else.
         self._backlog = b""
         sock = getattr(transport, "socket", None)
+        self._sock = sock
         self._fd: int | None = sock.fileno() if sock is not None else None
+        # Reads land in this buffer (recv_into): recv(256 KiB) would allocate 256 KiB
+        # per call, above glibc's mmap threshold, which costs more than the read.
+        self._rbuf = bytearray(RECV_CHUNK) if sock is not None else None
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -90,7 +94,11 @@ class TLSStream(trio.abc.Stream):
     async def _fill(self) -> bool:
         """Read more ciphertext; False at transport EOF."""
         try:
-            data = await self.transport.receive_some(RECV_CHUNK)
+            if self._rbuf is not None and self._sock is not None:
+                n = await self._sock.recv_into(self._rbuf)
+                data: bytes | bytearray | memoryview = memoryview(self._rbuf)[:n]
+            else:
+                data = await self.transport.receive_some(RECV_CHUNK)
         except trio.ClosedResourceError:
             raise
         except (trio.BrokenResourceError, OSError) as exc:
