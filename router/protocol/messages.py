@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import msgpack
 
@@ -218,8 +218,11 @@ def _check_reason(reason: object) -> None:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Refuse:
+class _Reasoned:
+    """A control message that carries only a human-readable reason."""
+
     reason: str
+    KIND: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         _check_reason(self.reason)
@@ -229,46 +232,23 @@ class Refuse:
 
     @classmethod
     def from_wire(cls, data: bytes) -> Self:
-        f = _unpack("REFUSE", data, ("reason",))
+        f = _unpack(cls.KIND, data, ("reason",))
         try:
             return cls(**f)
         except ValueError as exc:
-            raise _invalid("REFUSE", exc) from exc
+            raise _invalid(cls.KIND, exc) from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Reset:
-    reason: str
-
-    def __post_init__(self) -> None:
-        _check_reason(self.reason)
-
-    def to_wire(self) -> bytes:
-        return _pack({"reason": self.reason})
-
-    @classmethod
-    def from_wire(cls, data: bytes) -> Self:
-        f = _unpack("RESET", data, ("reason",))
-        try:
-            return cls(**f)
-        except ValueError as exc:
-            raise _invalid("RESET", exc) from exc
+class Refuse(_Reasoned):
+    KIND: ClassVar[str] = "REFUSE"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class GoAway:
-    reason: str
+class Reset(_Reasoned):
+    KIND: ClassVar[str] = "RESET"
 
-    def __post_init__(self) -> None:
-        _check_reason(self.reason)
 
-    def to_wire(self) -> bytes:
-        return _pack({"reason": self.reason})
-
-    @classmethod
-    def from_wire(cls, data: bytes) -> Self:
-        f = _unpack("GOAWAY", data, ("reason",))
-        try:
-            return cls(**f)
-        except ValueError as exc:
-            raise _invalid("GOAWAY", exc) from exc
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GoAway(_Reasoned):
+    KIND: ClassVar[str] = "GOAWAY"
