@@ -141,17 +141,30 @@ class SocketFlow:
 
     async def _socket_to_link(self, sock: trio.SocketStream) -> None:
         conn, link, fid = self.link.conn, self.link, self.flow_id
+        fd = sock.socket.fileno()
+        more = False  # did the last read fill its buffer (so more is likely waiting)?
         while True:
             credit = conn.credit(fid)
             while credit <= 0:
                 self._credit_ready = trio.Event()
                 await self._credit_ready.wait()
                 credit = conn.credit(fid)
+            # Small messages: wait first, then read once (no read that finds nothing).
+            # Bulk: read first, with a checkpoint so other tasks still get their turn.
+            if more:
+                await trio.lowlevel.checkpoint()
+            else:
+                await trio.lowlevel.wait_readable(fd)
+            want = min(credit, READ_CHUNK)
             try:
-                data = await sock.receive_some(min(credit, READ_CHUNK))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._reset(f"connection reset by local peer: {exc}")
+                data = os.read(fd, want)
+            except BlockingIOError:
+                more = False
+                continue
+            except OSError as exc:
+                self._reset(f"connection reset by local peer: {exc.strerror or exc}")
                 return
+            more = len(data) == want
             if not data:
                 try:
                     conn.send_fin(fid)

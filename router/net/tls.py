@@ -46,6 +46,7 @@ class TLSStream(trio.abc.Stream):
         # Reads land in this buffer (recv_into): recv(256 KiB) would allocate 256 KiB
         # per call, above glibc's mmap threshold, which costs more than the read.
         self._rbuf = bytearray(RECV_CHUNK) if sock is not None else None
+        self._more = False
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -93,12 +94,32 @@ class TLSStream(trio.abc.Stream):
 
     async def _fill(self) -> bool:
         """Read more ciphertext; False at transport EOF."""
+        if self._rbuf is None or self._fd is None:
+            return await self._fill_stream()
+        # Wait first, then read once, unless the last read filled the buffer (bulk
+        # transfer: read first, with a checkpoint so other tasks still run). A read
+        # that finds nothing costs a syscall and trio's retry path on every message.
+        if self._more:
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.wait_readable(self._fd)
         try:
-            if self._rbuf is not None and self._sock is not None:
-                n = await self._sock.recv_into(self._rbuf)
-                data: bytes | bytearray | memoryview = memoryview(self._rbuf)[:n]
-            else:
-                data = await self.transport.receive_some(RECV_CHUNK)
+            n = os.readv(self._fd, [self._rbuf])
+        except BlockingIOError:
+            self._more = False
+            return True
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"link transport failed: {exc}") from exc
+        self._more = n == len(self._rbuf)
+        if not n:
+            self._in.write_eof()
+            return False
+        self._in.write(memoryview(self._rbuf)[:n])
+        return True
+
+    async def _fill_stream(self) -> bool:
+        try:
+            data = await self.transport.receive_some(RECV_CHUNK)
         except trio.ClosedResourceError:
             raise
         except (trio.BrokenResourceError, OSError) as exc:
