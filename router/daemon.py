@@ -436,6 +436,10 @@ class Router:
 
     def set_link_cost(self, name: str, cost: int) -> None:
         if name not in self.links.dials:
+            inbound = [lk for lk in self.links.accepted if lk.name == name]
+            if inbound:
+                raise ValueError(f"link {name} was dialled by site {inbound[0].peer_site}, "
+                                 f"which owns its cost: run `sitectl link cost` there")
             raise ValueError(f"no link named {name!r}")
         spec = self.links.dials[name].spec
         self.links.set_cost(name, cost)

@@ -63,3 +63,40 @@ def test_refusal_fails_over_to_another_site(tmp_path: Path) -> None:
     finally:
         for s in (hub, left, right):
             s.stop()
+
+
+def test_live_cost_change_moves_the_path_without_dropping_links(tmp_path: Path) -> None:
+    """A triangle: src reaches dst directly (cost 1) or via mid; raising the direct
+    link's cost moves the path through mid, and no link goes down."""
+    env = site_env(tmp_path)
+    src, mid, dst = (Site(tmp_path, n, env).init().start() for n in ("src", "mid", "dst"))
+    try:
+        link(dst, src, tmp_path)  # src dials dst: src owns this link's cost
+        link(mid, src, tmp_path)
+        link(dst, mid, tmp_path)
+        server = HashServer()
+        dst.sitectl("connector", "create", "svc", f"127.0.0.1:{server.port}")
+        port = free_port()
+        src.sitectl("listener", "create", "svc", str(port))
+
+        def path() -> list[str] | None:
+            result: list[str] | None = src.status(network=True)["network"]["keys"].get(
+                "svc", {}).get("path")
+            return result
+
+        wait_for(lambda: path() == ["src", "dst"], what="direct path")
+        since = {lk["name"]: lk["since"] for lk in src.status()["links"]}
+        src.sitectl("link", "cost", "dst", "10")
+        wait_for(lambda: path() == ["src", "mid", "dst"], what="path via mid")
+        # The accepting side adopted the new cost; nothing was torn down.
+        wait_for(lambda: any(lk["peer"] == "src" and lk["cost"] == 10 for s in
+                             src.status(network=True)["network"]["sites"] if s["site"] == "dst"
+                             for lk in s["links"]), what="dst's record shows cost 10")
+        assert {lk["name"]: lk["since"] for lk in src.status()["links"]} == since
+        result = transfer(port, 3, MB, MB)
+        assert server.results[3].received_hash == result.sent_hash
+        refused = dst.sitectl("link", "cost", "in:src", "3", check=False)
+        assert refused.returncode != 0 and "dialled by site src" in refused.stderr
+    finally:
+        for s in (src, mid, dst):
+            s.stop()

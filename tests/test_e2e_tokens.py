@@ -132,8 +132,12 @@ def test_token_use_is_counted_and_reuse_refused(sites) -> None:  # type: ignore[
         # Same link name twice is refused locally.
         again = east.sitectl("link", "create", str(token), check=False)
         assert again.returncode != 0 and "already exists" in again.stderr
-    finally:
         east.sitectl("link", "delete", "west")
+        # The live link is torn down on both ends, and east no longer dials.
+        wait_for(lambda: not any(lk["peer_site"] == "east" for lk in west.status()["links"]),
+                 what="west to see the link gone")
+        assert east.status()["links"] == []
+    finally:
         east.stop()
     assert not list((east.dir / "links").glob("*.toml"))
 
