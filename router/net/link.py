@@ -135,11 +135,11 @@ class Link:
         Inside a batch of received events, one write happens after the batch."""
         if self._dispatching or self._writing or self._wake.is_set():
             return
-        data = self.conn.data_to_send()
-        if not data:
+        size = self.conn.outgoing_bytes
+        if not size:
             return
-        self.bytes_out += len(data)
-        if not self.stream.send_nowait(data):
+        self.bytes_out += size
+        if not self.stream.send_nowait(self.conn.data_to_send_parts()):
             self._wake.set()
 
     async def wait_drained(self) -> None:
@@ -203,7 +203,7 @@ class Link:
 
     async def _reader(self) -> None:
         while True:
-            data = await self.stream.receive_some()
+            data = await self.stream.receive_view()
             if not data:
                 raise LinkLost("peer closed the connection")
             self.bytes_in += len(data)
@@ -221,9 +221,9 @@ class Link:
             try:
                 # send_all(b"") also flushes what send_nowait left behind.
                 await self.stream.send_all(b"")
-                while data := self.conn.data_to_send():
-                    self.bytes_out += len(data)
-                    await self.stream.send_all(data)
+                while size := self.conn.outgoing_bytes:
+                    self.bytes_out += size
+                    await self.stream.send_parts(self.conn.data_to_send_parts())
             finally:
                 self._writing = False
             self._wake = trio.Event()

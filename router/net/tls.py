@@ -13,10 +13,24 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+from collections.abc import Sequence
+from typing import cast
 
 import trio
 
 RECV_CHUNK = 256 * 1024
+PLAIN_CHUNK = 256 * 1024
+OUT_CHUNK = 120 * 1024
+Buffer = bytes | bytearray | memoryview
+
+
+def _tail(chunks: list[bytes], skip: int) -> list[bytes]:
+    """What is left of `chunks` after the first `skip` bytes were written."""
+    for i, chunk in enumerate(chunks):
+        if skip < len(chunk):
+            return [chunk[skip:], *chunks[i + 1 :]]
+        skip -= len(chunk)
+    return []
 
 
 class TLSStream(trio.abc.Stream):
@@ -39,7 +53,7 @@ class TLSStream(trio.abc.Stream):
         self._send_lock = trio.Lock()
         self._eof = False
         # Ciphertext a non-blocking write could not take; it goes out before anything else.
-        self._backlog = b""
+        self._backlog: list[bytes] = []
         sock = getattr(transport, "socket", None)
         self._sock = sock
         self._fd: int | None = sock.fileno() if sock is not None else None
@@ -47,6 +61,7 @@ class TLSStream(trio.abc.Stream):
         # per call, above glibc's mmap threshold, which costs more than the read.
         self._rbuf = bytearray(RECV_CHUNK) if sock is not None else None
         self._more = False
+        self._plain = memoryview(bytearray(PLAIN_CHUNK))
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -55,42 +70,66 @@ class TLSStream(trio.abc.Stream):
     def peer_certificate_der(self) -> bytes | None:
         return self._ssl.getpeercert(binary_form=True)
 
-    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool:
-        """Encrypt `data` and try to write it at once without blocking.
+    def send_nowait(self, parts: Sequence[Buffer]) -> bool:
+        """Encrypt `parts` and try to write the result at once without blocking.
 
         True if everything reached the kernel; False if some is left for send_all()
         (the caller must then make sure send_all runs). Saves a task switch per
         message on the latency path; ordering is kept because nothing is written
         here while a send_all is in progress or a backlog exists.
         """
-        if data:
-            self._ssl.write(data)
+        ssl_write = self._ssl.write
+        for part in parts:
+            ssl_write(part)
         if self._fd is None or self._send_lock.locked() or self._backlog:
             return False
-        out = self._out.read()
+        out = self._out
+        if out.pending <= OUT_CHUNK:  # the common case: one write, no list
+            data = out.read()
+            try:
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self._backlog = [data]  # send_all raises the error in its own context
+                return False
+            if n < len(data):
+                self._backlog = [data[n:]]
+                return False
+            return True
+        chunks = self._drain_bio()
         try:
-            n = os.write(self._fd, out)
+            n = os.writev(self._fd, chunks)
         except BlockingIOError:
             n = 0
         except OSError:
-            self._backlog = out  # let send_all raise the error in its own context
+            self._backlog = chunks
             return False
-        if n < len(out):
-            self._backlog = out[n:]
+        if n < sum(map(len, chunks)):
+            self._backlog = _tail(chunks, n)
             return False
         return True
 
+    def _drain_bio(self) -> list[bytes]:
+        """The encrypted bytes, in pieces small enough to stay off glibc's mmap path."""
+        out, chunks = self._out, []
+        while out.pending:
+            chunks.append(out.read(OUT_CHUNK))
+        return chunks
+
     async def _flush(self) -> None:
         async with self._send_lock:
-            if self._backlog or self._out.pending:
-                data = self._backlog + self._out.read() if self._backlog else self._out.read()
-                self._backlog = b""
-                try:
-                    await self.transport.send_all(data)
-                except trio.ClosedResourceError:
-                    raise
-                except (trio.BrokenResourceError, OSError) as exc:
-                    raise trio.BrokenResourceError(f"link transport failed: {exc}") from exc
+            while self._backlog or self._out.pending:
+                chunks = self._backlog + self._drain_bio()
+                self._backlog = []
+                for chunk in chunks:
+                    try:
+                        await self.transport.send_all(chunk)
+                    except trio.ClosedResourceError:
+                        raise
+                    except (trio.BrokenResourceError, OSError) as exc:
+                        raise trio.BrokenResourceError(
+                            f"link transport failed: {exc}") from exc
 
     async def _fill(self) -> bool:
         """Read more ciphertext; False at transport EOF."""
@@ -149,19 +188,25 @@ class TLSStream(trio.abc.Stream):
         await self._flush()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        ssl_obj, incoming = self._ssl, self._in
+        return bytes(await self.receive_view())
+
+    async def receive_view(self) -> memoryview:
+        """Decrypted bytes as a view into this stream's buffer, valid until the next
+        receive: records are decrypted in place, with no allocation per record."""
+        ssl_obj, incoming, plain = self._ssl, self._in, self._plain
         while True:
-            chunks: list[bytes] = []
+            total = 0
             # Only call read() when there is something to decrypt: a read that would
             # block costs a raised SSLWantReadError, measurable on the latency path.
             if incoming.pending or ssl_obj.pending() or incoming.eof:
                 try:
-                    while True:
-                        chunk = ssl_obj.read(RECV_CHUNK)
-                        if not chunk:
+                    while total < PLAIN_CHUNK:
+                        # With a buffer, read() returns a count (typeshed says int | bytes).
+                        n = cast(int, ssl_obj.read(PLAIN_CHUNK - total, plain[total:]))
+                        if not n:
                             self._eof = True
                             break
-                        chunks.append(chunk)
+                        total += n
                         if not incoming.pending and not ssl_obj.pending():
                             break
                 except ssl.SSLWantReadError:
@@ -173,15 +218,20 @@ class TLSStream(trio.abc.Stream):
             # Never flush here: if both peers' readers blocked on sending, neither would
             # read, and the link would deadlock. Bytes the TLS layer produced while
             # reading (e.g. a KeyUpdate reply) leave with the next send_all.
-            if chunks:
-                return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            if total:
+                return plain[:total]
             if self._eof or (incoming.eof and not incoming.pending):
-                return b""
+                return plain[:0]
             await self._fill()
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    async def send_all(self, data: Buffer) -> None:
         if data:
             self._ssl.write(data)
+        await self._flush()
+
+    async def send_parts(self, parts: Sequence[Buffer]) -> None:
+        for part in parts:
+            self._ssl.write(part)
         await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:

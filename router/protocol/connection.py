@@ -58,6 +58,9 @@ __all__ = ["LinkConnection", "LinkLimits", "Role"]
 _DATA = int(FrameType.DATA)
 _MAX_TYPE = max(FrameType)
 _PING_SEQ = struct.Struct(">Q")
+# DATA payloads up to this size are copied next to their header (one TLS record for
+# a small message); larger ones are queued by reference.
+_COPY_BELOW = 16 * 1024
 _MAX_PINGS_OUTSTANDING = 8  # unanswered PINGs remembered for RTT; older ones are forgotten
 _pack_header = HEADER.pack
 
@@ -110,7 +113,12 @@ class LinkConnection:
 
         self._buf = bytearray()
         self._preface_seen = False
+        # Outgoing bytes: small frames are copied into _out; a large DATA payload is
+        # queued by reference in _parts (after whatever _out held), so bulk data is
+        # never copied here. _parts_size counts the bytes in _parts.
         self._out = bytearray()
+        self._parts: list[bytes | bytearray | memoryview] = []
+        self._parts_size = 0
 
         self._closing = False  # we sent GOAWAY
         self._peer_closing = False  # peer sent GOAWAY
@@ -157,7 +165,7 @@ class LinkConnection:
 
     @property
     def outgoing_bytes(self) -> int:
-        return len(self._out)
+        return self._parts_size + len(self._out)
 
     @property
     def closing(self) -> bool:
@@ -490,15 +498,22 @@ class LinkConnection:
         flow.send_credit -= size
         out = self._out
         step = self._peer_hello.max_frame_bytes if self._peer_hello else self._hello.max_frame_bytes
-        if size <= step:
+        if size <= step and size <= _COPY_BELOW:
             out += _pack_header(_DATA, 0, flow_id, size)
             out += data
         else:
-            with memoryview(data) as view:
-                for offset in range(0, size, step):
-                    chunk = view[offset : offset + step]
-                    out += _pack_header(_DATA, 0, flow_id, len(chunk))
+            payload = data if type(data) is bytes else bytes(data)  # queued by reference
+            view = memoryview(payload)  # slices stay queued: no `with` release here
+            for offset in range(0, size, step):
+                chunk = view[offset : offset + step] if size > step else payload
+                out += _pack_header(_DATA, 0, flow_id, len(chunk))
+                if len(chunk) <= _COPY_BELOW:
                     out += chunk
+                    continue
+                self._parts.append(out)
+                self._parts.append(chunk)
+                self._parts_size += len(out) + len(chunk)
+                out = self._out = bytearray()
         self._sent_since_tick = True
 
     def grant_credit(self, flow_id: int, n: int) -> None:
@@ -559,11 +574,23 @@ class LinkConnection:
         self._sent_since_tick = False
 
     def data_to_send(self) -> bytearray | bytes:
-        if not self._out:
+        """Everything queued, as one buffer (then the queue is empty)."""
+        parts = self.data_to_send_parts()
+        if not parts:
             return b""
-        out = self._out
-        self._out = bytearray()
-        return out
+        return parts[0] if len(parts) == 1 and type(parts[0]) is bytearray else b"".join(parts)
+
+    def data_to_send_parts(self) -> list[bytes | bytearray | memoryview]:
+        """Everything queued, in order, without joining large payloads (no copy)."""
+        parts = self._parts
+        if self._out:
+            parts.append(self._out)
+            self._out = bytearray()
+        elif not parts:
+            return []
+        self._parts = []
+        self._parts_size = 0
+        return parts
 
     # ------------------------------------------------------------------ time
 
