@@ -64,6 +64,7 @@ class Router:
         self.started = time.time()
         self._rng = random.Random()
         self._listeners: dict[tuple[str, int], tuple[ListenerConfig, trio.CancelScope]] = {}
+        self.listener_errors: dict[tuple[str, int], str] = {}
         self._connector_turn: Counter[str] = Counter()
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: dict[str, ssl.SSLContext] = {}
@@ -122,7 +123,12 @@ class Router:
                 self._flows = flows
                 await root.start(self.links.serve, link_listeners)
                 for lst in cfg.listeners:
-                    await self._start_listener(lst)
+                    try:
+                        await self._start_listener(lst)
+                    except ValueError as exc:
+                        # One busy port must not keep the whole site down; status shows it.
+                        self.listener_errors[(lst.host, lst.port)] = str(exc)
+                        log.error("listener %s: %s", lst.key, exc)
                 self._advertise_keys()
                 for name in self.site.link_names():
                     self.links.add_dial(self.site.load_link(name), root)
@@ -399,8 +405,10 @@ class Router:
         if not gone:
             raise ValueError(f"no listener for {key!r}")
         for lst in gone:
-            _, scope = self._listeners.pop((lst.host, lst.port))
-            scope.cancel()
+            self.listener_errors.pop((lst.host, lst.port), None)
+            entry = self._listeners.pop((lst.host, lst.port), None)
+            if entry is not None:
+                entry[1].cancel()
         self._save(replace(self.config, listeners=tuple(
             lst for lst in self.config.listeners if lst.key != key)))
         self._advertise_keys()

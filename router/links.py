@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.links")
 
+MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim at once
+
 
 @dataclass(slots=True)
 class DialState:
@@ -44,6 +46,7 @@ class LinkManager:
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
         self._rng = random.Random()
+        self._handshaking = 0
 
     # ---- neighbour bookkeeping
     def link_for(self, peer_id: str) -> Link | None:
@@ -100,9 +103,16 @@ class LinkManager:
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
+        peer_addr = _peer_name(sock)
+        if self._handshaking >= MAX_PENDING_HANDSHAKES:
+            # Unauthenticated peers must not be able to hold unbounded sockets and memory.
+            log.warning("refused connection from %s: %d handshakes already pending",
+                        peer_addr, self._handshaking)
+            await sock.aclose()
+            return
         stream = TLSStream(sock, router.server_ssl_context(), server_side=True)
         try:
-            peer_addr = _peer_name(sock)
+            self._handshaking += 1
             try:
                 await tls_handshake(stream)
                 if stream.peer_certificate_der() is None:
@@ -115,6 +125,8 @@ class LinkManager:
                     trio.BrokenResourceError) as exc:
                 log.warning("refused link attempt from %s: %s", peer_addr, exc)
                 return
+            finally:
+                self._handshaking -= 1
             link = self._make_link(f"in:{peer.site}", "in", stream, conn, peer, 1)
             self.accepted.append(link)
             try:

@@ -51,8 +51,10 @@ def site_status(router: Router) -> dict[str, Any]:
         "pid": __import__("os").getpid(),
         "uptime_s": _ago(router.started),
         "links": links,
-        "listeners": [dataclasses.asdict(lst) | {"reachable": keys[lst.key]["reachable"]}
-                      for lst in cfg.listeners],
+        "listeners": [dataclasses.asdict(lst) | {
+            "reachable": keys[lst.key]["reachable"],
+            "error": router.listener_errors.get((lst.host, lst.port)),
+        } for lst in cfg.listeners],
         "connectors": [dataclasses.asdict(con) for con in cfg.connectors],
         "keys": keys,
         "flows": {

@@ -48,6 +48,8 @@ def render_status(st: dict[str, Any]) -> str:
     ]
     for lst in st["listeners"] or []:
         state = "reachable" if lst["reachable"] else "NOT REACHABLE"
+        if lst.get("error"):
+            state = f"NOT LISTENING: {lst['error']}"
         lines.append(f"  {lst['key']:<20} {lst['host']}:{lst['port']:<6} {lst['strategy']:<9}"
                      f" {state}")
     if not st["listeners"]:

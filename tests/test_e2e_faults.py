@@ -200,3 +200,19 @@ def test_graceful_peer_shutdown_and_no_leaks(fresh_pair: Pair) -> None:
              what="east told why the link ended")
     assert pair.east.status()["site"] == "east"  # still running
     assert "Traceback" not in pair.east.log_tail(200)
+
+
+def test_busy_listener_port_does_not_keep_the_site_down(tmp_path: Path) -> None:
+    site = Site(tmp_path, "busy", site_env(tmp_path)).init()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        site.sitectl("listener", "create", "db", str(port))  # router not running: saved
+        site.start()
+        try:
+            [lst] = site.status()["listeners"]
+            assert lst["error"] and "Address already in use" in lst["error"]
+            assert "NOT LISTENING" in site.sitectl("status").stdout
+        finally:
+            site.stop()
