@@ -191,10 +191,23 @@ class LinkConnection:
             return []
         self._last_recv = now
         self._stamp_send_clock(now)
-        self._buf += data
+        # Parse straight from `data` when nothing is pending (the common case: no copy
+        # of the whole read); only the tail of a partial frame is kept in _buf.
+        if self._buf:
+            self._buf += data
+            source: bytes | bytearray | memoryview = self._buf
+        else:
+            source = data
         events: list[Event] = []
         try:
-            self._parse(events, now)
+            consumed = self._parse(source, events, now)
+            if source is self._buf:
+                if consumed >= len(source):
+                    self._buf.clear()
+                elif consumed:
+                    del self._buf[:consumed]
+            elif consumed < len(source):
+                self._buf = bytearray(source[consumed:])
         except ProtocolError as err:
             self._error = err
             self._buf = bytearray()
@@ -203,13 +216,13 @@ class LinkConnection:
         self._stamp_send_clock(now)  # replies queued while parsing (PONG, REFUSE) went now
         return events
 
-    def _parse(self, events: list[Event], now: float) -> None:
-        buf = self._buf
+    def _parse(self, buf: bytes | bytearray | memoryview, events: list[Event], now: float) -> int:
+        """Parse whole frames from `buf`; returns how many bytes were consumed."""
         pos = 0
         if not self._preface_seen:
             pos = self._parse_preface(buf)
             if not self._preface_seen:
-                return
+                return pos
         end = len(buf)
         max_data = self._limits.max_frame_bytes
         max_control = self._limits.max_control_bytes
@@ -270,13 +283,9 @@ class LinkConnection:
                     events.append(event)
             if run:
                 events.append(DataReceived(flow_id=run_id, data=b"".join(run)))
-        # Compact once per call: only the tail of one partial frame is moved.
-        if pos >= end:
-            buf.clear()
-        elif pos:
-            del buf[:pos]
+        return pos
 
-    def _parse_preface(self, buf: bytearray) -> int:
+    def _parse_preface(self, buf: bytes | bytearray | memoryview) -> int:
         have = min(len(buf), len(MAGIC))
         if buf[:have] != MAGIC[:have]:
             raise ProtocolError(ErrorCode.BAD_PREFACE, "not a vanrouter link (bad preface)")
