@@ -87,7 +87,7 @@ def _line_of(text: str, section: str | None, key: str) -> int | None:
     return None
 
 
-class _Reader:
+class FieldReader:
     """Typed access to one TOML table, raising ConfigError with file/line/field."""
 
     def __init__(self, path: Path, text: str, section: str, table: Mapping[str, Any]) -> None:
@@ -128,7 +128,7 @@ class _Reader:
                 raise self.fail(key, "unknown field")
 
 
-def _host(reader: _Reader, key: str, default: Any = ...) -> str:
+def _host(reader: FieldReader, key: str, default: Any = ...) -> str:
     value: str = reader.get(key, str, default)
     try:
         ipaddress.ip_address(value)
@@ -138,7 +138,7 @@ def _host(reader: _Reader, key: str, default: Any = ...) -> str:
     return value
 
 
-def _routing_key(reader: _Reader) -> str:
+def _routing_key(reader: FieldReader) -> str:
     key: str = reader.get("key", str)
     if not KEY_RE.match(key):
         raise reader.fail("key", f"{key!r} is not a valid routing key (letters, digits, ._:-)")
@@ -146,7 +146,7 @@ def _routing_key(reader: _Reader) -> str:
 
 
 def _limits(path: Path, text: str, table: Mapping[str, Any]) -> Limits:
-    r = _Reader(path, text, "limits", table)
+    r = FieldReader(path, text, "limits", table)
     defaults = Limits()
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Limits):
@@ -158,7 +158,7 @@ def _limits(path: Path, text: str, table: Mapping[str, Any]) -> Limits:
     return Limits(**values)
 
 
-def listener_from(r: _Reader) -> ListenerConfig:
+def listener_from(r: FieldReader) -> ListenerConfig:
     strategy = r.get("strategy", str, "balanced")
     if strategy not in STRATEGIES:
         raise r.fail("strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
@@ -169,7 +169,7 @@ def listener_from(r: _Reader) -> ListenerConfig:
     )
 
 
-def connector_from(r: _Reader) -> ConnectorConfig:
+def connector_from(r: FieldReader) -> ConnectorConfig:
     r.check_unknown({"key", "host", "port", "priority", "weight"})
     weight = r.get("weight", int, 1)
     if weight < 1:
@@ -180,11 +180,11 @@ def connector_from(r: _Reader) -> ConnectorConfig:
     )
 
 
-def _array(path: Path, text: str, doc: Mapping[str, Any], kind: str) -> list[_Reader]:
+def _array(path: Path, text: str, doc: Mapping[str, Any], kind: str) -> list[FieldReader]:
     entries = doc.get(kind, [])
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: [{kind}] must be an array of tables ([[{kind}]])")
-    return [_Reader(path, text, kind, entry) for entry in entries]
+    return [FieldReader(path, text, kind, entry) for entry in entries]
 
 
 def parse_config(path: Path, text: str) -> SiteConfig:
@@ -198,7 +198,7 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     site_table = doc.get("site")
     if not isinstance(site_table, dict):
         raise ConfigError(f"{path}: missing [site] section")
-    r = _Reader(path, text, "site", site_table)
+    r = FieldReader(path, text, "site", site_table)
     r.check_unknown({"name", "host", "link_port", "bind", "metrics_port"})
     name = r.get("name", str)
     if not NAME_RE.match(name):

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from router.config import ConfigError, connector_from, listener_from
-from router.config import _Reader as FieldReader
+from router.config import ConfigError, FieldReader, connector_from, listener_from
 from router.status import network_status, site_status
 from router.tokens import TokenError
 

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 import certs
+from router.claim import ClaimError, decode_claim_body
 from router.config import ConnectorConfig, ListenerConfig, SiteConfig
 from router.control import ControlServer
 from router.links import LinkManager
@@ -42,7 +43,7 @@ from router.routing import (
     ed25519_verify,
 )
 from router.site import Site
-from router.tokens import GrantStore, TokenError
+from router.tokens import GrantStore, Token, TokenError
 
 log = logging.getLogger("router")
 
@@ -456,8 +457,6 @@ class Router:
                             key_pem=key_pem)
 
     def issue_token(self, *, expires_s: float, uses: int) -> bytes:
-        from router.tokens import Token
-
         code, grant = self.grants.issue(expires_in=expires_s, uses=uses, now=time.time())
         token = Token(site=self.name, endpoints=((self.config.host, self.config.link_port),),
                       ca_pem=self.ca.cert_pem, code=code, expires=grant.expires, uses=uses)
@@ -465,8 +464,6 @@ class Router:
 
     async def on_claim(self, body: bytes) -> dict[str, Any]:
         """A redeemer presents a code and a CSR: sign it if the grant allows."""
-        from router.claim import ClaimError, decode_claim_body
-
         try:
             code, csr_pem, site = decode_claim_body(body)
             grant = self.grants.check(code, now=time.time())

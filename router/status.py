@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +49,7 @@ def site_status(router: Router) -> dict[str, Any]:
         "site": cfg.name,
         "router_id": router.router_id,
         "link_endpoint": f"{cfg.host}:{cfg.link_port}",
-        "pid": __import__("os").getpid(),
+        "pid": os.getpid(),
         "uptime_s": _ago(router.started),
         "links": links,
         "listeners": [dataclasses.asdict(lst) | {

@@ -20,12 +20,12 @@ from router.claim import ClaimError, redeem
 from router.config import (
     ConfigError,
     ConnectorConfig,
+    FieldReader,
     ListenerConfig,
     SiteConfig,
     connector_from,
     listener_from,
 )
-from router.config import _Reader as FieldReader
 from router.site import LinkSpec, Site, SiteError, init_site, resolve_site_dir
 from router.tokens import Token, TokenError
 from sitectl.client import NotRunning, RequestFailed, call
