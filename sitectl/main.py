@@ -1,7 +1,7 @@
 """sitectl: create a site, link it to others, expose and consume services.
 
-Thin by design: it reads and writes the site directory, and talks to a running
-router over its control socket. No protocol logic lives here.
+It reads and writes the site directory and talks to a running router over its
+control socket; no protocol logic lives here.
 """
 
 from __future__ import annotations
@@ -30,6 +30,19 @@ from router.site import LinkSpec, Site, SiteError, init_site, resolve_site_dir
 from router.tokens import Token, TokenError
 from sitectl.client import NotRunning, RequestFailed, call
 from sitectl.render import render_links, render_network, render_status
+
+EPILOG = """example:
+  west$ sitectl init west --host 203.0.113.5     # the address other sites dial
+  west$ sitectl run &
+  west$ sitectl token issue --expires 15m -o west.token
+  east$ sitectl init east && sitectl run &
+  east$ sitectl link create west.token
+  west$ sitectl connector create db 127.0.0.1:5432
+  east$ sitectl listener create db 15432          # psql -h 127.0.0.1 -p 15432 ...
+  east$ sitectl status --network
+
+Sites live under $XDG_DATA_HOME/vanrouter/sites/NAME unless --site-dir (or
+$SITECTL_SITE_DIR) says otherwise; --site NAME picks one when there are several."""
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -89,10 +102,11 @@ def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     root = resolve_site_dir(a.site_dir, a.name)
     site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind)
     cfg = site.config()
+    how = f"--site {cfg.name}" if a.site_dir is None else f"--site-dir {root}"
     out(a, {"site": cfg.name, "site_dir": str(root), "link_port": cfg.link_port},
         f"site {cfg.name} created in {root}\n"
         f"  links accepted on {cfg.bind}:{cfg.link_port}, advertised as {cfg.host}\n"
-        f"  start its router with: sitectl --site-dir {root} run")
+        f"  start its router with: sitectl {how} run")
     return 0
 
 
@@ -298,8 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="site name under the XDG data dir")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
-    parser = argparse.ArgumentParser(prog="sitectl", parents=[common], description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sitectl", parents=[common], description="Create a site, link it to other "
+        "sites, expose services (connectors) and reach them (listeners).", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common], help="create a site")
