@@ -231,7 +231,7 @@ class LinkConnection:
         handlers = self._handlers
         # DATA frames for one flow in a row become one DataReceived.
         run_id = -1
-        run: list[bytes] = []
+        run: list[memoryview] = []  # slices of the input: joined once, copied once
         with memoryview(buf) as view:
             while end - pos >= HEADER_SIZE:
                 ftype, flags, flow_id, length = unpack(buf, pos)
@@ -271,7 +271,7 @@ class LinkConnection:
                             events.append(DataReceived(flow_id=run_id, data=b"".join(run)))
                         run_id = flow_id
                         run = []
-                    run.append(bytes(view[start:stop]))
+                    run.append(view[start:stop])
                     continue
                 if run:
                     events.append(DataReceived(flow_id=run_id, data=b"".join(run)))
@@ -283,6 +283,7 @@ class LinkConnection:
                     events.append(event)
             if run:
                 events.append(DataReceived(flow_id=run_id, data=b"".join(run)))
+                run = []  # no slice may outlive the view (the caller resizes _buf)
         return pos
 
     def _parse_preface(self, buf: bytes | bytearray | memoryview) -> int:
