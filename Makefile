@@ -25,6 +25,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	@command -v stunnel4 >/dev/null && command -v iperf3 >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 iperf3; } || \
+	  echo "bench: install stunnel4 and iperf3 for the full comparison"
 	$(BIN)/python bench/bench.py
 
 clean:
