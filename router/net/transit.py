@@ -18,14 +18,12 @@ import trio
 
 from router.net.link import Link
 from router.protocol import FlowError, Open
+from router.routing.forward import ForwardRefused, next_hop_for_open
 
 if TYPE_CHECKING:
     from router.daemon import Router
 
 log = logging.getLogger("router.transit")
-
-MAX_HOPS = 32
-
 
 class TransitHalf:
     """One side of a splice; `peer` is the other side. Implements FlowHandler."""
@@ -123,19 +121,15 @@ class TransitHalf:
 def open_transit(router: Router, link: Link, flow_id: int, open_msg: Open) -> None:
     """Forward an OPEN toward its destination, or refuse it with the reason."""
     conn = link.conn
-    reason: str | None = None
     next_link: Link | None = None
-    if router.router_id in open_msg.trace:
-        reason = f"routing loop at site {router.name}"
-    elif len(open_msg.trace) >= MAX_HOPS:
-        reason = f"too many hops ({len(open_msg.trace)})"
-    else:
-        hop = router.routing.next_hop(open_msg.dest_router)
-        next_link = router.links.link_for(hop) if hop else None
+    try:
+        hop = next_hop_for_open(router.routing, open_msg.dest_router, open_msg.trace,
+                                router.name)
+        next_link = router.links.link_for(hop)
         if next_link is None:
-            reason = f"site {router.name} has no route to router {open_msg.dest_router}"
-    if reason is not None or next_link is None:
-        conn.refuse_flow(flow_id, reason or "no route")
+            raise ForwardRefused(f"site {router.name} has no link to the next hop")
+    except ForwardRefused as exc:
+        conn.refuse_flow(flow_id, str(exc))
         link.kick()
         return
     up = TransitHalf(link, flow_id)
