@@ -10,6 +10,7 @@ Nursery tree:
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import os
 import random
@@ -46,6 +47,15 @@ from router.site import Site
 from router.tokens import GrantStore, Token, TokenError
 
 log = logging.getLogger("router")
+
+ROUTE_ATTEMPTS = 3  # tries per serving site when the path (not the site) failed
+ROUTE_SETTLE_S = 0.05  # wait before retrying, times the attempt number
+
+
+class Outcome(enum.Enum):
+    SERVED = "served"
+    REFUSED = "refused"  # the serving site said no: try the next candidate
+    PATH_FAILED = "path failed"  # routes are changing: the same site may work again
 
 
 class Router:
@@ -284,16 +294,19 @@ class Router:
             candidates = self.routing.candidates(lst.key)
             order = choose(candidates, lst.strategy, self.outstanding, self._rng)
             for cand in order:
-                for _attempt in range(2):
-                    # A second try only when the path broke under the OPEN (a link died)
-                    # and routing now knows another way to the same site.
-                    hop_before = cand.next_hop
-                    if await self._try_candidate(lst, client, cand, reasons):
+                for attempt in range(1, ROUTE_ATTEMPTS + 1):
+                    outcome = await self._try_candidate(lst, client, cand, reasons)
+                    if outcome is Outcome.SERVED:
                         return
-                    hop_now = self.routing.next_hop(cand.router_id)
-                    if hop_now is None or hop_now == hop_before or cand.next_hop is None:
+                    if outcome is Outcome.REFUSED or attempt == ROUTE_ATTEMPTS:
                         break
-                    cand = replace(cand, next_hop=hop_now)
+                    # The path failed (a link died under the OPEN, or it met a microloop
+                    # while routes change): let routing settle, then try this site again.
+                    await trio.sleep(ROUTE_SETTLE_S * attempt)
+                    hop = self.routing.next_hop(cand.router_id)
+                    if hop is None:
+                        break
+                    cand = replace(cand, next_hop=hop)
             if not order:
                 reasons.append("no reachable site has a connector for it")
             self.counters.refused += 1
@@ -304,22 +317,22 @@ class Router:
             self.counters.active -= 1
 
     async def _try_candidate(self, lst: ListenerConfig, client: trio.SocketStream,
-                             cand: Candidate, reasons: list[str]) -> bool:
+                             cand: Candidate, reasons: list[str]) -> Outcome:
         if cand.next_hop is None:
             target = await self._connect_local(lst.key)
             if isinstance(target, str):
                 reasons.append(target)
-                return False
+                return Outcome.REFUSED
             self.outstanding[cand.router_id] += 1
             try:
                 await Splice.local(client, target)
             finally:
                 self.outstanding[cand.router_id] -= 1
-            return True
+            return Outcome.SERVED
         link = self.links.link_for(cand.next_hop)
         if link is None:
             reasons.append(f"{cand.site}: no link to next hop")
-            return False
+            return Outcome.PATH_FAILED
         flow = SocketFlow(link, counters=self.counters)
         open_msg = Open(routing_key=lst.key, origin_site=self.name, origin_router=self.router_id,
                         dest_router=cand.router_id, client_addr=_peer(client),
@@ -327,15 +340,18 @@ class Router:
         try:
             flow.flow_id = link.open_flow(open_msg, flow)
             await flow.wait_answer(self.config.limits.open_timeout_s)
-        except (FlowError, FlowRefusedError) as exc:
+        except FlowError as exc:  # the link is closing
             reasons.append(f"{cand.site}: {exc}")
-            return False
+            return Outcome.PATH_FAILED
+        except FlowRefusedError as exc:
+            reasons.append(f"{cand.site}: {exc}")
+            return Outcome.PATH_FAILED if exc.path_failed else Outcome.REFUSED
         self.outstanding[cand.router_id] += 1
         try:
             await flow.run(client)
         finally:
             self.outstanding[cand.router_id] -= 1
-        return True
+        return Outcome.SERVED
 
     # ---- connectors: flows arrive here
     async def _connect_local(self, key: str) -> trio.SocketStream | str:

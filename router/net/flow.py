@@ -20,6 +20,7 @@ import trio
 
 from router.net.link import Link
 from router.protocol import FlowError
+from router.routing.forward import ROUTE_REFUSAL
 
 log = logging.getLogger("router.flow")
 
@@ -31,7 +32,13 @@ _LINGER_RST = struct.pack("ii", 1, 0)
 
 
 class FlowRefusedError(Exception):
-    """The far end refused the OPEN; the message carries its reason."""
+    """The OPEN did not succeed; the message carries the reason. `path_failed` is true
+    when the path rather than the serving site failed (a link died under the OPEN,
+    or a transit router refused for routing reasons): the same site may work again."""
+
+    def __init__(self, reason: str, *, path_failed: bool = False) -> None:
+        super().__init__(reason)
+        self.path_failed = path_failed
 
 
 def abort_socket(stream: trio.SocketStream) -> None:
@@ -52,6 +59,7 @@ class SocketFlow:
         self.reset_reason: str | None = None
         self._answer: trio.Event = trio.Event()
         self.refusal: str | None = None
+        self._path_failed = False
         self._data_ready = trio.Event()
         self._credit_ready = trio.Event()
         self._scope = trio.CancelScope()
@@ -65,6 +73,7 @@ class SocketFlow:
 
     def on_refused(self, reason: str) -> None:
         self.refusal = reason
+        self._path_failed = reason.startswith(ROUTE_REFUSAL)
         self._answer.set()
 
     def on_data(self, data: bytes) -> None:
@@ -96,7 +105,9 @@ class SocketFlow:
     def on_reset(self, reason: str) -> None:
         if self.reset_reason is None:
             self.reset_reason = reason
-        self.refusal = self.refusal or reason
+        if self.refusal is None:  # reset before any answer: the link under it died
+            self.refusal = reason
+            self._path_failed = True
         self._answer.set()
         self._scope.cancel()
 
@@ -111,7 +122,7 @@ class SocketFlow:
             self.link.kick()
             raise FlowRefusedError(f"no answer from {self.link.peer_site} within {timeout:g} s")
         if self.refusal is not None:
-            raise FlowRefusedError(self.refusal)
+            raise FlowRefusedError(self.refusal, path_failed=self._path_failed)
 
     # ---- the pump
     async def run(self, sock: trio.SocketStream) -> None:
