@@ -28,7 +28,6 @@ from router.claim import ClaimError, decode_claim_body
 from router.config import ConnectorConfig, ListenerConfig, SiteConfig
 from router.control import ControlServer
 from router.links import LinkManager
-from router.metrics import make_registry, serve_metrics
 from router.net.errors import connect_reason, guarded
 from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket
 from router.net.link import Link
@@ -128,6 +127,9 @@ class Router:
             self._nursery = root
             await root.start(control.serve)
             if cfg.metrics_port:
+                # Imported only when wanted: prometheus_client adds ~10 MiB of RSS.
+                from router.metrics import make_registry, serve_metrics
+
                 await root.start(serve_metrics, make_registry(self), "127.0.0.1",
                                  cfg.metrics_port)
             async with trio.open_nursery() as flows:
