@@ -17,6 +17,7 @@ import ctypes
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -270,10 +271,18 @@ table inet {table} {{
         run("nft", "delete", "table", "inet", table, ns=ns)
 
     # ---- routers and servers
-    def site(self, name: str, ns: str | None, host: str) -> NetnsSite:
+    def site(self, name: str, ns: str | None, host: str,
+             limits: dict[str, float] | None = None) -> NetnsSite:
         site = NetnsSite(self.workdir, name, self.env, ns=ns, host=host)
         self.sites.append(site)
-        site.init().start()
+        site.init()
+        if limits:
+            cfg = site.dir / "site.toml"
+            text = cfg.read_text()
+            for key, value in limits.items():
+                text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value!r}", text)
+            cfg.write_text(text)
+        site.start()
         return site
 
     def link(self, issuer: NetnsSite, redeemer: NetnsSite, *, cost: int | None = None) -> None:

@@ -43,8 +43,12 @@ def lossy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lossy]:
         veth = lab.veth(None, ns_y)
         for end in veth:
             run("ip", "link", "set", "dev", end.ifname, "gso_max_segs", "1", ns=end.ns)
-        x = lab.site("X", None, veth[0].addr)
-        y = lab.site("Y", ns_y, veth[1].addr)
+        # This test is about integrity under loss, not failure detection: TCP can stall
+        # a few seconds behind a segment lost over and over (RTO backoff), which the
+        # default 3 s dead-link bound would take for a dead peer once in a while.
+        slow = {"dead_after_s": 20.0}
+        x = lab.site("X", None, veth[0].addr, limits=slow)
+        y = lab.site("Y", ns_y, veth[1].addr, limits=slow)
         lab.link(x, y)
         yield Lossy(lab, x, y, veth)
     finally:
