@@ -43,6 +43,8 @@ class Limits:
     redial_max_s: float = 10.0
     drain_timeout_s: float = 5.0
     max_control_request_bytes: int = 64 * 1024
+    routing_refresh_s: float = 30.0
+    routing_max_age_s: float = 100.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +157,8 @@ def _limits(path: Path, text: str, table: Mapping[str, Any]) -> Limits:
     r.check_unknown(set(values))
     if values["dead_after_s"] <= values["keepalive_interval_s"]:
         raise r.fail("dead_after_s", "must be greater than keepalive_interval_s")
+    if values["routing_max_age_s"] <= 2 * values["routing_refresh_s"]:
+        raise r.fail("routing_max_age_s", "must be more than twice routing_refresh_s")
     return Limits(**values)
 
 

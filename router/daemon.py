@@ -65,7 +65,9 @@ class Router:
         self.keypair = site.router_keypair()
         self.signer = Ed25519Signer(site.identity_key())
         self.routing = RoutingCore(site=config.name, signer=self.signer,
-                                   verify=ed25519_verify, now=trio.current_time())
+                                   verify=ed25519_verify, now=trio.current_time(),
+                                   refresh_interval=config.limits.routing_refresh_s,
+                                   max_age=config.limits.routing_max_age_s)
         self.router_id = self.routing.router_id
         self.links = LinkManager(self)
         self.grants = GrantStore(site.grants_path)

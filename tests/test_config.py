@@ -69,6 +69,8 @@ def test_defaults() -> None:
      "strategy = 'random'\n", "s.toml:7: [listener] strategy: 'random' is not one of"),
     ("[site]\nname = 'w'\nlink_port = 1\n[[connector]]\nkey = 'db'\nport = 1\n",
      "[connector] host: is required"),
+    ("[site]\nname = 'w'\nlink_port = 1\n[limits]\nrouting_max_age_s = 40\n",
+     "[limits] routing_max_age_s: must be more than twice routing_refresh_s"),
     ("[site\n", "s.toml: not valid TOML"),
     ("[sight]\n", "unknown section [sight]"),
 ])
