@@ -1,0 +1,85 @@
+"""Bad input from users and peers gets the module's own clear error, never a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.claim import ClaimError, decode_claim_body
+from router.config import ConfigError, parse_config
+from router.routing import RoutingError
+from router.routing.records import RouterRecord, decode_message
+from router.tokens import Token, TokenError
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=512) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_token_load_only_raises_token_error(data: bytes) -> None:
+    try:
+        Token.load(data, now=0.0)
+    except TokenError:
+        pass
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.sampled_from(
+    ["type", "version", "site", "endpoints", "ca", "code", "expires", "uses", "signature"]),
+    json_values, max_size=9))
+def test_token_with_wrong_fields_only_raises_token_error(doc: dict[str, object]) -> None:
+    doc.setdefault("type", "vanrouter-link-token")
+    doc.setdefault("version", 1)
+    try:
+        Token.load(json.dumps(doc).encode(), now=0.0)
+    except TokenError:
+        pass
+
+
+toml_lines = st.lists(st.sampled_from([
+    "[site]", "[limits]", "[[listener]]", "[[connector]]", "name = 'w'", "name = 3",
+    "link_port = 55671", "link_port = -1", "link_port = 'x'", "host = '10.0.0.1'",
+    "host = 'bad host'", "key = 'db'", "key = ''", "port = 5432", "port = 0",
+    "strategy = 'weighted'", "strategy = 1", "weight = 0", "priority = -3",
+    "dead_after_s = 0.5", "keepalive_interval_s = 2", "flow_window_bytes = 'big'",
+    "unknown = 1", "[[site]]", "= =", "name = \"unterminated",
+]), max_size=12)
+
+
+@settings(max_examples=300)
+@given(toml_lines)
+def test_config_parse_only_raises_config_error(lines: list[str]) -> None:
+    try:
+        parse_config(Path("site.toml"), "\n".join(lines))
+    except ConfigError as exc:
+        assert str(exc).startswith("site.toml")
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=256))
+def test_claim_decode_only_raises_claim_error(body: bytes) -> None:
+    try:
+        decode_claim_body(body)
+    except ClaimError:
+        pass
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=256))
+def test_routing_decode_only_raises_routing_error(payload: bytes) -> None:
+    try:
+        for _age, wire in decode_message(payload):
+            RouterRecord.from_wire(wire)
+    except RoutingError:
+        pass
+    try:
+        RouterRecord.from_wire(payload)
+    except RoutingError:
+        pass
