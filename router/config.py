@@ -71,6 +71,9 @@ class SiteConfig:
     link_port: int
     bind: str = "0.0.0.0"
     metrics_port: int = 0
+    # Where other sites may dial this one, in order ("host:port"); empty means
+    # host:link_port. Set it behind NAT or port forwarding, or for several addresses.
+    advertise: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     listeners: tuple[ListenerConfig, ...] = ()
     connectors: tuple[ConnectorConfig, ...] = ()
@@ -140,6 +143,18 @@ def _host(reader: FieldReader, key: str, default: Any = ...) -> str:
     return value
 
 
+def _advertise(reader: FieldReader) -> tuple[str, ...]:
+    entries = reader.get("advertise", list, [])
+    out = []
+    for entry in entries:
+        host, sep, port = str(entry).rpartition(":")
+        if not (isinstance(entry, str) and sep and port.isdigit() and 0 < int(port) < 65536
+                and re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host)):
+            raise reader.fail("advertise", f"{entry!r} is not HOST:PORT")
+        out.append(entry)
+    return tuple(out)
+
+
 def _routing_key(reader: FieldReader) -> str:
     key: str = reader.get("key", str)
     if not KEY_RE.match(key):
@@ -203,7 +218,7 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     if not isinstance(site_table, dict):
         raise ConfigError(f"{path}: missing [site] section")
     r = FieldReader(path, text, "site", site_table)
-    r.check_unknown({"name", "host", "link_port", "bind", "metrics_port"})
+    r.check_unknown({"name", "host", "link_port", "bind", "metrics_port", "advertise"})
     name = r.get("name", str)
     if not NAME_RE.match(name):
         raise r.fail("name", f"{name!r} is not a valid site name (letters, digits, ._-)")
@@ -218,6 +233,7 @@ def parse_config(path: Path, text: str) -> SiteConfig:
         link_port=r.port("link_port"),
         bind=_host(r, "bind", "0.0.0.0"),
         metrics_port=r.port("metrics_port", 0, allow_zero=True),
+        advertise=_advertise(r),
         limits=_limits(path, text, limits_table),
         listeners=tuple(listeners),
         connectors=tuple(connectors),
@@ -254,6 +270,8 @@ def dump_config(config: SiteConfig) -> str:
         "name": config.name, "host": config.host, "link_port": config.link_port,
         "bind": config.bind, "metrics_port": config.metrics_port,
     })
+    if config.advertise:
+        lines.append("advertise = [" + ", ".join(_toml_value(a) for a in config.advertise) + "]")
     lines += ["", "[limits]"]
     lines += _table(dataclasses.asdict(config.limits))
     for lst in config.listeners:

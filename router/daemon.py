@@ -476,9 +476,16 @@ class Router:
         self.site.save_link(replace(spec, cost=cost), ca_pem=ca_pem, cert_pem=cert_pem,
                             key_pem=key_pem)
 
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """Where other sites dial us: `advertise`, else host:link_port."""
+        if not self.config.advertise:
+            return ((self.config.host, self.config.link_port),)
+        pairs = (a.rpartition(":") for a in self.config.advertise)
+        return tuple((host, int(port)) for host, _, port in pairs)
+
     def issue_token(self, *, expires_s: float, uses: int) -> bytes:
         code, grant = self.grants.issue(expires_in=expires_s, uses=uses, now=time.time())
-        token = Token(site=self.name, endpoints=((self.config.host, self.config.link_port),),
+        token = Token(site=self.name, endpoints=self.endpoints(),
                       ca_pem=self.ca.cert_pem, code=code, expires=grant.expires, uses=uses)
         return token.dump(self.ca.sign_bytes(token.signed_bytes()))
 

@@ -23,7 +23,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
 from router.atomic import write_atomic
-from router.config import NAME_RE, ConfigError, SiteConfig, load_config, save_config
+from router.config import (
+    NAME_RE,
+    ConfigError,
+    SiteConfig,
+    dump_config,
+    load_config,
+    parse_config,
+    save_config,
+)
 
 FIRST_LINK_PORT = 55671
 ENV_SITE_DIR = "SITECTL_SITE_DIR"
@@ -229,13 +237,17 @@ def pick_link_port(bind: str) -> int:
     raise SiteError(f"no free link port in {FIRST_LINK_PORT}-{FIRST_LINK_PORT + 999}")
 
 
-def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: str) -> Site:
+def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: str,
+              advertise: tuple[str, ...] = ()) -> Site:
     """Create a new site directory; refuses to touch an existing one."""
     if not NAME_RE.match(name):
         raise SiteError(f"{name!r} is not a valid site name (letters, digits, '.', '_', '-')")
     site = Site(root)
     if site.exists():
         raise SiteError(f"a site already exists at {root}; refusing to overwrite it")
+    parse_config(site.config_path, dump_config(  # bad --host/--advertise: fail before any write
+        SiteConfig(name=name, host=host, link_port=link_port or FIRST_LINK_PORT, bind=bind,
+                   advertise=advertise)))
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     port = link_port if link_port is not None else pick_link_port(bind)
     ca = certs.CertificateAuthority.generate(name)
@@ -250,6 +262,7 @@ def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: 
     )
     certs.save_pem(root / "identity.key", identity, private=True)
     # The config goes last: a site "exists" only once everything it needs is there.
-    site.save_config(SiteConfig(name=name, host=host, link_port=port, bind=bind))
+    site.save_config(SiteConfig(name=name, host=host, link_port=port, bind=bind,
+                                advertise=advertise))
     _remember(root)
     return site

@@ -48,7 +48,7 @@ def site_status(router: Router) -> dict[str, Any]:
     return {
         "site": cfg.name,
         "router_id": router.router_id,
-        "link_endpoint": f"{cfg.host}:{cfg.link_port}",
+        "link_endpoint": ", ".join(f"{h}:{p}" for h, p in router.endpoints()),
         "pid": os.getpid(),
         "uptime_s": _ago(router.started),
         "links": links,

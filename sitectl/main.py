@@ -100,7 +100,8 @@ def out(args: argparse.Namespace, data: Any, text: str) -> None:
 # ---- commands
 def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     root = resolve_site_dir(a.site_dir, a.name)
-    site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind)
+    site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
+                     advertise=tuple(a.advertise or ()))
     cfg = site.config()
     how = f"--site {cfg.name}" if a.site_dir is None else f"--site-dir {root}"
     out(a, {"site": cfg.name, "site_dir": str(root), "link_port": cfg.link_port},
@@ -323,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address other sites dial")
     p.add_argument("--link-port", type=int, default=None)
     p.add_argument("--bind", default="0.0.0.0", help="address the link port listens on")
+    p.add_argument("--advertise", action="append", metavar="HOST:PORT",
+                   help="where other sites dial this one, if not --host:link-port "
+                   "(NAT, port forwarding, several addresses); repeatable, tried in order")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("run", parents=[common], help="run the router in the foreground")

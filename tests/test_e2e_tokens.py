@@ -10,7 +10,7 @@ import pytest
 
 import certs
 from router.tokens import Token
-from tests.harness import Site, link, site_env, wait_for
+from tests.harness import SITECTL, Site, free_port, link, site_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +176,37 @@ def test_router_with_foreign_ca_cannot_link(tmp_path: Path) -> None:
     finally:
         for s in (mallory, east, west):
             s.stop()
+
+
+def test_several_advertised_endpoints_are_tried_in_order(tmp_path: Path) -> None:
+    """A site reachable at its second advertised address: redemption and dialling both
+    fall through the dead first one."""
+    import subprocess
+
+    env = site_env(tmp_path)
+    west = Site(tmp_path, "west", env)
+    dead = free_port()
+    bad = subprocess.run(
+        [SITECTL, "init", "west", "--site-dir", str(west.dir), "--advertise", "nowhere"],
+        env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "is not HOST:PORT" in bad.stderr
+    assert not west.dir.exists()
+    subprocess.run(
+        [SITECTL, "init", "west", "--site-dir", str(west.dir), "--link-port",
+         str(west.link_port), "--advertise", f"127.0.0.1:{dead}",
+         "--advertise", f"127.0.0.1:{west.link_port}"], env=env, check=True)
+    east = Site(tmp_path, "east", env).init()
+    try:
+        west.start()
+        east.start()
+        assert west.status()["link_endpoint"] == (
+            f"127.0.0.1:{dead}, 127.0.0.1:{west.link_port}")
+        link(west, east, tmp_path)
+        doc = json.loads((tmp_path / "west-for-east.token").read_text())
+        assert doc["endpoints"] == [f"127.0.0.1:{dead}", f"127.0.0.1:{west.link_port}"]
+        east.stop()
+        east.start()  # the dialler too goes past the dead address
+        wait_for(lambda: east.link_up("west"), what="link up via the second address")
+    finally:
+        east.stop()
+        west.stop()
