@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
 
 from .errors import ErrorCode, FlowError, ProtocolError
 from .events import (
@@ -42,6 +40,7 @@ from .frames import (
     VERSION,
     FrameType,
 )
+from .limits import LinkLimits, Role
 from .messages import (
     MAX_WINDOW,
     Accept,
@@ -52,40 +51,14 @@ from .messages import (
     Reset,
     truncate_reason,
 )
+from .outqueue import OutQueue
 
 __all__ = ["LinkConnection", "LinkLimits", "Role"]
 
 _DATA = int(FrameType.DATA)
 _MAX_TYPE = max(FrameType)
 _PING_SEQ = struct.Struct(">Q")
-# DATA payloads up to this size are copied next to their header (one TLS record for
-# a small message); larger ones are queued by reference.
-_COPY_BELOW = 16 * 1024
 _MAX_PINGS_OUTSTANDING = 8  # unanswered PINGs remembered for RTT; older ones are forgotten
-_pack_header = HEADER.pack
-
-
-class Role(Enum):
-    """Which end of the TCP connection we are; decides flow-id parity."""
-
-    DIALER = "dialer"  # allocates odd flow ids
-    ACCEPTOR = "acceptor"  # allocates even flow ids
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkLimits:
-    max_frame_bytes: int = 256 * 1024  # largest DATA payload accepted, bytes
-    max_control_bytes: int = 64 * 1024  # largest non-DATA payload accepted, bytes
-    max_flows: int = 10_000  # concurrent flows per link, both directions together
-    keepalive_interval: float = 1.0  # seconds of send-idleness before we PING
-    dead_after: float = 3.0  # seconds without receiving anything before the link is dead
-
-    def __post_init__(self) -> None:
-        for name in ("max_frame_bytes", "max_control_bytes", "max_flows"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"LinkLimits.{name} must be positive")
-        if not (self.keepalive_interval > 0 and self.dead_after > 0):
-            raise ValueError("LinkLimits intervals must be positive seconds")
 
 
 _Handler = Callable[[int, bytes, float], Event | None]
@@ -113,12 +86,7 @@ class LinkConnection:
 
         self._buf = bytearray()
         self._preface_seen = False
-        # Outgoing bytes: small frames are copied into _out; a large DATA payload is
-        # queued by reference in _parts (after whatever _out held), so bulk data is
-        # never copied here. _parts_size counts the bytes in _parts.
-        self._out = bytearray()
-        self._parts: list[bytes | bytearray | memoryview] = []
-        self._parts_size = 0
+        self._out = OutQueue()
 
         self._closing = False  # we sent GOAWAY
         self._peer_closing = False  # peer sent GOAWAY
@@ -145,7 +113,7 @@ class LinkConnection:
             FrameType.GOAWAY: self._on_goaway,
         }
 
-        self._out += PREFACE
+        self._out.raw(PREFACE)
         self._queue(FrameType.HELLO, 0, hello.to_wire())
         self._sent_since_tick = False  # already stamped: _last_send is now
 
@@ -165,7 +133,7 @@ class LinkConnection:
 
     @property
     def outgoing_bytes(self) -> int:
-        return self._parts_size + len(self._out)
+        return self._out.size
 
     @property
     def closing(self) -> bool:
@@ -506,24 +474,8 @@ class LinkConnection:
         if not size:
             return
         flow.send_credit -= size
-        out = self._out
-        step = self._peer_hello.max_frame_bytes if self._peer_hello else self._hello.max_frame_bytes
-        if size <= step and size <= _COPY_BELOW:
-            out += _pack_header(_DATA, 0, flow_id, size)
-            out += data
-        else:
-            payload = data if type(data) is bytes else bytes(data)  # queued by reference
-            view = memoryview(payload)  # slices stay queued: no `with` release here
-            for offset in range(0, size, step):
-                chunk = view[offset : offset + step] if size > step else payload
-                out += _pack_header(_DATA, 0, flow_id, len(chunk))
-                if len(chunk) <= _COPY_BELOW:
-                    out += chunk
-                    continue
-                self._parts.append(out)
-                self._parts.append(chunk)
-                self._parts_size += len(out) + len(chunk)
-                out = self._out = bytearray()
+        peer = self._peer_hello
+        self._out.data(flow_id, data, (peer or self._hello).max_frame_bytes)
         self._sent_since_tick = True
 
     def grant_credit(self, flow_id: int, n: int) -> None:
@@ -585,22 +537,11 @@ class LinkConnection:
 
     def data_to_send(self) -> bytearray | bytes:
         """Everything queued, as one buffer (then the queue is empty)."""
-        parts = self.data_to_send_parts()
-        if not parts:
-            return b""
-        return parts[0] if len(parts) == 1 and type(parts[0]) is bytearray else b"".join(parts)
+        return self._out.drain()
 
     def data_to_send_parts(self) -> list[bytes | bytearray | memoryview]:
         """Everything queued, in order, without joining large payloads (no copy)."""
-        parts = self._parts
-        if self._out:
-            parts.append(self._out)
-            self._out = bytearray()
-        elif not parts:
-            return []
-        self._parts = []
-        self._parts_size = 0
-        return parts
+        return self._out.drain_parts()
 
     # ------------------------------------------------------------------ time
 
@@ -632,8 +573,7 @@ class LinkConnection:
         return flow
 
     def _queue(self, ftype: FrameType, flow_id: int, body: bytes) -> None:
-        self._out += _pack_header(ftype, 0, flow_id, len(body))
-        self._out += body
+        self._out.frame(ftype, flow_id, body)
         self._sent_since_tick = True
 
     def _send_goaway(self, reason: str) -> None:
