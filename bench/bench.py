@@ -33,6 +33,7 @@ from loads import (
     percentile,
     ping_pong_us,
 )
+from numbers_fmt import fmt, fmt_ratio, ratio
 from paths import RouterPair, SetupError, StunnelPair
 from procs import Service, child_env, free_port, log_tail, port_open, rss_kib, wait_until
 
@@ -231,24 +232,6 @@ class Bench:
 
 
 # --- reporting -----------------------------------------------------------------
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
 
 
 RATIOS = (("router", "direct"), ("stunnel", "direct"), ("router", "stunnel"))

@@ -29,6 +29,7 @@ from typing import Any
 
 import convergence
 from loads import LoadError, echo_check, iperf3_mbps, percentile, ping_pong_us
+from numbers_fmt import fmt, fmt_ratio, ratio
 from procs import HOST, Service, free_port, log_tail, port_open, wait_until
 from sites import SetupError, Site, SiteNet, wait_path
 
@@ -105,24 +106,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if abs(value) >= 100:
-        return f"{value:.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.2f}"
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
 
 
 def render(rows: list[list[str]], left: int = 1) -> str:
