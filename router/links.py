@@ -37,6 +37,7 @@ class DialState:
     since: float = field(default_factory=time.time)
     last_error: str | None = None
     attempts: int = 0
+    deleted: bool = False
 
 
 class LinkManager:
@@ -147,9 +148,14 @@ class LinkManager:
 
     def remove_dial(self, name: str) -> None:
         state = self.dials.pop(name)
-        if state.link is not None:
-            state.link.close("link deleted")
-        state.cancel.cancel()
+        state.deleted = True
+        if state.link is None:
+            state.cancel.cancel()
+            return
+        # Let the link say GOAWAY ("link deleted") to its peer, then stop dialling; the
+        # deadline bounds the wait if the peer does not read.
+        state.link.close("link deleted")
+        state.cancel.deadline = trio.current_time() + 2.0
 
     def set_cost(self, name: str, cost: int) -> None:
         state = self.dials[name]
@@ -163,7 +169,7 @@ class LinkManager:
         limits = self.router.config.limits
         delay = limits.redial_min_s
         with state.cancel:
-            while True:
+            while not state.deleted:
                 state.attempts += 1
                 try:
                     up_for = await self._dial_once(state)
@@ -172,6 +178,8 @@ class LinkManager:
                     state.last_error, up_for = f"internal error: {exc}", None
                 if up_for is not None and up_for > 10 * limits.redial_min_s:
                     delay = limits.redial_min_s  # it was healthy: retry quickly
+                if state.deleted:
+                    return
                 state.state = "connecting"
                 # Full jitter keeps many sites from redialling a restarted hub in lockstep.
                 await trio.sleep(self._rng.uniform(delay / 2, delay))

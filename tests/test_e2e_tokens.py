@@ -136,6 +136,8 @@ def test_token_use_is_counted_and_reuse_refused(sites) -> None:  # type: ignore[
         # The live link is torn down on both ends, and east no longer dials.
         wait_for(lambda: not any(lk["peer_site"] == "east" for lk in west.status()["links"]),
                  what="west to see the link gone")
+        wait_for(lambda: "peer closed the link: link deleted" in west.log_tail(20),
+                 what="west told why")
         assert east.status()["links"] == []
     finally:
         east.stop()
