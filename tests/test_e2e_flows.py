@@ -168,3 +168,28 @@ def test_echo_ping_pong(pair: Pair) -> None:
             msg = bytes([i % 256])
             sock.sendall(msg)
             assert sock.recv(1) == msg
+
+
+def test_a_thousand_concurrent_connections(pair: Pair) -> None:
+    """1000 clients connected at once through one link, each answered with its own
+    bytes; every flow ends when its client closes."""
+    server = EchoServer()
+    key, port = pair.key("crowd"), free_port()
+    pair.expose(key, server.port, port)
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(1000)]
+    try:
+        for i, sock in enumerate(socks):
+            sock.sendall(b"%d\n" % i)
+        for i, sock in enumerate(socks):
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = sock.recv(100)
+                assert chunk, f"connection {i} closed early"
+                got += chunk
+            assert got == b"%d\n" % i
+        assert pair.east.status()["flows"]["active"] >= 1000
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: pair.east.status()["flows"]["active"] == 0, what="all flows closed")
+    wait_for(lambda: pair.west.status()["flows"]["active"] == 0, what="all flows closed")
