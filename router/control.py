@@ -9,18 +9,21 @@ bad value gets the same message either way.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from certs import CertError
 from router.config import ConfigError, FieldReader, connector_from, listener_from
+from router.net.errors import guarded
+from router.site import SiteError
 from router.status import network_status, site_status
 from router.tokens import TokenError
 
@@ -36,44 +39,45 @@ class RequestError(Exception):
     """A request that cannot be carried out; the message goes back to sitectl."""
 
 
-def _fields(req: dict[str, Any], section: str) -> FieldReader:
-    args = req.get("args")
-    if not isinstance(args, dict):
-        raise RequestError("request has no args")
+def _fields(args: dict[str, Any], section: str) -> FieldReader:
     return FieldReader(Path("request"), "", section, args)
 
 
-async def _status(router: Router, req: dict[str, Any]) -> dict[str, Any]:
+def _name(args: dict[str, Any], field: str) -> str:
+    value = args.get(field)
+    if not isinstance(value, str) or not value:
+        raise RequestError(f"request needs {field} (a string)")
+    return value
+
+
+async def _status(router: Router, args: dict[str, Any]) -> dict[str, Any]:
     result = site_status(router)
-    if req.get("args", {}).get("network"):
+    if args.get("network"):
         result["network"] = network_status(router)
     return result
 
 
-async def _listener_create(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    lst = listener_from(_fields(req, "listener"))
+async def _listener_create(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+    lst = listener_from(_fields(args, "listener"))
     await router.add_listener(lst)
-    return {"listener": _as_dict(lst)}
+    return {"listener": asdict(lst)}
 
 
-async def _listener_delete(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    gone = router.delete_listener(str(req.get("args", {}).get("key")))
-    return {"deleted": [_as_dict(x) for x in gone]}
+async def _listener_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+    return {"deleted": [asdict(x) for x in router.delete_listener(_name(args, "key"))]}
 
 
-async def _connector_create(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    con = connector_from(_fields(req, "connector"))
+async def _connector_create(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+    con = connector_from(_fields(args, "connector"))
     router.add_connector(con)
-    return {"connector": _as_dict(con)}
+    return {"connector": asdict(con)}
 
 
-async def _connector_delete(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    gone = router.delete_connector(str(req.get("args", {}).get("key")))
-    return {"deleted": [_as_dict(x) for x in gone]}
+async def _connector_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+    return {"deleted": [asdict(x) for x in router.delete_connector(_name(args, "key"))]}
 
 
-async def _token_issue(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    args = req.get("args", {})
+async def _token_issue(router: Router, args: dict[str, Any]) -> dict[str, Any]:
     expires, uses = args.get("expires_s"), args.get("uses")
     if not isinstance(expires, int | float) or not isinstance(uses, int):
         raise RequestError("token.issue needs expires_s (number) and uses (integer)")
@@ -81,22 +85,21 @@ async def _token_issue(router: Router, req: dict[str, Any]) -> dict[str, Any]:
     return {"token": token.decode()}
 
 
-async def _link_add(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    router.add_link(str(req.get("args", {}).get("name")))
+async def _link_add(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+    router.add_link(_name(args, "name"))
     return {}
 
 
-async def _link_delete(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    router.delete_link(str(req.get("args", {}).get("name")))
+async def _link_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+    router.delete_link(_name(args, "name"))
     return {}
 
 
-async def _link_cost(router: Router, req: dict[str, Any]) -> dict[str, Any]:
-    args = req.get("args", {})
+async def _link_cost(router: Router, args: dict[str, Any]) -> dict[str, Any]:
     cost = args.get("cost")
     if not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
         raise RequestError("cost must be an integer from 1 to 1000000")
-    router.set_link_cost(str(args.get("name")), cost)
+    router.set_link_cost(_name(args, "name"), cost)
     return {}
 
 
@@ -111,10 +114,6 @@ HANDLERS: dict[str, Handler] = {
     "link.delete": _link_delete,
     "link.cost": _link_cost,
 }
-
-
-def _as_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
 
 
 class ControlServer:
@@ -140,7 +139,7 @@ class ControlServer:
                 async with listener:
                     while True:
                         stream = await listener.accept()
-                        nursery.start_soon(self._handle, stream)
+                        nursery.start_soon(guarded, "control request", self._handle, stream)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
@@ -176,8 +175,11 @@ class ControlServer:
         handler = HANDLERS.get(req["op"])
         if handler is None:
             raise RequestError(f"unknown op {req['op']!r}")
+        args = req.get("args", {})
+        if not isinstance(args, dict):
+            raise RequestError("request args must be an object")
         try:
-            result = await handler(self.router, req)
-        except (ConfigError, ValueError, TokenError, RequestError) as exc:
+            result = await handler(self.router, args)
+        except (ConfigError, SiteError, CertError, ValueError, TokenError, RequestError) as exc:
             return {"ok": False, "error": str(exc).replace("request: ", "")}
         return {"ok": True, **result}

@@ -216,3 +216,40 @@ def test_busy_listener_port_does_not_keep_the_site_down(tmp_path: Path) -> None:
             assert "NOT LISTENING" in site.sitectl("status").stdout
         finally:
             site.stop()
+
+
+def test_malformed_control_requests_get_errors_and_change_nothing(pair: Pair) -> None:
+    import json
+
+    def ask(raw: bytes) -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(pair.east.dir / "run" / "control.sock"))
+            s.sendall(raw)
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply: dict[str, object] = json.loads(data)
+        return reply
+
+    before = pair.east.status()
+    for raw, why in [
+        (b"not json\n", "not JSON"),
+        (b'{"args": {}}\n', "needs an op"),
+        (b'{"op": "explode"}\n', "unknown op"),
+        (b'{"op": "listener.delete", "args": [1]}\n', "args must be an object"),
+        (b'{"op": "link.delete", "args": {}}\n', "needs name"),
+        (b'{"op": "link.add", "args": {"name": "ghost"}}\n', "bad link file"),
+        (b'{"op": "token.issue", "args": {"uses": "many"}}\n', "needs expires_s"),
+        (b'{"op": "listener.create", "args": {"key": "db", "port": "x"}}\n', "port: must be"),
+        (b"x" * 70_000, "request over"),
+    ]:
+        reply = ask(raw)
+        assert reply["ok"] is False and why in str(reply["error"]), (raw[:60], reply)
+    after = pair.east.status()
+    assert after["listeners"] == before["listeners"] and after["connectors"] == before["connectors"]
+    assert [(lk["name"], lk["state"]) for lk in after["links"]] == [
+        (lk["name"], lk["state"]) for lk in before["links"]]
