@@ -29,9 +29,9 @@ from router.config import ConnectorConfig, ListenerConfig, SiteConfig
 from router.control import ControlServer
 from router.links import LinkManager
 from router.net.errors import connect_reason, guarded
-from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket
+from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket, peer_name
 from router.net.link import Link
-from router.net.transit import Splice
+from router.net.transit import open_transit, splice_sockets
 from router.protocol import FlowError, Hello, Open
 from router.routing import (
     Candidate,
@@ -75,7 +75,7 @@ class Router:
         self.outstanding: Counter[str] = Counter()
         self.started = time.time()
         self._rng = random.Random()
-        self._listeners: dict[tuple[str, int], tuple[ListenerConfig, trio.CancelScope]] = {}
+        self._listeners: dict[tuple[str, int], trio.CancelScope] = {}
         self.listener_errors: dict[tuple[str, int], str] = {}
         self._connector_turn: Counter[str] = Counter()
         self._server_ctx: ssl.SSLContext | None = None
@@ -167,12 +167,9 @@ class Router:
                 self._shutdown.set()
                 return
 
-    def stop(self) -> None:
-        self._shutdown.set()
-
     async def _drain(self) -> None:
         """Stop accepting, let open flows finish for up to drain_timeout_s, say GOAWAY."""
-        for _, scope in self._listeners.values():
+        for scope in self._listeners.values():
             scope.cancel()
         with trio.move_on_after(self.config.limits.drain_timeout_s):
             while self.counters.active:
@@ -225,12 +222,16 @@ class Router:
             self.routing.set_cost(link.peer_id, cost, trio.current_time())
 
     def _flush_routing(self) -> None:
+        """Send what the routing core queued; its next deadline may have moved."""
+        self._send_routing()
+        self._routing_wake.set()
+
+    def _send_routing(self) -> None:
         for peer_id, payload in self.routing.outgoing():
             link = self.links.link_for(peer_id)
             if link is not None and link.closed_reason is None:
                 link.conn.send_routing(payload)
                 link.kick()
-        self._routing_wake.set()
 
     async def _routing_timer(self) -> None:
         while True:
@@ -238,11 +239,7 @@ class Router:
                 await self._routing_wake.wait()
             self._routing_wake = trio.Event()
             self.routing.handle_timer(trio.current_time())
-            for peer_id, payload in self.routing.outgoing():
-                link = self.links.link_for(peer_id)
-                if link is not None:
-                    link.conn.send_routing(payload)
-                    link.kick()
+            self._send_routing()
 
     def _advertise_keys(self) -> None:
         keys: dict[str, KeyAdvert] = {}
@@ -266,7 +263,7 @@ class Router:
         except OSError as exc:
             raise ValueError(f"cannot listen on {lst.host}:{lst.port}: {exc.strerror}") from exc
         scope = trio.CancelScope()
-        self._listeners[(lst.host, lst.port)] = (lst, scope)
+        self._listeners[(lst.host, lst.port)] = scope
         self.nursery.start_soon(self._accept_clients, lst, sockets, scope)
 
     async def _accept_clients(self, lst: ListenerConfig, sockets: list[trio.SocketListener],
@@ -329,7 +326,7 @@ class Router:
                 return Outcome.REFUSED
             self.outstanding[cand.router_id] += 1
             try:
-                await Splice.local(client, target)
+                await splice_sockets(client, target)
             finally:
                 self.outstanding[cand.router_id] -= 1
             return Outcome.SERVED
@@ -339,7 +336,7 @@ class Router:
             return Outcome.PATH_FAILED
         flow = SocketFlow(link, counters=self.counters)
         open_msg = Open(routing_key=lst.key, origin_site=self.name, origin_router=self.router_id,
-                        dest_router=cand.router_id, client_addr=_peer(client),
+                        dest_router=cand.router_id, client_addr=peer_name(client),
                         trace=(self.router_id,), window=self.config.limits.flow_window_bytes)
         try:
             flow.flow_id = link.open_flow(open_msg, flow)
@@ -378,7 +375,7 @@ class Router:
     def on_flow_open(self, link: Link, flow_id: int, open_msg: Open) -> None:
         """Called from the link reader: must not block."""
         if open_msg.dest_router != self.router_id:
-            Splice.transit(self, link, flow_id, open_msg)
+            open_transit(self, link, flow_id, open_msg)
             return
         flow = SocketFlow(link, counters=self.counters)
         flow.flow_id = flow_id
@@ -415,7 +412,7 @@ class Router:
 
     # ---- changes from the control socket
     async def add_listener(self, lst: ListenerConfig) -> None:
-        if any(p == lst.port and h == lst.host for h, p in self._listeners):
+        if any(x.host == lst.host and x.port == lst.port for x in self.config.listeners):
             raise ValueError(f"a listener on {lst.host}:{lst.port} already exists")
         await self._start_listener(lst)
         self._save(replace(self.config, listeners=(*self.config.listeners, lst)))
@@ -427,9 +424,9 @@ class Router:
             raise ValueError(f"no listener for {key!r}")
         for lst in gone:
             self.listener_errors.pop((lst.host, lst.port), None)
-            entry = self._listeners.pop((lst.host, lst.port), None)
-            if entry is not None:
-                entry[1].cancel()
+            scope = self._listeners.pop((lst.host, lst.port), None)
+            if scope is not None:
+                scope.cancel()
         self._save(replace(self.config, listeners=tuple(
             lst for lst in self.config.listeners if lst.key != key)))
         self._advertise_keys()
@@ -501,11 +498,3 @@ class Router:
             return {"ok": False, "error": str(exc)}
         log.info("token redeemed by site %s", site)
         return {"ok": True, "cert": cert_pem, "site": self.name, "router_id": self.router_id}
-
-
-def _peer(sock: trio.SocketStream) -> str:
-    try:
-        host, port = sock.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
-        return "?"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from router.net.errors import connect_reason, guarded
+from router.net.flow import peer_name
 from router.net.handshake import HandshakeError, serve_unauthenticated, start_link, tls_handshake
 from router.net.link import Link
 from router.net.tls import TLSStream
@@ -84,14 +85,12 @@ class LinkManager:
     # ---- accepting
     async def serve(self, listeners: list[trio.SocketListener],
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        ctx = self.router.server_ssl_context()
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, ctx, nursery)
+                nursery.start_soon(self._accept_loop, listener, nursery)
             task_status.started()
 
-    async def _accept_loop(self, listener: trio.SocketListener, ctx: object,
-                           nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
             while True:
                 try:
@@ -104,7 +103,7 @@ class LinkManager:
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
-        peer_addr = _peer_name(sock)
+        peer_addr = peer_name(sock)
         if self._handshaking >= MAX_PENDING_HANDSHAKES:
             # Unauthenticated peers must not be able to hold unbounded sockets and memory.
             log.warning("refused connection from %s: %d handshakes already pending",
@@ -222,13 +221,3 @@ class LinkManager:
                     await stream.aclose()
         state.state = "down"
         return None
-
-
-def _peer_name(sock: trio.SocketStream) -> str:
-    try:
-        host, port = sock.socket.getpeername()[:2]
-        return f"{host}:{port}"
-    except OSError:
-        return "?"
-
-

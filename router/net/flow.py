@@ -41,6 +41,15 @@ class FlowRefusedError(Exception):
         self.path_failed = path_failed
 
 
+def peer_name(sock: trio.SocketStream) -> str:
+    """host:port of the other end, for logs and OPEN messages."""
+    try:
+        host, port = sock.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
 def abort_socket(stream: trio.SocketStream) -> None:
     """Make the next close send RST: the client must see a reset, not a clean EOF."""
     with contextlib.suppress(OSError):
@@ -50,12 +59,11 @@ def abort_socket(stream: trio.SocketStream) -> None:
 class SocketFlow:
     """Implements link.FlowHandler for a flow whose local end is a TCP socket."""
 
-    def __init__(self, link: Link, *, counters: FlowCounters | None = None) -> None:
+    def __init__(self, link: Link, *, counters: FlowCounters) -> None:
         self.link = link
         self.flow_id = 0
         self._inbox: deque[bytes] = deque()
         self._remote_fin = False
-        self._local_fin = False
         self.reset_reason: str | None = None
         self._answer: trio.Event = trio.Event()
         self.refusal: str | None = None
@@ -87,8 +95,7 @@ class SocketFlow:
             if n:
                 self.link.conn.grant_credit(self.flow_id, n)
                 self.link.kick()
-                if self.counters is not None:
-                    self.counters.bytes_in += n
+                self.counters.bytes_in += n
                 if n == len(data):
                     return
                 data = data[n:]
@@ -182,15 +189,13 @@ class SocketFlow:
                 except FlowError:
                     return  # reset meanwhile; on_reset cancels us
                 link.kick()
-                self._local_fin = True
                 return
             try:
                 conn.send_data(fid, data)
             except FlowError as exc:
                 self._reset(f"flow error: {exc}")
                 return
-            if self.counters is not None:
-                self.counters.bytes_out += len(data)
+            self.counters.bytes_out += len(data)
             link.kick()
             if conn.outgoing_bytes > link.buffer_limit:
                 await link.wait_drained()
@@ -212,8 +217,7 @@ class SocketFlow:
                     return
                 finally:
                     self._writing = False
-                if self.counters is not None:
-                    self.counters.bytes_in += len(data)
+                self.counters.bytes_in += len(data)
                 conn.grant_credit(fid, len(data))
                 link.kick()
                 continue

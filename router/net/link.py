@@ -236,8 +236,7 @@ class Link:
         while True:
             await trio.sleep_until(self.conn.next_deadline())
             self._dispatch(self.conn.handle_timer(trio.current_time()))
-            if self.conn.outgoing_bytes:
-                self.kick()
+            self.kick()
 
     def _dispatch(self, events: list[Event]) -> None:
         flows = self.flows

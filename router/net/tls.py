@@ -55,11 +55,10 @@ class TLSStream(trio.abc.Stream):
         # Ciphertext a non-blocking write could not take; it goes out before anything else.
         self._backlog: list[bytes] = []
         sock = getattr(transport, "socket", None)
-        self._sock = sock
         self._fd: int | None = sock.fileno() if sock is not None else None
-        # Reads land in this buffer (recv_into): recv(256 KiB) would allocate 256 KiB
+        # Reads land in this reusable buffer (readv): recv(256 KiB) would allocate 256 KiB
         # per call, above glibc's mmap threshold, which costs more than the read.
-        self._rbuf = bytearray(RECV_CHUNK) if sock is not None else None
+        self._rbuf = bytearray(RECV_CHUNK)
         self._more = False
         self._plain = memoryview(bytearray(PLAIN_CHUNK))
 
@@ -83,27 +82,13 @@ class TLSStream(trio.abc.Stream):
             ssl_write(part)
         if self._fd is None or self._send_lock.locked() or self._backlog:
             return False
-        out = self._out
-        if out.pending <= OUT_CHUNK:  # the common case: one write, no list
-            data = out.read()
-            try:
-                n = os.write(self._fd, data)
-            except BlockingIOError:
-                n = 0
-            except OSError:
-                self._backlog = [data]  # send_all raises the error in its own context
-                return False
-            if n < len(data):
-                self._backlog = [data[n:]]
-                return False
-            return True
         chunks = self._drain_bio()
         try:
             n = os.writev(self._fd, chunks)
         except BlockingIOError:
             n = 0
         except OSError:
-            self._backlog = chunks
+            self._backlog = chunks  # send_all raises the error in its own context
             return False
         if n < sum(map(len, chunks)):
             self._backlog = _tail(chunks, n)
@@ -133,7 +118,7 @@ class TLSStream(trio.abc.Stream):
 
     async def _fill(self) -> bool:
         """Read more ciphertext; False at transport EOF."""
-        if self._rbuf is None or self._fd is None:
+        if self._fd is None:  # not a socket (tests over memory streams)
             return await self._fill_stream()
         # Wait first, then read once, unless the last read filled the buffer (bulk
         # transfer: read first, with a checkpoint so other tasks still run). A read

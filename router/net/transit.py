@@ -10,20 +10,18 @@ held here are bounded by the window.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
 import trio
 
+from router.net.flow import READ_CHUNK
 from router.net.link import Link
 from router.protocol import FlowError, Open
 from router.routing.forward import ForwardRefused, next_hop_for_open
 
 if TYPE_CHECKING:
     from router.daemon import Router
-
-log = logging.getLogger("router.transit")
 
 class TransitHalf:
     """One side of a splice; `peer` is the other side. Implements FlowHandler."""
@@ -36,7 +34,6 @@ class TransitHalf:
         self._fin_pending = False
         self._fin_sent = False
         self._fin_received = False
-        self.upstream = False  # True for the half facing the opener
 
     # -- sending side (called for the half we forward INTO)
     def _push(self, data: bytes) -> None:
@@ -133,7 +130,6 @@ def open_transit(router: Router, link: Link, flow_id: int, open_msg: Open) -> No
         link.kick()
         return
     up = TransitHalf(link, flow_id)
-    up.upstream = True
     fwd = Open(routing_key=open_msg.routing_key, origin_site=open_msg.origin_site,
                origin_router=open_msg.origin_router, dest_router=open_msg.dest_router,
                client_addr=open_msg.client_addr, trace=(*open_msg.trace, router.router_id),
@@ -154,7 +150,7 @@ async def splice_sockets(a: trio.SocketStream, b: trio.SocketStream) -> None:
 
     async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
         try:
-            while data := await src.receive_some(256 * 1024):
+            while data := await src.receive_some(READ_CHUNK):
                 await dst.send_all(data)
             await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -168,10 +164,3 @@ async def splice_sockets(a: trio.SocketStream, b: trio.SocketStream) -> None:
         with trio.CancelScope(shield=True):
             await a.aclose()
             await b.aclose()
-
-
-class Splice:
-    """Namespace used by the daemon."""
-
-    transit = staticmethod(open_transit)
-    local = staticmethod(splice_sockets)
