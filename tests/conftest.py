@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from certs import CertificateAuthority
 from tests.harness import Site, link, site_env
 
 _ids = itertools.count(1)
@@ -49,3 +50,15 @@ def fresh_pair(tmp_path: Path) -> Iterator[Pair]:
     p = Pair(tmp_path)
     yield p
     p.stop()
+
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    """A site CA for certificate tests."""
+    return CertificateAuthority.generate("west")
+
+
+@pytest.fixture(scope="module")
+def other_ca() -> CertificateAuthority:
+    """A foreign CA: nothing it signs may be trusted by `ca`'s contexts."""
+    return CertificateAuthority.generate("mallory")
