@@ -1,0 +1,72 @@
+"""Named limits hold: hop count, claim size, pending handshakes."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+
+from router.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES
+from router.links import MAX_PENDING_HANDSHAKES
+from router.net.handshake import HandshakeError, read_claim
+from router.routing import KeyAdvert, NullSigner, RoutingCore, null_verify
+from router.routing.forward import MAX_HOPS, ForwardRefused, next_hop_for_open
+from tests.conftest import Pair
+
+
+def test_open_refused_past_max_hops_and_on_a_loop() -> None:
+    core = RoutingCore(site="a", signer=NullSigner(), verify=null_verify, now=0.0)
+    core.set_keys({"k": KeyAdvert()}, 0.0)
+    with pytest.raises(ForwardRefused, match="too many hops"):
+        next_hop_for_open(core, "rsomewhere", [f"r{i}" for i in range(MAX_HOPS)], "a")
+    with pytest.raises(ForwardRefused, match="routing loop"):
+        next_hop_for_open(core, "rsomewhere", ["rx", core.router_id], "a")
+    with pytest.raises(ForwardRefused, match="^route: site a has no route"):
+        next_hop_for_open(core, "rsomewhere", ["rx"], "a")
+
+
+class _Chunks:
+    """Stands in for a TLS stream: hands out the given chunks, then EOF."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.asked = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self.asked += 1
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+async def test_claim_length_is_checked_before_its_body_is_read() -> None:
+    header = CLAIM_MAGIC + bytes([CLAIM_VERSION]) + struct.pack(">I", MAX_CLAIM_BYTES + 1)
+    stream = _Chunks(b"never read")
+    with pytest.raises(HandshakeError, match="exceeds limit"):
+        await read_claim(stream, header)  # type: ignore[arg-type]
+    assert stream.asked == 0
+
+
+async def test_claim_within_limit_is_read() -> None:
+    header = CLAIM_MAGIC + bytes([CLAIM_VERSION]) + struct.pack(">I", 5)
+    assert await read_claim(_Chunks(b"hel", b"lo"), header) == b"hello"  # type: ignore[arg-type]
+
+
+def test_pending_handshakes_are_capped(pair: Pair) -> None:
+    """Unauthenticated TCP connections that never handshake hold at most
+    MAX_PENDING_HANDSHAKES slots; the next one is closed at once, and the link and the
+    router keep working."""
+    idle = [socket.create_connection(("127.0.0.1", pair.west.link_port), timeout=10)
+            for _ in range(MAX_PENDING_HANDSHAKES)]
+    try:
+        deadline = time.monotonic() + 15
+        while "handshakes already pending" not in pair.west.log_tail(5):
+            assert time.monotonic() < deadline, "the cap was never reached"
+            with socket.create_connection(("127.0.0.1", pair.west.link_port), timeout=10) as s:
+                assert s.recv(10) == b""  # closed without a handshake
+        assert pair.east.link_up("west")
+    finally:
+        for s in idle:
+            s.close()
+    assert pair.west.status()["site"] == "west"
+
