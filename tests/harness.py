@@ -48,9 +48,13 @@ class Site:
         self.log_path = workdir / f"{name}.log"
         self.link_port = free_port()
 
+    def command_prefix(self, args: tuple[str, ...]) -> list[str]:
+        """What runs a command (`run` for the router itself) in this site's host."""
+        return []
+
     def sitectl(self, *args: str, check: bool = True,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd = [SITECTL, "--site-dir", str(self.dir), *args]
+        cmd = [*self.command_prefix(args), SITECTL, "--site-dir", str(self.dir), *args]
         result = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
                                 timeout=timeout)
         if check and result.returncode != 0:
@@ -66,7 +70,8 @@ class Site:
     def start(self) -> Site:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "--site-dir", str(self.dir)],
+            [*self.command_prefix(("run",)), sys.executable, "-m", "router",
+             "--site-dir", str(self.dir)],
             env=self.env, stdout=log, stderr=log, cwd=str(ROOT))
         log.close()
         wait_for(self._ready, what=f"router {self.name} ready")

@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.harness import ROOT, SITECTL, Site, link, site_env, wait_for
+from tests.harness import Site, link, site_env
 from tests.services import Server
 
 T = TypeVar("T")
@@ -151,31 +150,11 @@ class NetnsSite(Site):
         super().__init__(workdir, name, env, host=host)
         self.ns = ns
 
-    def _prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.ns] if self.ns else []
-
-    def sitectl(self, *args: str, check: bool = True,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        if args[:2] != ("link", "create") or self.ns is None:
-            return super().sitectl(*args, check=check, timeout=timeout)
-        cmd = [*self._prefix(), SITECTL, "--site-dir", str(self.dir), *args]
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
-                                timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"sitectl {' '.join(args)} (in {self.ns}) failed ({result.returncode}):\n"
-                f"{result.stdout}{result.stderr}\n--- router log:\n{self.log_tail()}")
-        return result
-
-    def start(self) -> NetnsSite:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
-        # `ip netns exec` execs the command: the pid is the router's own, so signals reach it.
-        self.proc = subprocess.Popen(
-            [*self._prefix(), sys.executable, "-m", "router", "--site-dir", str(self.dir)],
-            env=self.env, stdout=log, stderr=log, cwd=str(ROOT))
-        log.close()
-        wait_for(self._ready, what=f"router {self.name} ready")
-        return self
+    def command_prefix(self, args: tuple[str, ...]) -> list[str]:
+        # `ip netns exec` execs the command: a router's pid is its own, so signals reach it.
+        if self.ns and (args[:1] == ("run",) or args[:2] == ("link", "create")):
+            return ["ip", "netns", "exec", self.ns]
+        return []
 
     # ---- status shortcuts
     def network(self) -> dict[str, Any]:
