@@ -138,7 +138,7 @@ def _short(value: object) -> str:
 
 
 def _no_constant(name: str) -> object:
-    raise ValueError(f"{name} is not a number a token may hold")
+    raise _damaged(f"{name} is not a number a token may hold")
 
 
 def _parse_json(data: bytes) -> dict[str, Any]:
@@ -237,7 +237,10 @@ class GrantStore:
         except (OSError, UnicodeDecodeError) as exc:
             raise TokenError(f"{path}: cannot read the grant store: {_reason(exc)}") from None
         try:
-            self.grants = [_grant_from(g) for g in json.loads(text)]
+            entries = json.loads(text)
+            if not isinstance(entries, list):
+                raise ValueError("not a list of grants")
+            self.grants = [_grant_from(g) for g in entries]
         except (ValueError, TypeError, RecursionError) as exc:
             raise TokenError(f"{path}: unreadable grant store ({_reason(exc)}); "
                              "move it aside to start with no grants") from None

@@ -182,9 +182,10 @@ def read_token_file(name: str) -> bytes:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise FileProblem(f"cannot read token {name}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TokenError(f"cannot read token {name}: not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise TokenError(f"cannot read token {name}: not a regular file")
         try:
             data = f.read(MAX_TOKEN_BYTES + 1)
         except OSError as exc:
