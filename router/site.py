@@ -220,7 +220,7 @@ class Site:
             doc = tomllib.loads(toml_path.read_text())
             return _link_from(name, doc)
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{toml_path}: cannot read link file: "
+            raise ConfigError(f"{toml_path}: bad link file: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
         except (tomllib.TOMLDecodeError, InvalidName) as exc:
             raise ConfigError(f"{toml_path}: bad link file: {exc}") from None

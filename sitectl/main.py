@@ -391,16 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", parents=[common], help="link tokens").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     p = token.add_parser("issue", parents=[common], help="issue a token for another site")
-    p.add_argument("--expires", default="15m")
-    p.add_argument("--uses", type=int, default=1)
-    p.add_argument("-o", "--output", default="-")
+    p.add_argument("--expires", default="15m", help="e.g. 90s, 15m, 2h, 7d; at most 365d")
+    p.add_argument("--uses", type=int, default=1, help="1 to 1000000")
+    p.add_argument("-o", "--output", default="-", help="token file (0600); a file that cannot "
+                   "be written exits 1 before any grant is made")
     p.set_defaults(func=cmd_token_issue)
 
     link = sub.add_parser("link", parents=[common], help="links to other sites").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     p = link.add_parser("create", parents=[common], help="redeem a token and link")
     p.add_argument("file")
-    p.add_argument("--name")
+    p.add_argument("--name", help="link name (default: the issuer's site name); "
+                   "1-63 letters, digits, '.', '_', '-'")
     p.add_argument("--cost", type=int, default=1)
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the link")
     p.set_defaults(func=cmd_link_create)
