@@ -184,7 +184,7 @@ def read_token_file(name: str) -> bytes:
         raise FileProblem(f"cannot read token {name}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise TokenError(f"cannot read token {name}: not a regular file")
+        raise FileProblem(f"cannot read token {name}: not a regular file")
     with os.fdopen(fd, "rb") as f:
         try:
             data = f.read(MAX_TOKEN_BYTES + 1)

@@ -382,3 +382,13 @@ def test_token_issue_bad_arguments(sites: tuple[Path, Site, Site], tmp_path: Pat
     assert result.returncode == code
     assert why in one_line_error(result)
     assert tree_digest(west.dir) == before and tree_digest(tmp_path) == outside
+
+
+def test_router_with_a_corrupt_grant_store_says_so_in_one_line(tmp_path: Path) -> None:
+    site = Site(tmp_path, "broken", site_env(tmp_path)).init()
+    (site.dir / "grants.json").write_text('[{"code_hash": "x"')
+    before = tree_digest(site.dir)
+    result = site.sitectl("run", check=False, timeout=30)
+    assert result.returncode == 1
+    assert "grants.json: unreadable grant store" in one_line_error(result)
+    assert tree_digest(site.dir) == before
