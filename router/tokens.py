@@ -38,8 +38,9 @@ _CODE_BYTES = 32
 _MAX_B64_CHARS = 1024
 _FIELDS = {"type", "version", "site", "endpoints", "ca", "code", "expires", "uses", "signature"}
 _B64_RE = re.compile(r"[A-Za-z0-9_-]*")
-_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKET_RE = re.compile(r"[\[\]{}]")
+# A JSON string or a bracket. The closing quote is optional so that a match never fails:
+# a failed match would be retried from every later quote, quadratic in the input.
+_SCAN_RE = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
 class TokenError(Exception):
@@ -152,9 +153,12 @@ def _parse_json(data: bytes) -> dict[str, Any]:
     # A token is flat; counting brackets outside strings bounds the depth without
     # recursing, so no document can reach the decoder's recursion limit.
     depth = peak = 0
-    for bracket in _BRACKET_RE.findall(_STRING_RE.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        peak = max(peak, depth)
+    for match in _SCAN_RE.finditer(text):
+        if match[0] in ("[", "{"):
+            depth += 1
+            peak = max(peak, depth)
+        elif match[0] in ("]", "}"):
+            depth -= 1
     if peak > MAX_JSON_DEPTH:
         raise TokenError(f"not a link token (nested deeper than {MAX_JSON_DEPTH})")
     try:

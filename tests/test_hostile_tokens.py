@@ -135,6 +135,16 @@ def test_nesting_is_refused_without_recursion(bomb: bytes) -> None:
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.parametrize("soup", [b'\\"' * 30_000, b'"' + b'\\"' * 30_000, b'"\\' * 30_000,
+                                  b'["]' * 20_000, b'"' * MAX_TOKEN_BYTES])
+def test_unterminated_strings_are_not_rescanned(soup: bytes) -> None:
+    """Escaped quotes without an end once made the depth scan quadratic (10 s for 42 KB)."""
+    started = time.monotonic()
+    with pytest.raises(TokenError, match=r"not JSON|nested deeper"):
+        Token.load(soup, now=NOW)
+    assert time.monotonic() - started < 1.0
+
+
 def test_brackets_inside_strings_do_not_count() -> None:
     token = Token.load(edited(), now=NOW)  # the PEM and base64 hold no brackets: a control
     assert token.site == "west"
