@@ -222,7 +222,7 @@ class Site:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
-        except (tomllib.TOMLDecodeError, InvalidName) as exc:
+        except (tomllib.TOMLDecodeError, InvalidName, RecursionError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: {exc}") from None
 
     def link_credentials(self, name: str) -> tuple[bytes, bytes, bytes]:
