@@ -25,7 +25,7 @@ from router.config import ConfigError, FieldReader, connector_from, listener_fro
 from router.net.errors import guarded
 from router.site import SiteError
 from router.status import network_status, site_status
-from router.tokens import TokenError
+from router.tokens import TokenError, finite_number
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -78,10 +78,12 @@ async def _connector_delete(router: Router, args: dict[str, Any]) -> dict[str, A
 
 
 async def _token_issue(router: Router, args: dict[str, Any]) -> dict[str, Any]:
-    expires, uses = args.get("expires_s"), args.get("uses")
-    if not isinstance(expires, int | float) or not isinstance(uses, int):
-        raise RequestError("token.issue needs expires_s (number) and uses (integer)")
-    token = router.issue_token(expires_s=float(expires), uses=uses)
+    # JSON allows Infinity, NaN and 1e999, and a bool is an int: refused here, before
+    # any grant exists; the grant store checks the ranges.
+    expires, uses = finite_number(args.get("expires_s")), args.get("uses")
+    if expires is None or isinstance(uses, bool) or not isinstance(uses, int):
+        raise RequestError("token.issue needs expires_s (a finite number) and uses (an integer)")
+    token = router.issue_token(expires_s=expires, uses=uses)
     return {"token": token.decode()}
 
 

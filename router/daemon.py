@@ -481,10 +481,13 @@ class Router:
         return tuple((host, int(port)) for host, _, port in pairs)
 
     def issue_token(self, *, expires_s: float, uses: int) -> bytes:
-        code, grant = self.grants.issue(expires_in=expires_s, uses=uses, now=time.time())
+        now = time.time()
+        code, grant = self.grants.new_grant(expires_in=expires_s, uses=uses, now=now)
         token = Token(site=self.name, endpoints=self.endpoints(),
                       ca_pem=self.ca.cert_pem, code=code, expires=grant.expires, uses=uses)
-        return token.dump(self.ca.sign_bytes(token.signed_bytes()))
+        data = token.dump(self.ca.sign_bytes(token.signed_bytes()))
+        self.grants.add(grant, now=now)  # stored only once the token exists
+        return data
 
     async def on_claim(self, body: bytes) -> dict[str, Any]:
         """A redeemer presents a code and a CSR: sign it if the grant allows."""

@@ -13,6 +13,8 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,11 +23,24 @@ from typing import Any
 
 import certs
 from router.atomic import write_atomic
+from router.names import InvalidName, parse_endpoint, shown, validate_name
 
 TOKEN_TYPE = "vanrouter-link-token"
 TOKEN_VERSION = 1
 MAX_TOKEN_BYTES = 64 * 1024
 MAX_GRANTS = 10_000
+MAX_USES = 1_000_000
+MAX_ENDPOINTS = 16
+MAX_JSON_DEPTH = 2  # the object and its endpoints list
+MAX_GRANT_S = 365 * 86400  # the longest a grant (and so a token) may be issued for
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400  # a redeemer's bound, generous for clock skew
+_CODE_BYTES = 32
+_MAX_B64_CHARS = 1024
+_FIELDS = {"type", "version", "site", "endpoints", "ca", "code", "expires", "uses", "signature"}
+_B64_RE = re.compile(r"[A-Za-z0-9_-]*")
+# A JSON string or a bracket. The closing quote is optional so that a match never fails:
+# a failed match would be retried from every later quote, quadratic in the input.
+_SCAN_RE = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
 class TokenError(Exception):
@@ -74,35 +89,130 @@ class Token:
 
     @classmethod
     def load(cls, data: bytes, *, now: float) -> Token:
-        """Parse and check a token file: format, signature, expiry."""
-        if len(data) > MAX_TOKEN_BYTES:
-            raise TokenError(f"not a link token (file is over {MAX_TOKEN_BYTES} bytes)")
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise TokenError("not a link token (not JSON)") from None
-        if not isinstance(doc, dict) or doc.get("type") != TOKEN_TYPE:
+        """Parse and check a token file: bounds, field types, signature, expiry.
+
+        A token is attacker input that chooses a file name (its site) and addresses,
+        so every field is checked before anything uses it; any problem is a TokenError.
+        """
+        doc = _parse_json(data)
+        if doc.get("type") != TOKEN_TYPE:
             raise TokenError("not a link token (wrong type)")
-        if doc.get("version") != TOKEN_VERSION:
-            raise TokenError(f"unsupported token version {doc.get('version')!r}")
+        version = doc.get("version")
+        if type(version) is not int or version != TOKEN_VERSION:
+            raise TokenError(f"unsupported token version {_short(version)}")
+        unknown = sorted(set(doc) - _FIELDS)
+        if unknown:
+            raise _damaged(f"unknown field {shown(unknown[0])}")
         try:
-            endpoints = []
-            for ep in doc["endpoints"]:
-                host, _, port = ep.rpartition(":")
-                endpoints.append((host, int(port)))
-            token = cls(
-                site=str(doc["site"]), endpoints=tuple(endpoints),
-                ca_pem=str(doc["ca"]).encode(), code=_unb64(str(doc["code"])),
-                expires=float(doc["expires"]), uses=int(doc["uses"]),
-            )
-            signature = _unb64(str(doc["signature"]))
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise TokenError(f"token is damaged or was altered ({exc})") from None
+            site = validate_name(doc.get("site"), "site name")
+        except InvalidName as exc:
+            raise TokenError(f"token refused: {exc}") from None
+        token = cls(site=site, endpoints=_endpoints(doc.get("endpoints")), ca_pem=_ca(doc),
+                    code=_base64(doc, "code", exact=_CODE_BYTES), expires=_expires(doc, now),
+                    uses=_uses(doc.get("uses")))
+        signature = _base64(doc, "signature", exact=None)
         if not certs.verify_signature(token.ca_pem, token.signed_bytes(), signature):
             raise TokenError("token is damaged or was altered (its signature does not verify)")
         if token.expires <= now:
             raise TokenError(f"token expired at {format_time(token.expires)}")
         return token
+
+
+def finite_number(value: object) -> float | None:
+    """`value` as a float if it is a finite JSON number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _damaged(why: str) -> TokenError:
+    return TokenError(f"token is damaged or was altered ({why})")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _no_constant(name: str) -> object:
+    raise _damaged(f"{name} is not a number a token may hold")
+
+
+def _parse_json(data: bytes) -> dict[str, Any]:
+    """The token's JSON object, refusing size and nesting bombs before decoding."""
+    if len(data) > MAX_TOKEN_BYTES:
+        raise TokenError(f"not a link token (file is over {MAX_TOKEN_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TokenError("not a link token (not UTF-8 text)") from None
+    # A token is flat; counting brackets outside strings bounds the depth without
+    # recursing, so no document can reach the decoder's recursion limit.
+    depth = peak = 0
+    for match in _SCAN_RE.finditer(text):
+        if match[0] in ("[", "{"):
+            depth += 1
+            peak = max(peak, depth)
+        elif match[0] in ("]", "}"):
+            depth -= 1
+    if peak > MAX_JSON_DEPTH:
+        raise TokenError(f"not a link token (nested deeper than {MAX_JSON_DEPTH})")
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        raise TokenError("not a link token (not JSON)") from None
+    if not isinstance(doc, dict):
+        raise TokenError("not a link token (wrong type)")
+    return doc
+
+
+def _endpoints(value: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_ENDPOINTS:
+        raise _damaged(f"endpoints must be a list of 1 to {MAX_ENDPOINTS} \"HOST:PORT\"")
+    try:
+        return tuple(parse_endpoint(ep) for ep in value)
+    except InvalidName as exc:
+        raise _damaged(f"endpoints: {exc}") from None
+
+
+def _ca(doc: dict[str, Any]) -> bytes:
+    ca = doc.get("ca")
+    if not (isinstance(ca, str) and ca.isascii() and "-----BEGIN CERTIFICATE-----" in ca):
+        raise _damaged("ca must be a PEM certificate")
+    return ca.encode()
+
+
+def _base64(doc: dict[str, Any], field: str, *, exact: int | None) -> bytes:
+    value = doc.get(field)
+    if not (isinstance(value, str) and len(value) <= _MAX_B64_CHARS
+            and _B64_RE.fullmatch(value)):
+        raise _damaged(f"{field} must be base64url text")
+    try:
+        raw = _unb64(value)
+    except ValueError:
+        raise _damaged(f"{field} is not valid base64url") from None
+    if exact is not None and len(raw) != exact:
+        raise _damaged(f"{field} must be {exact} bytes, got {len(raw)}")
+    return raw
+
+
+def _expires(doc: dict[str, Any], now: float) -> float:
+    value = finite_number(doc.get("expires"))
+    # Past values pass here so that the user is told "expired", after the signature.
+    if value is None or not 0 <= value <= now + MAX_TOKEN_LIFETIME_S:
+        raise _damaged(f"expires must be a time within {MAX_TOKEN_LIFETIME_S // 86400} days "
+                       f"from now, got {_short(doc.get('expires'))}")
+    return value
+
+
+def _uses(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_USES:
+        raise _damaged(f"uses must be an integer from 1 to {MAX_USES}, got {_short(value)}")
+    return value
 
 
 @dataclass(slots=True, kw_only=True)
@@ -115,34 +225,56 @@ class Grant:
 
 
 class GrantStore:
-    """The issuer's side: grants persisted atomically in grants.json (0600)."""
+    """The issuer's side: grants persisted atomically in grants.json (0600).
+
+    A used-up grant stays as a tombstone until it expires, so a spent token is told
+    "already used" rather than "not recognised"; expiry bounds how long it stays.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.grants: list[Grant] = []
-        if path.exists():
-            try:
-                self.grants = [Grant(**g) for g in json.loads(path.read_text())]
-            except (ValueError, TypeError) as exc:
-                raise TokenError(f"{path}: unreadable grant store: {exc}") from exc
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokenError(f"{path}: cannot read the grant store: {_reason(exc)}") from None
+        try:
+            entries = json.loads(text)
+            if not isinstance(entries, list):
+                raise ValueError("not a list of grants")
+            self.grants = [_grant_from(g) for g in entries]
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise TokenError(f"{path}: unreadable grant store ({_reason(exc)}); "
+                             "move it aside to start with no grants") from None
 
     def _save(self) -> None:
         data = json.dumps([_grant_dict(g) for g in self.grants], indent=1)
         write_atomic(self.path, data.encode(), mode=0o600)
 
-    def issue(self, *, expires_in: float, uses: int, now: float) -> tuple[bytes, Grant]:
-        if uses < 1:
-            raise TokenError("--uses must be at least 1")
-        if expires_in <= 0:
-            raise TokenError("--expires must be positive")
-        self.grants = [g for g in self.grants if g.expires > now and g.uses_left > 0]
-        if len(self.grants) >= MAX_GRANTS:
-            raise TokenError(f"too many outstanding grants ({MAX_GRANTS})")
-        code = secrets.token_bytes(32)
-        grant = Grant(code_hash=hashlib.sha256(code).hexdigest(), expires=now + expires_in,
+    def new_grant(self, *, expires_in: object, uses: object, now: float) -> tuple[bytes, Grant]:
+        """A checked, not yet stored grant and its code; `add` stores it."""
+        if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_USES:
+            raise TokenError(f"uses must be an integer from 1 to {MAX_USES}")
+        seconds = finite_number(expires_in)
+        if seconds is None or not 0 < seconds <= MAX_GRANT_S:
+            raise TokenError(f"expiry must be more than 0 and at most {MAX_GRANT_S // 86400} days")
+        code = secrets.token_bytes(_CODE_BYTES)
+        grant = Grant(code_hash=hashlib.sha256(code).hexdigest(), expires=now + seconds,
                       uses_left=uses, uses=uses, created=now)
-        self.grants.append(grant)
+        return code, grant
+
+    def add(self, grant: Grant, *, now: float) -> None:
+        kept = [g for g in self.grants if g.expires > now]
+        if len(kept) >= MAX_GRANTS:
+            raise TokenError(f"too many outstanding grants ({MAX_GRANTS})")
+        self.grants = [*kept, grant]
         self._save()
+
+    def issue(self, *, expires_in: object, uses: object, now: float) -> tuple[bytes, Grant]:
+        code, grant = self.new_grant(expires_in=expires_in, uses=uses, now=now)
+        self.add(grant, now=now)
         return code, grant
 
     def check(self, code: bytes, *, now: float) -> Grant:
@@ -163,6 +295,32 @@ class GrantStore:
     def consume(self, grant: Grant) -> None:
         grant.uses_left -= 1
         self._save()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _grant_from(entry: object) -> Grant:
+    """One stored grant, every field type-checked (the file may have been edited)."""
+    if not isinstance(entry, dict) or set(entry) != _GRANT_FIELDS:
+        raise ValueError("an entry is not a grant")
+    code_hash, counts = entry["code_hash"], (entry["uses_left"], entry["uses"])
+    times = (entry["expires"], entry["created"])
+    if not (isinstance(code_hash, str) and re.fullmatch(r"[0-9a-f]{64}", code_hash)):
+        raise ValueError("a grant has a bad code_hash")
+    if any(type(n) is not int or not 0 <= n <= MAX_USES for n in counts):
+        raise ValueError("a grant has bad use counts")
+    expires, created = (finite_number(t) for t in times)
+    if expires is None or created is None:
+        raise ValueError("a grant has a bad time")
+    return Grant(code_hash=code_hash, expires=expires, uses_left=counts[0], uses=counts[1],
+                 created=created)
+
+
+_GRANT_FIELDS = {"code_hash", "expires", "uses_left", "uses", "created"}
 
 
 def _grant_dict(g: Grant) -> dict[str, Any]:

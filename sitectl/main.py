@@ -10,12 +10,14 @@ import argparse
 import json
 import os
 import re
+import stat
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from certs.errors import CertError
 from router.claim import ClaimError, redeem
 from router.config import (
     ConfigError,
@@ -26,8 +28,9 @@ from router.config import (
     connector_from,
     listener_from,
 )
-from router.site import LinkSpec, Site, SiteError, init_site, resolve_site_dir
-from router.tokens import Token, TokenError
+from router.names import InvalidName, validate_name
+from router.site import MAX_LINK_COST, LinkSpec, Site, SiteError, init_site, resolve_site_dir
+from router.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
 from sitectl.client import NotRunning, RequestFailed, call
 from sitectl.render import render_links, render_network, render_status
 
@@ -49,14 +52,23 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class UsageError(Exception):
-    """Bad arguments from the user."""
+    """Bad arguments from the user (exit 2)."""
 
 
-def parse_duration(text: str) -> float:
-    m = _DURATION.match(text.strip())
+class FileProblem(Exception):
+    """A file sitectl was asked to read or write cannot be used (exit 1)."""
+
+
+def parse_duration(text: str, *, most: float = MAX_GRANT_S) -> float:
+    """Seconds in e.g. "90s", "15m", "7d": more than zero and at most `most`."""
+    m = _DURATION.fullmatch(text.strip())
     if not m:
-        raise UsageError(f"bad duration {text!r} (use e.g. 30s, 15m, 2h, 7d)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+        raise UsageError(f"bad duration {text[:40]!r} (use e.g. 30s, 15m, 2h, 7d)")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if not 0 < seconds <= most:  # also false for inf, which a long digit string can be
+        raise UsageError(f"duration {text[:40]!r} must be more than 0 and at most "
+                         f"{most / 86400:g}d")
+    return seconds
 
 
 def parse_hostport(text: str, *, default_host: str | None) -> tuple[str, int]:
@@ -132,39 +144,78 @@ def cmd_status(ctx: Ctx, a: argparse.Namespace) -> int:
 def cmd_token_issue(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
     expires = parse_duration(a.expires)
-    if a.uses < 1:
-        raise UsageError("--uses must be at least 1")
-    reply = ctx.call("token.issue", {"expires_s": expires, "uses": a.uses})
-    token = reply["token"]
-    if a.output and a.output != "-":
-        path = Path(a.output)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+    if not 1 <= a.uses <= MAX_USES:
+        raise UsageError(f"--uses must be from 1 to {MAX_USES}")
+    if not a.output or a.output == "-":
+        sys.stdout.write(ctx.call("token.issue", {"expires_s": expires, "uses": a.uses})["token"])
+        return 0
+    # The file is opened before the token is issued, so a bad path costs no grant.
+    path = Path(a.output)
+    created = not path.exists()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise FileProblem(f"cannot write token to {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "w") as f:
+        try:
+            token = ctx.call("token.issue", {"expires_s": expires, "uses": a.uses})["token"]
+            os.fchmod(fd, 0o600)  # a token is a secret, even in a file that existed
+            f.truncate()
             f.write(token)
-        print(f"token written to {path} (valid {a.expires}, {a.uses} use(s)); "
-              "hand it to the other site: sitectl link create FILE", file=sys.stderr)
-    else:
-        sys.stdout.write(token)
+            f.flush()
+        except BaseException as exc:
+            if created:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise FileProblem(f"cannot write token to {path}: "
+                                  f"{exc.strerror or exc}") from None
+            raise
+    print(f"token written to {path} (valid {a.expires}, {a.uses} use(s)); "
+          "hand it to the other site: sitectl link create FILE", file=sys.stderr)
     return 0
+
+
+def read_token_file(name: str) -> bytes:
+    """At most MAX_TOKEN_BYTES + 1 bytes of a regular file (not /dev/zero, a FIFO, a dir)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat refuses it next.
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FileProblem(f"cannot read token {name}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise FileProblem(f"cannot read token {name}: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(MAX_TOKEN_BYTES + 1)
+        except OSError as exc:
+            raise FileProblem(f"cannot read token {name}: {exc.strerror or exc}") from None
+    return data
 
 
 def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
     import certs
 
     cfg = ctx.site.config()
-    try:
-        data = Path(a.file).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read token {a.file}: {exc.strerror}") from None
-    token = Token.load(data, now=time.time())
+    # Everything the user typed is checked before the token's use is spent.
+    if a.name is not None:
+        try:
+            validate_name(a.name, "link name")
+        except InvalidName as exc:
+            raise UsageError(f"--name: {exc}") from None
+    if not 1 <= a.cost <= MAX_LINK_COST:
+        raise UsageError(f"--cost must be from 1 to {MAX_LINK_COST}")
+    token = Token.load(read_token_file(a.file), now=time.time())
     if token.site == cfg.name:
         raise UsageError(f"the token was issued by this site ({cfg.name}); "
                          "a site cannot link to itself")
     name = a.name or token.site
-    if (ctx.site.links_dir / f"{name}.toml").exists():
+    if ctx.site.link_files(name)[0].exists():
         raise UsageError(f"a link named {name} already exists (choose another with --name)")
-    if a.cost < 1:
-        raise UsageError("--cost must be at least 1")
+    clash = ctx.site.link_clash(name)
+    if clash is not None:
+        raise UsageError(f"a link named {name} would overwrite files of link {clash} "
+                         "(choose another with --name)")
     key_pem, csr_pem = certs.make_csr(cfg.name)
     errors: list[str] = []
     reply: dict[str, Any] | None = None
@@ -340,16 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("token", parents=[common], help="link tokens").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     p = token.add_parser("issue", parents=[common], help="issue a token for another site")
-    p.add_argument("--expires", default="15m")
-    p.add_argument("--uses", type=int, default=1)
-    p.add_argument("-o", "--output", default="-")
+    p.add_argument("--expires", default="15m", help="e.g. 90s, 15m, 2h, 7d; at most 365d")
+    p.add_argument("--uses", type=int, default=1, help="1 to 1000000")
+    p.add_argument("-o", "--output", default="-", help="token file (0600); a file that cannot "
+                   "be written exits 1 before any grant is made")
     p.set_defaults(func=cmd_token_issue)
 
     link = sub.add_parser("link", parents=[common], help="links to other sites").add_subparsers(
         dest="sub", required=True, metavar="ACTION")
     p = link.add_parser("create", parents=[common], help="redeem a token and link")
     p.add_argument("file")
-    p.add_argument("--name")
+    p.add_argument("--name", help="link name (default: the issuer's site name); "
+                   "1-63 letters, digits, '.', '_', '-'")
     p.add_argument("--cost", type=int, default=1)
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the link")
     p.set_defaults(func=cmd_link_create)
@@ -402,9 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(ctx, args)
         return code
     except (UsageError, SiteError, ConfigError, TokenError, ClaimError, NotRunning,
-            RequestFailed) as exc:
+            RequestFailed, FileProblem, CertError) as exc:
         print(f"sitectl: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
+    except OSError as exc:  # a file problem no command translated: still one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"sitectl: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
