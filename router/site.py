@@ -72,6 +72,7 @@ class LinkSpec:
     peer_site: str
     endpoints: tuple[tuple[str, int], ...]
     cost: int
+    peer_router_id: str | None = None  # the issuer's router id, pinned at redemption
 
 
 class Site:
@@ -160,6 +161,9 @@ class Site:
             f"endpoints = [{endpoints}]\n"
             f"cost = {spec.cost}\n"
         )
+        if spec.peer_router_id is not None:
+            text += f'peer_router_id = "{spec.peer_router_id}"\n'
+
         write_atomic(toml_path, text.encode())  # last: a link exists once its toml does
 
     def load_link(self, name: str) -> LinkSpec:
@@ -171,8 +175,10 @@ class Site:
                 host, _, port = str(ep).rpartition(":")
                 endpoints.append((host, int(port)))
             cost = int(doc.get("cost", 1))
+            pinned = doc.get("peer_router_id")
             return LinkSpec(name=name, peer_site=str(doc["peer_site"]),
-                            endpoints=tuple(endpoints), cost=cost)
+                            endpoints=tuple(endpoints), cost=cost,
+                            peer_router_id=None if pinned is None else str(pinned))
         except (OSError, KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: {exc}") from exc
 
@@ -251,7 +257,7 @@ def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     port = link_port if link_port is not None else pick_link_port(bind)
     ca = certs.CertificateAuthority.generate(name)
-    router = ca.issue(name)
+    router = ca.issue(name, role=certs.Role.SERVER)  # the site's only server certificate
     certs.save_pem(root / "ca.key", ca.key_pem, private=True)
     certs.save_pem(root / "ca.crt", ca.cert_pem, private=False)
     certs.save_pem(root / "router.key", router.key_pem, private=True)

@@ -13,10 +13,11 @@ import re
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from router.claim import ClaimError, redeem
+from router.claim import ClaimError, ClaimRefused, ClaimResult, redeem
 from router.config import (
     ConfigError,
     ConnectorConfig,
@@ -26,6 +27,7 @@ from router.config import (
     connector_from,
     listener_from,
 )
+from router.routing.signing import Ed25519Signer, router_id_for
 from router.site import LinkSpec, Site, SiteError, init_site, resolve_site_dir
 from router.tokens import Token, TokenError
 from sitectl.client import NotRunning, RequestFailed, call
@@ -166,21 +168,26 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
     if a.cost < 1:
         raise UsageError("--cost must be at least 1")
     key_pem, csr_pem = certs.make_csr(cfg.name)
+    router_id = router_id_for(Ed25519Signer(ctx.site.identity_key()).public_key)
     errors: list[str] = []
-    reply: dict[str, Any] | None = None
+    result: ClaimResult | None = None
     for host, port in token.endpoints:
         try:
-            reply = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
-                           code=token.code, csr_pem=csr_pem, site=cfg.name)
+            result = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
+                            code=token.code, csr_pem=csr_pem, key_pem=key_pem, site=cfg.name,
+                            router_id=router_id, now=datetime.now(UTC))
             break
+        except ClaimRefused as exc:
+            errors.append(str(exc))
+            break  # the issuer answered: another endpoint would say the same
         except ClaimError as exc:
             errors.append(str(exc))
-            if "refused the token" in str(exc):
-                break  # the issuer answered: another endpoint would say the same
-    if reply is None:
+    if result is None:
         raise ClaimError("; ".join(errors))
-    spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost)
-    ctx.site.save_link(spec, ca_pem=token.ca_pem, cert_pem=reply["cert"], key_pem=key_pem)
+    # Only the verified certificate is stored, and the issuer's router id is pinned.
+    spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost,
+                    peer_router_id=result.issuer_router_id)
+    ctx.site.save_link(spec, ca_pem=token.ca_pem, cert_pem=result.cert_pem, key_pem=key_pem)
     if ctx.try_call("link.add", {"name": name}) is None:
         print(f"link {name} to site {token.site} saved; it comes up when the router starts")
         return 0
