@@ -163,7 +163,6 @@ class Site:
         )
         if spec.peer_router_id is not None:
             text += f'peer_router_id = "{spec.peer_router_id}"\n'
-
         write_atomic(toml_path, text.encode())  # last: a link exists once its toml does
 
     def load_link(self, name: str) -> LinkSpec:

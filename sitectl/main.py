@@ -168,7 +168,7 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
     if a.cost < 1:
         raise UsageError("--cost must be at least 1")
     key_pem, csr_pem = certs.make_csr(cfg.name)
-    router_id = router_id_for(Ed25519Signer(ctx.site.identity_key()).public_key)
+    router_id = _own_router_id(ctx.site)
     errors: list[str] = []
     result: ClaimResult | None = None
     for host, port in token.endpoints:
@@ -194,6 +194,16 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
     state = _wait_link_up(ctx, name, a.wait)
     print(f"link {name} to site {token.site} created: {state}")
     return 0
+
+
+def _own_router_id(site: Site) -> str:
+    """The id our router announces; the issuer binds it into our certificate."""
+    import certs
+
+    try:
+        return router_id_for(Ed25519Signer(site.identity_key()).public_key)
+    except certs.CertError as exc:
+        raise SiteError(str(exc)) from None
 
 
 def _wait_link_up(ctx: Ctx, name: str, timeout: float) -> str:
