@@ -8,6 +8,8 @@ itself or of east, or to serve as west with a certificate from west's CA.
 from __future__ import annotations
 
 import shutil
+import socket
+import struct
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import certs
-from router.claim import ClaimRefused, redeem
+from router.claim import CLAIM_MAGIC, ClaimRefused, decode_reply, redeem
 from router.routing.signing import Ed25519Signer, router_id_for
 from router.site import Site as SiteDir
 from router.tokens import Token
@@ -167,3 +169,16 @@ def test_pinned_router_id_mismatch_keeps_the_link_down(tmp_path: Path) -> None:
     finally:
         east.stop()
         west.stop()
+
+
+def test_claim_of_another_version_gets_a_reason(world: World) -> None:
+    ctx = certs.client_context(cert_pem=None, key_pem=None,
+                               ca_pem=SiteDir(world.west.dir).ca().cert_pem)
+    with socket.create_connection(("127.0.0.1", world.west.link_port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="west") as tls:
+        tls.sendall(CLAIM_MAGIC + bytes([1]) + struct.pack(">I", 2) + b"\x80\x80")
+        reply = b""
+        while chunk := tls.recv(4096):  # the router closes after its one reply
+            reply += chunk
+    assert decode_reply(reply[4:]) == {"ok": False,
+                                       "error": "this site speaks claim version 2, not 1"}

@@ -122,6 +122,9 @@ async def read_claim(stream: TLSStream, first: bytes) -> bytes:
         if magic != CLAIM_MAGIC:
             raise HandshakeError("a peer without a certificate may only redeem a token")
         if version != CLAIM_VERSION:
+            # Say why, so a sitectl of another version does not just see the line drop.
+            await stream.send_all(encode_reply({"ok": False, "error": (
+                f"this site speaks claim version {CLAIM_VERSION}, not {version}")}))
             raise HandshakeError(f"unsupported claim version {version}")
         if length > MAX_CLAIM_BYTES:
             raise HandshakeError(f"claim of {length} bytes exceeds limit of {MAX_CLAIM_BYTES}")
