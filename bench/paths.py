@@ -166,8 +166,8 @@ class StunnelPair:
         files: dict[str, str] = {}
         _write_private(self.root / "ca.crt", ca.cert_pem)
         files["ca.crt"] = str(self.root / "ca.crt")
-        for name in ("server", "client"):
-            pair = ca.issue(name)
+        for name, role in (("server", certs.Role.SERVER), ("client", certs.Role.CLIENT)):
+            pair = ca.issue(name, role=role)
             for suffix, data in (("crt", pair.cert_pem), ("key", pair.key_pem)):
                 path = self.root / f"{name}.{suffix}"
                 _write_private(path, data)

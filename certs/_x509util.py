@@ -23,6 +23,10 @@ from certs.errors import CertError
 # hostname check does not care, and existing site names use them.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
 
+# A router id (router/routing/signing.py router_id_for) bound into a leaf as a URI SAN.
+_ROUTER_ID_RE = re.compile(r"r[0-9a-f]{16}", re.ASCII)
+ROUTER_URI_PREFIX = "urn:vanrouter:router:"
+
 # X.509 caps commonName at 64 characters (RFC 5280 ub-common-name).
 MAX_CN_LEN = 64
 
@@ -38,6 +42,12 @@ def validate_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def validate_router_id(router_id: str) -> str:
+    if not isinstance(router_id, str) or _ROUTER_ID_RE.fullmatch(router_id) is None:
+        raise CertError(f"invalid router id {router_id!r}: expected 'r' and 16 hex digits")
+    return router_id
 
 
 def validate_days(valid_days: int) -> timedelta:

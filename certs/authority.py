@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -14,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from certs._x509util import (
     CLOCK_SKEW,
     MAX_CN_LEN,
+    ROUTER_URI_PREFIX,
     LeafPublicKey,
     common_name_of,
     is_acceptable_leaf_key,
@@ -24,12 +26,21 @@ from certs._x509util import (
     private_key_pem,
     validate_days,
     validate_name,
+    validate_router_id,
 )
 from certs.errors import CertError
 
 # A CSR for one small key is well under 1 KiB; the cap stops a peer from making
 # us parse arbitrarily large ASN.1 during token redemption.
 MAX_CSR_BYTES = 16 * 1024
+
+
+class Role(enum.Enum):
+    """What a leaf may do in TLS. One usage per certificate, so a certificate handed
+    to a redeemer (client) can never be presented as a site's link port (server)."""
+
+    SERVER = ExtendedKeyUsageOID.SERVER_AUTH
+    CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
 
 
 @dataclass(frozen=True)
@@ -130,21 +141,29 @@ class CertificateAuthority:
     def key_pem(self) -> bytes:
         return self._key_pem
 
-    def issue(self, name: str, *, valid_days: int = 825) -> KeyPair:
-        """Generate a fresh EC P-256 key and a leaf certificate for `name`."""
+    def issue(
+        self, name: str, *, role: Role = Role.SERVER, valid_days: int = 825,
+        router_id: str | None = None,
+    ) -> KeyPair:
+        """Generate a fresh EC P-256 key and a leaf certificate for `name`.
+
+        The default role is the site router's own (link port) certificate.
+        """
         validate_name(name)
         lifetime = validate_days(valid_days)
         key = new_ec_key()
-        cert = self._build_leaf(name, key.public_key(), lifetime)
+        cert = self._build_leaf(name, key.public_key(), lifetime, role, router_id)
         return KeyPair(key_pem=private_key_pem(key), cert_pem=cert)
 
     def sign_csr(
-        self, csr_pem: bytes, *, valid_days: int = 825, expected_name: str | None = None
+        self, csr_pem: bytes, *, valid_days: int = 825, expected_name: str | None = None,
+        router_id: str | None = None,
     ) -> bytes:
-        """Sign a CSR and return the leaf certificate PEM.
+        """Sign a CSR and return a client-only leaf certificate PEM.
 
         Only the CSR's public key and CN are used; requested extensions are
         ignored so a requester cannot ask for e.g. CA rights or extra SANs.
+        `router_id`, if given, is bound into the certificate as a URI SAN.
         """
         if not isinstance(csr_pem, bytes):
             raise CertError("CSR must be bytes")
@@ -168,7 +187,7 @@ class CertificateAuthority:
         validate_name(name)
         if expected_name is not None and name != expected_name:
             raise CertError(f"CSR is for {name!r}, expected {expected_name!r}")
-        return self._build_leaf(name, public_key, lifetime)
+        return self._build_leaf(name, public_key, lifetime, Role.CLIENT, router_id)
 
     def sign_bytes(self, data: bytes) -> bytes:
         """ECDSA-SHA256 (DER) signature over `data` with the CA key."""
@@ -182,7 +201,14 @@ class CertificateAuthority:
             return x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
-    def _build_leaf(self, name: str, public_key: LeafPublicKey, lifetime: timedelta) -> bytes:
+    def _build_leaf(
+        self, name: str, public_key: LeafPublicKey, lifetime: timedelta, role: Role,
+        router_id: str | None,
+    ) -> bytes:
+        sans: list[x509.GeneralName] = [x509.DNSName(name)]
+        if router_id is not None:
+            sans.append(x509.UniformResourceIdentifier(
+                ROUTER_URI_PREFIX + validate_router_id(router_id)))
         not_before = now_utc() - CLOCK_SKEW
         not_after: datetime = not_before + CLOCK_SKEW + lifetime
         # A leaf outliving its CA would just fail verification later; clamp it.
@@ -212,15 +238,10 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage([role.value]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(self._authority_key_id(), critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(self._key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM)

@@ -2,16 +2,24 @@
 
 The redeemer opens TLS to the issuer's link port WITHOUT a client certificate,
 verifying the issuer against the CA in the token, then sends
-    b"VANC" + version (u8) + length (u32) + msgpack {code, csr, site}
-and reads back length (u32) + msgpack {ok, error | cert, ca, site}. The issuer
+    b"VANC" + version (u8) + length (u32) + msgpack {code, csr, site, router_id}
+and reads back length (u32) + msgpack {ok, error | cert, site, router_id}. The issuer
 accepts nothing else from an unauthenticated peer, and caps the request size.
+
+Neither side trusts the other's message: the issuer refuses names that are taken
+(`refusal_for`), and the redeemer checks the reply in full (`check_reply`) before
+anything of it is written to disk.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import struct
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgpack
@@ -19,17 +27,44 @@ import msgpack
 import certs
 
 CLAIM_MAGIC = b"VANC"
-CLAIM_VERSION = 1
+CLAIM_VERSION = 2  # 2: the claim carries the redeemer's router id
 MAX_CLAIM_BYTES = 32 * 1024
+MAX_REFUSAL_CHARS = 200  # an issuer's refusal reaches the user's terminal: keep it short
+ROUTER_ID_RE = re.compile(r"r[0-9a-f]{16}", re.ASCII)
 _LEN = struct.Struct(">I")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 class ClaimError(Exception):
     """Redemption failed; the message says why in one line."""
 
 
-def encode_claim(*, code: bytes, csr_pem: bytes, site: str) -> bytes:
-    body: bytes = msgpack.packb({"code": code, "csr": csr_pem, "site": site})
+class ClaimRefused(ClaimError):
+    """The issuer answered and said no: another of its endpoints would say the same."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """What a redeemer asks for: a certificate for `site`, run by router `router_id`."""
+
+    code: bytes
+    csr_pem: bytes
+    site: str
+    router_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimResult:
+    """A reply that passed every check: safe to store and to pin."""
+
+    cert_pem: bytes  # canonical re-encoding of the verified certificate
+    issuer_site: str
+    issuer_router_id: str
+
+
+def encode_claim(*, code: bytes, csr_pem: bytes, site: str, router_id: str) -> bytes:
+    body: bytes = msgpack.packb(
+        {"code": code, "csr": csr_pem, "site": site, "router_id": router_id})
     return CLAIM_MAGIC + bytes([CLAIM_VERSION]) + _LEN.pack(len(body)) + body
 
 
@@ -38,21 +73,110 @@ def encode_reply(reply: dict[str, Any]) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def decode_claim_body(body: bytes) -> tuple[bytes, bytes, str]:
+def _unpack_map(body: bytes) -> dict[Any, Any]:
+    if len(body) > MAX_CLAIM_BYTES:
+        raise ClaimError(f"too large ({len(body)} bytes)")
     try:
         doc = msgpack.unpackb(body)
-        code, csr, site = doc["code"], doc["csr"], doc["site"]
     except Exception as exc:  # msgpack raises many unrelated types on garbage
-        raise ClaimError(f"malformed claim ({type(exc).__name__})") from None
-    if not (isinstance(code, bytes) and isinstance(csr, bytes) and isinstance(site, str)):
-        raise ClaimError("malformed claim (wrong field types)")
-    return code, csr, site
+        raise ClaimError(f"not msgpack ({type(exc).__name__})") from None
+    if not isinstance(doc, dict):
+        raise ClaimError("not a map")
+    return doc
+
+
+def decode_claim_body(body: bytes) -> Claim:
+    try:
+        doc = _unpack_map(body)
+    except ClaimError as exc:
+        raise ClaimError(f"malformed claim ({exc})") from None
+    code, csr, site, router_id = (doc.get(k) for k in ("code", "csr", "site", "router_id"))
+    if not (isinstance(code, bytes) and isinstance(csr, bytes) and isinstance(site, str)
+            and isinstance(router_id, str)):
+        raise ClaimError("malformed claim (missing fields or wrong field types)")
+    if ROUTER_ID_RE.fullmatch(router_id) is None:
+        raise ClaimError("malformed claim (bad router id)")
+    return Claim(code=code, csr_pem=csr, site=site, router_id=router_id)
+
+
+def decode_reply(body: bytes) -> dict[Any, Any]:
+    """The issuer's reply as a map; anything else is a ClaimError."""
+    try:
+        return _unpack_map(body)
+    except ClaimError as exc:
+        raise ClaimError(f"the issuer's reply is not acceptable: {exc}") from None
+
+
+def check_reply(
+    reply: object, *, ca_pem: bytes, issuer_site: str, name: str, router_id: str,
+    key_pem: bytes, now: datetime,
+) -> ClaimResult:
+    """Accept the issuer's reply only if it grants exactly what we asked for.
+
+    `name`, `router_id` and `key_pem` are ours (the redeemer's); `ca_pem` and
+    `issuer_site` come from the token. A refusal raises ClaimRefused; any other
+    defect raises ClaimError. Pure: nothing is read from or written to disk.
+    """
+    if not isinstance(reply, dict):
+        raise ClaimError("the issuer's reply is not acceptable: not a map")
+    ok = reply.get("ok")
+    if ok is False:
+        error = reply.get("error")
+        reason = _printable(error) if isinstance(error, str) and error else "no reason given"
+        raise ClaimRefused(f"site {issuer_site} refused the token: {reason}")
+    try:
+        if ok is not True:
+            raise ClaimError("'ok' is not a boolean")
+        site, rid = reply.get("site"), reply.get("router_id")
+        if site != issuer_site:
+            raise ClaimError(f"it names site {_shown(site)}, but the token is from {issuer_site}")
+        if not isinstance(rid, str) or ROUTER_ID_RE.fullmatch(rid) is None:
+            raise ClaimError(f"its router id {_shown(rid)} is malformed")
+        cert_pem = certs.check_issued_leaf(
+            reply.get("cert"), ca_pem=ca_pem, name=name, key_pem=key_pem,
+            role=certs.Role.CLIENT, router_id=router_id, now=now)
+    except (ClaimError, certs.CertError) as exc:
+        raise ClaimError(f"the issuer's reply is not acceptable: {exc}") from None
+    return ClaimResult(cert_pem=cert_pem, issuer_site=site, issuer_router_id=rid)
+
+
+def refusal_for(
+    claim: Claim, *, own_site: str, own_router_id: str, linked_sites: Collection[str],
+    known: Iterable[tuple[str, str]],
+) -> str | None:
+    """Why the issuer must not sign this claim, or None.
+
+    A certificate from our CA names a site to every router that trusts our CA, so
+    it must never name us, a site we are linked with, or a site the network knows
+    under another router. `known` is (router id, site) from the routing database.
+    """
+    if claim.site == own_site:
+        return f"the name {claim.site!r} is this site's own name"
+    if claim.router_id == own_router_id:
+        return f"router id {claim.router_id} is this router's own"
+    if claim.site in linked_sites:
+        return f"a site named {claim.site!r} is already linked with this site"
+    for rid, site in known:
+        if site == claim.site and rid != claim.router_id:
+            return f"the name {claim.site!r} belongs to router {rid} in this network"
+        if rid == claim.router_id and site != claim.site:
+            return f"router {rid} is known in this network as site {site!r}"
+    return None
+
+
+def _printable(text: str) -> str:
+    text = _UNPRINTABLE.sub("?", text)
+    return text if len(text) <= MAX_REFUSAL_CHARS else text[:MAX_REFUSAL_CHARS] + "..."
+
+
+def _shown(value: object) -> str:
+    return repr(_printable(value)) if isinstance(value, str) else type(value).__name__
 
 
 def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
+        chunk = sock.recv(min(n - len(buf), 64 * 1024))
         if not chunk:
             raise ClaimError("issuer closed the connection without answering")
         buf += chunk
@@ -61,9 +185,9 @@ def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
 
 def redeem(
     *, host: str, port: int, issuer_site: str, ca_pem: bytes, code: bytes, csr_pem: bytes,
-    site: str, timeout: float = 10.0,
-) -> dict[str, Any]:
-    """Blocking client used by sitectl: returns the issuer's reply {cert, ca, site}."""
+    key_pem: bytes, site: str, router_id: str, now: datetime, timeout: float = 10.0,
+) -> ClaimResult:
+    """Blocking client used by sitectl: the issuer's checked reply (see check_reply)."""
     ctx = certs.client_context(cert_pem=None, key_pem=None, ca_pem=ca_pem)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
@@ -72,11 +196,12 @@ def redeem(
         raise ClaimError(f"cannot reach site {issuer_site} at {host}:{port}: {reason}") from None
     try:
         with ctx.wrap_socket(raw, server_hostname=issuer_site) as tls:
-            tls.sendall(encode_claim(code=code, csr_pem=csr_pem, site=site))
+            tls.sendall(encode_claim(code=code, csr_pem=csr_pem, site=site, router_id=router_id))
             (length,) = _LEN.unpack(_recv_exact(tls, 4))
             if length > MAX_CLAIM_BYTES:
-                raise ClaimError(f"issuer reply too large ({length} bytes)")
-            reply = msgpack.unpackb(_recv_exact(tls, length))
+                raise ClaimError(f"the issuer's reply is not acceptable: too large "
+                                 f"({length} bytes)")
+            reply = decode_reply(_recv_exact(tls, length))
     except ssl.SSLCertVerificationError as exc:
         raise ClaimError(
             f"the router at {host}:{port} is not site {issuer_site} as the token says "
@@ -87,8 +212,5 @@ def redeem(
         raise ClaimError(f"redeeming at {host}:{port} failed: {exc}") from None
     finally:
         raw.close()
-    if not isinstance(reply, dict):
-        raise ClaimError("issuer sent a malformed reply")
-    if not reply.get("ok"):
-        raise ClaimError(f"site {issuer_site} refused the token: {reply.get('error', 'no reason')}")
-    return reply
+    return check_reply(reply, ca_pem=ca_pem, issuer_site=issuer_site, name=site,
+                       router_id=router_id, key_pem=key_pem, now=now)

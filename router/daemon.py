@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 import certs
-from router.claim import ClaimError, decode_claim_body
+from router.claim import ClaimError, decode_claim_body, refusal_for
 from router.config import ConnectorConfig, ListenerConfig, SiteConfig
 from router.control import ControlServer
 from router.links import LinkManager
@@ -490,14 +490,27 @@ class Router:
         return data
 
     async def on_claim(self, body: bytes) -> dict[str, Any]:
-        """A redeemer presents a code and a CSR: sign it if the grant allows."""
+        """A redeemer presents a code, a CSR, its name and router id: sign it if the
+        grant allows and the name is free. The grant is checked first, so only a token
+        holder learns which names are taken; a refused claim does not use the token."""
         try:
-            code, csr_pem, site = decode_claim_body(body)
-            grant = self.grants.check(code, now=time.time())
-            cert_pem = self.ca.sign_csr(csr_pem, expected_name=site)
+            claim = decode_claim_body(body)
+            grant = self.grants.check(claim.code, now=time.time())
+            refusal = refusal_for(claim, own_site=self.name, own_router_id=self.router_id,
+                                  linked_sites=self._linked_sites(),
+                                  known=((r.router_id, r.site) for r in self.routing.records()))
+            if refusal is not None:
+                raise ClaimError(refusal)
+            cert_pem = self.ca.sign_csr(claim.csr_pem, expected_name=claim.site,
+                                        router_id=claim.router_id)
             self.grants.consume(grant)  # counted only once the certificate exists
         except (ClaimError, TokenError, certs.CertError) as exc:
             log.warning("token claim refused: %s", exc)
             return {"ok": False, "error": str(exc)}
-        log.info("token redeemed by site %s", site)
+        log.info("token redeemed by site %s (router %s)", claim.site, claim.router_id)
         return {"ok": True, "cert": cert_pem, "site": self.name, "router_id": self.router_id}
+
+    def _linked_sites(self) -> set[str]:
+        """Sites we have a live link with (either direction) or are configured to dial."""
+        live = {link.peer_site for link in self.links.all_links()}
+        return live | {dial.spec.peer_site for dial in self.links.dials.values()}

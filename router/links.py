@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -158,8 +158,7 @@ class LinkManager:
 
     def set_cost(self, name: str, cost: int) -> None:
         state = self.dials[name]
-        state.spec = LinkSpec(name=state.spec.name, peer_site=state.spec.peer_site,
-                              endpoints=state.spec.endpoints, cost=cost)
+        state.spec = replace(state.spec, cost=cost)  # keeps the pinned peer_router_id
         if state.link is not None:
             state.link.cost = cost
             self.router.neighbour_cost(state.link)
@@ -201,7 +200,8 @@ class LinkManager:
                     await tls_handshake(stream)
                     conn, peer, early = await start_link(
                         stream, role=Role.DIALER, hello=router.hello(),
-                        limits=router.config.limits, expect_site=spec.peer_site)
+                        limits=router.config.limits, expect_site=spec.peer_site,
+                        expect_router_id=spec.peer_router_id)
                 except (HandshakeError, ProtocolError) as exc:
                     state.last_error = f"{host}:{port}: {exc}"
                     log.warning("link %s: %s", spec.name, state.last_error)

@@ -363,7 +363,7 @@ def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: 
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     port = link_port if link_port is not None else pick_link_port(bind)
     ca = certs.CertificateAuthority.generate(name)
-    router = ca.issue(name)
+    router = ca.issue(name, role=certs.Role.SERVER)  # the site's only server certificate
     certs.save_pem(root / "ca.key", ca.key_pem, private=True)
     certs.save_pem(root / "ca.crt", ca.cert_pem, private=False)
     certs.save_pem(root / "router.key", router.key_pem, private=True)

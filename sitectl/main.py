@@ -14,11 +14,12 @@ import stat
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from certs.errors import CertError
-from router.claim import ClaimError, redeem
+from router.claim import ClaimError, ClaimRefused, ClaimResult, redeem
 from router.config import (
     ConfigError,
     ConnectorConfig,
@@ -29,6 +30,7 @@ from router.config import (
     listener_from,
 )
 from router.names import InvalidName, validate_name
+from router.routing.signing import Ed25519Signer, router_id_for
 from router.site import MAX_LINK_COST, LinkSpec, Site, SiteError, init_site, resolve_site_dir
 from router.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
 from sitectl.client import NotRunning, RequestFailed, call
@@ -217,27 +219,42 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
         raise UsageError(f"a link named {name} would overwrite files of link {clash} "
                          "(choose another with --name)")
     key_pem, csr_pem = certs.make_csr(cfg.name)
+    router_id = _own_router_id(ctx.site)
     errors: list[str] = []
-    reply: dict[str, Any] | None = None
+    result: ClaimResult | None = None
     for host, port in token.endpoints:
         try:
-            reply = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
-                           code=token.code, csr_pem=csr_pem, site=cfg.name)
+            result = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
+                            code=token.code, csr_pem=csr_pem, key_pem=key_pem, site=cfg.name,
+                            router_id=router_id, now=datetime.now(UTC))
             break
+        except ClaimRefused as exc:
+            errors.append(str(exc))
+            break  # the issuer answered: another endpoint would say the same
         except ClaimError as exc:
             errors.append(str(exc))
-            if "refused the token" in str(exc):
-                break  # the issuer answered: another endpoint would say the same
-    if reply is None:
+    if result is None:
         raise ClaimError("; ".join(errors))
-    spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost)
-    ctx.site.save_link(spec, ca_pem=token.ca_pem, cert_pem=reply["cert"], key_pem=key_pem)
+    # Only the verified certificate is stored, and the issuer's router id is pinned.
+    spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost,
+                    peer_router_id=result.issuer_router_id)
+    ctx.site.save_link(spec, ca_pem=token.ca_pem, cert_pem=result.cert_pem, key_pem=key_pem)
     if ctx.try_call("link.add", {"name": name}) is None:
         print(f"link {name} to site {token.site} saved; it comes up when the router starts")
         return 0
     state = _wait_link_up(ctx, name, a.wait)
     print(f"link {name} to site {token.site} created: {state}")
     return 0
+
+
+def _own_router_id(site: Site) -> str:
+    """The id our router announces; the issuer binds it into our certificate."""
+    import certs
+
+    try:
+        return router_id_for(Ed25519Signer(site.identity_key()).public_key)
+    except certs.CertError as exc:
+        raise SiteError(str(exc)) from None
 
 
 def _wait_link_up(ctx: Ctx, name: str, timeout: float) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
+import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.claim import ClaimError, decode_claim_body
+from certs import CertificateAuthority, make_csr
+from router.claim import ClaimError, check_reply, decode_claim_body, decode_reply
 from router.config import ConfigError, parse_config
 from router.routing import RoutingError
 from router.routing.records import RouterRecord, decode_message
@@ -76,3 +79,53 @@ def test_routing_decode_only_raises_routing_error(payload: bytes) -> None:
         pass
     with contextlib.suppress(RoutingError):
         RouterRecord.from_wire(payload)
+
+
+# ---------------------------------------------------------------- the issuer's reply
+
+_ISSUER_CA = CertificateAuthority.generate("west")
+_KEY_PEM, _CSR_PEM = make_csr("east")
+_RID = "r0123456789abcdef"
+_GOOD_CERT = _ISSUER_CA.sign_csr(_CSR_PEM, expected_name="east", router_id=_RID)
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats() | st.text(max_size=40) | st.binary(max_size=40)
+    | st.sampled_from([_GOOD_CERT, _GOOD_CERT[:-40], _GOOD_CERT * 2, "west", _RID]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=10,
+)
+reply_maps = st.dictionaries(st.sampled_from(["ok", "error", "cert", "site", "router_id"]),
+                             msgpack_values, max_size=5)
+
+
+def _check(reply: object) -> None:
+    check_reply(reply, ca_pem=_ISSUER_CA.cert_pem, issuer_site="west", name="east",
+                router_id=_RID, key_pem=_KEY_PEM, now=datetime.now(UTC))
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=512) | reply_maps.map(msgpack.packb))
+def test_reply_decode_and_check_only_raise_claim_error(body: bytes) -> None:
+    with contextlib.suppress(ClaimError):
+        _check(decode_reply(body))
+
+
+@settings(max_examples=300)
+@given(reply_maps)
+def test_reply_check_only_raises_claim_error(reply: dict[str, object]) -> None:
+    try:
+        _check(reply)
+    except ClaimError as exc:
+        assert "\n" not in str(exc)
+    else:  # accepted: then it was exactly the honest reply's content
+        assert reply["ok"] is True and reply["cert"] == _GOOD_CERT
+
+
+@settings(max_examples=200)
+@given(st.binary(min_size=1, max_size=200), st.integers(min_value=0, max_value=len(_GOOD_CERT)))
+def test_damaged_certificate_only_raises_claim_error(junk: bytes, at: int) -> None:
+    cert = _GOOD_CERT[:at] + junk + _GOOD_CERT[at:]
+    with contextlib.suppress(ClaimError):
+        _check({"ok": True, "cert": cert, "site": "west", "router_id": _RID})

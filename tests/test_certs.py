@@ -19,10 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509 import verification
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 import certs
-from certs import CertError, CertificateAuthority, KeyPair
+from certs import CertError, CertificateAuthority, KeyPair, Role
 
 # ---------------------------------------------------------------- helpers
 
@@ -127,7 +127,8 @@ def test_repr_does_not_leak_key(ca: CertificateAuthority) -> None:
 # ---------------------------------------------------------------- leaves
 
 
-def _check_leaf(leaf_pem: bytes, ca: CertificateAuthority, name: str) -> x509.Certificate:
+def _check_leaf(leaf_pem: bytes, ca: CertificateAuthority, name: str,
+                role: Role = Role.SERVER) -> x509.Certificate:
     leaf = _cert(leaf_pem)
     ca_cert = _cert(ca.cert_pem)
     assert leaf.issuer == ca_cert.subject
@@ -140,7 +141,7 @@ def _check_leaf(leaf_pem: bytes, ca: CertificateAuthority, name: str) -> x509.Ce
     assert ku.critical and ku.value.digital_signature  # type: ignore[attr-defined]
     assert not ku.value.key_cert_sign  # type: ignore[attr-defined]
     eku = _ext(leaf, x509.ExtendedKeyUsage).value
-    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]  # type: ignore[call-overload]
+    assert list(eku) == [role.value]  # type: ignore[call-overload]
     ski = _ext(leaf, x509.SubjectKeyIdentifier).value
     assert ski == x509.SubjectKeyIdentifier.from_public_key(leaf.public_key())
     aki = _ext(leaf, x509.AuthorityKeyIdentifier).value
@@ -154,22 +155,26 @@ def _check_leaf(leaf_pem: bytes, ca: CertificateAuthority, name: str) -> x509.Ce
     return leaf
 
 
-def _verify_chain(ca: CertificateAuthority, leaf_pem: bytes, name: str) -> None:
+def _verify_chain(ca: CertificateAuthority, leaf_pem: bytes, name: str,
+                  role: Role = Role.SERVER) -> None:
     # cryptography's RFC 5280 verifier is stricter than OpenSSL's defaults.
     store = verification.Store([_cert(ca.cert_pem)])
     builder = verification.PolicyBuilder().store(store)
-    builder.build_server_verifier(x509.DNSName(name)).verify(_cert(leaf_pem), [])
-    builder.build_client_verifier().verify(_cert(leaf_pem), [])
+    if role is Role.SERVER:
+        builder.build_server_verifier(x509.DNSName(name)).verify(_cert(leaf_pem), [])
+    else:
+        builder.build_client_verifier().verify(_cert(leaf_pem), [])
 
 
-def test_issue_and_verify_chain(ca: CertificateAuthority) -> None:
-    kp = ca.issue("east-1")
+@pytest.mark.parametrize("role", list(Role))
+def test_issue_and_verify_chain(ca: CertificateAuthority, role: Role) -> None:
+    kp = ca.issue("east-1", role=role)
     assert isinstance(kp, KeyPair)
-    leaf = _check_leaf(kp.cert_pem, ca, "east-1")
+    leaf = _check_leaf(kp.cert_pem, ca, "east-1", role)
     key = serialization.load_pem_private_key(kp.key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert key.public_key() == leaf.public_key()
-    _verify_chain(ca, kp.cert_pem, "east-1")
+    _verify_chain(ca, kp.cert_pem, "east-1", role)
 
 
 def test_issue_serials_are_random(ca: CertificateAuthority) -> None:
@@ -195,17 +200,17 @@ def test_sign_csr_round_trip(ca: CertificateAuthority) -> None:
     key_pem, csr_pem = certs.make_csr("east")
     assert b"BEGIN CERTIFICATE REQUEST" in csr_pem
     cert_pem = ca.sign_csr(csr_pem, expected_name="east", valid_days=30)
-    leaf = _check_leaf(cert_pem, ca, "east")
+    leaf = _check_leaf(cert_pem, ca, "east", Role.CLIENT)
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert key.public_key() == leaf.public_key()
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(days=30, minutes=5)
-    _verify_chain(ca, cert_pem, "east")
+    _verify_chain(ca, cert_pem, "east", Role.CLIENT)
 
 
 def test_sign_csr_ed25519(ca: CertificateAuthority) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     csr = _build_csr(key, [x509.NameAttribute(NameOID.COMMON_NAME, "edsite")])
-    leaf = _check_leaf(ca.sign_csr(csr), ca, "edsite")
+    leaf = _check_leaf(ca.sign_csr(csr), ca, "edsite", Role.CLIENT)
     assert isinstance(leaf.public_key(), ed25519.Ed25519PublicKey)
 
 
@@ -290,7 +295,8 @@ def test_sign_csr_ignores_requested_extensions(ca: CertificateAuthority) -> None
             x509.SubjectAlternativeName([x509.DNSName("west"), x509.DNSName("*.example")]),
         ],
     )
-    leaf = _check_leaf(ca.sign_csr(csr), ca, "east")  # asserts ca=False, SAN == ["east"]
+    # asserts ca=False, SAN == ["east"]
+    leaf = _check_leaf(ca.sign_csr(csr), ca, "east", Role.CLIENT)
     assert len(leaf.extensions) == 6
 
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 import certs
-from certs import CertificateAuthority, KeyPair
+from certs import CertificateAuthority, KeyPair, Role
 
 # ---------------------------------------------------------------- real mTLS handshakes
 
@@ -96,7 +96,7 @@ def _contexts(
 
 @pytest.mark.parametrize("strict", [False, True])
 async def test_mtls_same_ca_succeeds(ca: CertificateAuthority, strict: bool) -> None:
-    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east"), strict=strict)
+    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east", role=Role.CLIENT), strict=strict)
     out = await _mtls(srv, cli, "west")
     assert out.ok, (out.server_error, out.client_error)
     assert out.received == {"server": b"ping", "client": b"pong"}
@@ -106,17 +106,16 @@ async def test_mtls_same_ca_succeeds(ca: CertificateAuthority, strict: bool) -> 
 
 
 async def test_mtls_with_csr_and_ed25519_strict(ca: CertificateAuthority) -> None:
-    key_pem, csr_pem = certs.make_csr("east_1")
-    client = KeyPair(key_pem=key_pem, cert_pem=ca.sign_csr(csr_pem, expected_name="east_1"))
+    # A signed CSR is a client certificate (what a redeemer gets), here for an Ed25519 key.
     ed_key = ed25519.Ed25519PrivateKey.generate()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "west")])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "east_1")])
     ed_csr = (x509.CertificateSigningRequestBuilder().subject_name(subject)
               .sign(ed_key, None).public_bytes(serialization.Encoding.PEM))
     ed_pem = ed_key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    server = KeyPair(key_pem=ed_pem, cert_pem=ca.sign_csr(ed_csr))
-    srv, cli = _contexts(ca, server, client, strict=True)
+    client = KeyPair(key_pem=ed_pem, cert_pem=ca.sign_csr(ed_csr, expected_name="east_1"))
+    srv, cli = _contexts(ca, ca.issue("west"), client, strict=True)
     out = await _mtls(srv, cli, "west")
     assert out.ok, (out.server_error, out.client_error)
     assert out.received == {"server": b"ping", "client": b"pong"}
@@ -127,7 +126,7 @@ async def test_mtls_foreign_client_cert_fails(
 ) -> None:
     srv, cli = _contexts(ca, ca.issue("west"), None)
     # Client trusts our CA but presents a cert from a foreign CA.
-    foreign = other_ca.issue("east")
+    foreign = other_ca.issue("east", role=Role.CLIENT)
     cli = certs.client_context(
         cert_pem=foreign.cert_pem, key_pem=foreign.key_pem, ca_pem=ca.cert_pem
     )
@@ -141,7 +140,7 @@ async def test_mtls_foreign_client_cert_fails(
 async def test_mtls_foreign_client_cert_fails_even_if_optional(
     ca: CertificateAuthority, other_ca: CertificateAuthority
 ) -> None:
-    foreign = other_ca.issue("east")
+    foreign = other_ca.issue("east", role=Role.CLIENT)
     srv, _ = _contexts(ca, ca.issue("west"), None, require_client_cert=False)
     cli = certs.client_context(
         cert_pem=foreign.cert_pem, key_pem=foreign.key_pem, ca_pem=ca.cert_pem
@@ -161,14 +160,14 @@ async def test_mtls_missing_client_cert_fails_when_required(ca: CertificateAutho
 async def test_mtls_foreign_server_cert_fails(
     ca: CertificateAuthority, other_ca: CertificateAuthority
 ) -> None:
-    srv, cli = _contexts(ca, other_ca.issue("west"), ca.issue("east"))
+    srv, cli = _contexts(ca, other_ca.issue("west"), ca.issue("east", role=Role.CLIENT))
     out = await _mtls(srv, cli, "west")
     assert out.client_error is not None
     assert "certificate verify failed" in str(out.client_error.__cause__)
 
 
 async def test_mtls_hostname_mismatch_fails(ca: CertificateAuthority) -> None:
-    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east"))
+    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east", role=Role.CLIENT))
     out = await _mtls(srv, cli, "south")
     assert out.client_error is not None
     assert "Hostname mismatch" in str(out.client_error.__cause__)
@@ -184,7 +183,8 @@ async def test_mtls_optional_server_accepts_no_client_cert(ca: CertificateAuthor
 
 
 async def test_mtls_optional_server_still_identifies_client(ca: CertificateAuthority) -> None:
-    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east"), require_client_cert=False)
+    srv, cli = _contexts(ca, ca.issue("west"), ca.issue("east", role=Role.CLIENT),
+                         require_client_cert=False)
     out = await _mtls(srv, cli, "west")
     assert out.ok, (out.server_error, out.client_error)
     assert isinstance(out.server_peer, dict)

@@ -52,7 +52,7 @@ async def tls_pair(client_ca: certs.CertificateAuthority | None = None
                    ) -> tuple[TLSStream, TLSStream]:
     west_ca = certs.CertificateAuthority.generate("west")
     server_kp = west_ca.issue("west")
-    client_kp = (client_ca or west_ca).issue("east")
+    client_kp = (client_ca or west_ca).issue("east", role=certs.Role.CLIENT)
     left, right = trio.testing.memory_stream_pair()
     server = TLSStream(left, certs.server_context(
         cert_pem=server_kp.cert_pem, key_pem=server_kp.key_pem, ca_pem=west_ca.cert_pem,

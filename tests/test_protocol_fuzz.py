@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
+import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -168,3 +170,31 @@ def test_mutated_valid_stream(mutations: list[tuple[str, int, int]], chunks: lis
         else:
             del data[pos]
     feed(bytes(data), chunks)
+
+
+# ---------------------------------------------------------------- HELLO decoding
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats() | st.text(max_size=80) | st.binary(max_size=80),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=10,
+)
+hello_maps = st.dictionaries(
+    st.sampled_from(["router_id", "site", "max_frame_bytes", "keepalive_interval", "x"]),
+    msgpack_values, max_size=5)
+
+
+@settings(max_examples=300)
+@given(data=st.binary(max_size=300))
+def test_hello_from_arbitrary_bytes_only_raises_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        Hello.from_wire(data)
+
+
+@settings(max_examples=300)
+@given(doc=hello_maps)
+def test_hello_from_arbitrary_maps_only_raises_protocol_error(doc: dict[str, object]) -> None:
+    with contextlib.suppress(ProtocolError):
+        Hello.from_wire(msgpack.packb(doc))

@@ -56,10 +56,11 @@ async def tls_handshake(stream: TLSStream, timeout: float = HANDSHAKE_TIMEOUT_S)
 
 
 async def start_link(
-    stream: TLSStream, *, role: Role, hello: Hello, limits: Limits, expect_site: str | None
+    stream: TLSStream, *, role: Role, hello: Hello, limits: Limits, expect_site: str | None,
+    expect_router_id: str | None = None,
 ) -> tuple[LinkConnection, Hello, list[Event]]:
     """Exchange HELLOs on an authenticated TLS stream; check the peer is who its
-    certificate says."""
+    certificate says, and (dialler) the router pinned when the token was redeemed."""
     conn = LinkConnection(role=role, hello=hello, limits=link_limits(limits),
                           now=trio.current_time())
     try:
@@ -73,13 +74,24 @@ async def start_link(
         # ends, so its verdict arrives as an alert on the first read.
         raise HandshakeError(_alert_text(exc)) from None
     der = stream.peer_certificate_der()
-    cert_site = certs.peer_common_name(der) if der else None
+    try:
+        cert_site = certs.peer_common_name(der) if der else None
+        # Certificates issued at redemption bind the redeemer's router id too.
+        cert_router = certs.peer_router_id(der) if der else None
+    except certs.CertError as exc:
+        raise HandshakeError(str(exc)) from None
     if cert_site != peer.site:
         raise HandshakeError(
             f"peer says it is site {peer.site!r} but its certificate names {cert_site!r}"
         )
+    if cert_router is not None and cert_router != peer.router_id:
+        raise HandshakeError(
+            f"peer says it is router {peer.router_id} but its certificate names {cert_router}"
+        )
     if expect_site is not None and peer.site != expect_site:
         raise HandshakeError(f"expected site {expect_site!r}, found {peer.site!r}")
+    if expect_router_id is not None and peer.router_id != expect_router_id:
+        raise HandshakeError(f"expected router {expect_router_id}, found {peer.router_id}")
     if peer.router_id == hello.router_id:
         raise HandshakeError("the link leads back to this router")
     return conn, peer, early
@@ -110,6 +122,9 @@ async def read_claim(stream: TLSStream, first: bytes) -> bytes:
         if magic != CLAIM_MAGIC:
             raise HandshakeError("a peer without a certificate may only redeem a token")
         if version != CLAIM_VERSION:
+            # Say why, so a sitectl of another version does not just see the line drop.
+            await stream.send_all(encode_reply({"ok": False, "error": (
+                f"this site speaks claim version {CLAIM_VERSION}, not {version}")}))
             raise HandshakeError(f"unsupported claim version {version}")
         if length > MAX_CLAIM_BYTES:
             raise HandshakeError(f"claim of {length} bytes exceeds limit of {MAX_CLAIM_BYTES}")
