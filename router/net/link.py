@@ -228,6 +228,7 @@ class Link:
         while True:
             if conn.read_paused:
                 await self._wait_for_writer()
+            if conn.input_held:
                 data: memoryview | bytes = b""  # go on with what receive_data kept back
             else:
                 data = await self.stream.receive_view()

@@ -85,6 +85,7 @@ class LinkConnection:
         self._last_peer_id = 0  # peer ids only grow, so anything at or below was seen
 
         self._buf = bytearray()
+        self._held = False  # _buf holds input not parsed yet because of read_paused
         self._preface_seen = False
         self._out = OutQueue()
 
@@ -153,6 +154,13 @@ class LinkConnection:
         return self._out.control_size > self._limits.max_unsent_control_bytes
 
     @property
+    def input_held(self) -> bool:
+        """True while receive_data holds input it did not parse (it stopped at
+        ``read_paused``): once no longer paused, ``receive_data(b"")`` goes on with it,
+        before the driver waits for more from the peer."""
+        return self._held
+
+    @property
     def closing(self) -> bool:
         """True once either side sent GOAWAY: no new flows any more."""
         return self._closing or self._peer_closing
@@ -178,12 +186,15 @@ class LinkConnection:
             raise ProtocolError(self._error.code, self._error.message)
         if data:
             self._last_recv = now
-        elif not self._buf:
+        elif not self._held:
             return []
         self._stamp_send_clock(now)
         if self.read_paused:
-            self._buf += data
+            if data:
+                self._buf += data
+                self._held = True
             return []
+        self._held = False
         # Parse straight from `data` when nothing is pending (the common case: no copy
         # of the whole read); only the tail of a partial frame is kept in _buf.
         if self._buf:
@@ -283,6 +294,7 @@ class LinkConnection:
                 if event is not None:
                     events.append(event)
                 if out.control_size > reply_budget:
+                    self._held = pos < end
                     break
             if run:
                 events.append(DataReceived(flow_id=run_id, data=b"".join(run)))
