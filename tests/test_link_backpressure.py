@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 import trio
 
@@ -230,3 +231,52 @@ async def test_ping_flood_from_a_peer_that_reads_is_all_answered() -> None:
             nursery.cancel_scope.cancel()
     assert seqs == list(range(PINGS))
     assert link.read_pauses > 0
+
+
+class ResetRecorder:
+    """A FlowHandler that only notes its reset."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def on_accepted(self, window: int) -> None: ...
+    def on_refused(self, reason: str) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_credit(self) -> None: ...
+    def on_fin(self) -> None: ...
+
+    def on_reset(self, reason: str) -> None:
+        self.reason = reason
+
+
+async def test_control_queued_past_the_hard_cap_ends_the_link_at_once() -> None:
+    """Our own side keeps queueing control frames (routing updates here) toward a peer
+    that reads nothing: past the cap the link ends, its flows reset with the reason,
+    without waiting for keepalive."""
+    streams = await tls_streams()
+    budget = 4096
+    west = LinkConnection(role=Role.ACCEPTOR, hello=hello("west"),
+                          limits=LinkLimits(max_unsent_control_bytes=budget, dead_after=600),
+                          now=trio.current_time())
+    east = LinkConnection(role=Role.DIALER, hello=hello("east"), limits=LinkLimits(),
+                          now=trio.current_time())
+    await streams["east"].send_all(east.data_to_send())
+    peer, early = await exchange_hello(streams["west"], west, 10)
+    link = make_link("west", streams["west"], west, peer, refuse_all)
+    flow = ResetRecorder()
+    link.flows[west.open_flow(Open(routing_key="k", origin_site="west", origin_router="rwest",
+                                   dest_router="reast", client_addr="", trace=(),
+                                   window=1))] = flow
+    update = bytes(60_000)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run, early)
+            # East never reads: the socket buffers fill, then the queue grows.
+            while link.closed_reason is None:
+                assert west.unsent_control_bytes <= 4 * budget + len(update) + 10
+                west.send_routing(update)
+                link.kick()
+                await trio.sleep(0)
+    assert link.closed_reason is not None
+    assert re.fullmatch(r"peer is not reading: \d+ bytes queued", link.closed_reason)
+    assert flow.reason == f"link to east lost: {link.closed_reason}"
