@@ -330,8 +330,7 @@ class Link:
     def _end_not_reading(self) -> None:
         """End the link now: a GOAWAY could not reach a peer that reads nothing."""
         if self.closed_reason is None:
-            self.closed_reason = self._not_reading()
-            log.warning("link %s to %s: %s", self.name, self.peer_site, self.closed_reason)
+            self.closed_reason = self._not_reading()  # run() logs it and resets the flows
         self._cancel.cancel()
 
 

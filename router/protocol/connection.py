@@ -215,6 +215,7 @@ class LinkConnection:
         except ProtocolError as err:
             self._error = err
             self._buf = bytearray()
+            self._held = False
             self._send_goaway(err.message)
             raise
         self._stamp_send_clock(now)  # replies queued while parsing (PONG, REFUSE) went now

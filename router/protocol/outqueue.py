@@ -20,6 +20,7 @@ Buffer = bytes | bytearray | memoryview
 # queued by reference.
 COPY_BELOW = 16 * 1024
 _DATA = int(FrameType.DATA)
+_HEADER_SIZE = HEADER.size
 _pack_header = HEADER.pack
 
 
@@ -49,7 +50,7 @@ class OutQueue:
         small = self._small
         small += _pack_header(ftype, 0, flow_id, len(body))
         small += body
-        self._control += HEADER.size + len(body)
+        self._control += _HEADER_SIZE + len(body)
 
     def data(self, flow_id: int, data: Buffer, step: int) -> None:
         """DATA frames of at most `step` payload bytes each. `data` is kept by reference
