@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,23 +19,12 @@ from router.net.tls import TLSStream
 from router.protocol import FrameType, Hello, LinkConnection, LinkLimits, Open, Role
 from router.protocol.frames import HEADER
 from tests.harness import Site, free_port, link, site_env, wait_for
-from tests.services import EchoServer, Server
+from tests.services import EchoServer
+from tests.test_e2e_flows import StallServer
 
-MB = 1024
-RSS_GROWTH_BOUND_KIB = 60 * MB  # before the bound, 20 s of PINGs grew a router by 178 MB
+RSS_GROWTH_BOUND_KIB = 60 * 1024  # unbounded, 20 s of PINGs grew a router by 178 MB
 FLOW_CAP = 8
 UNTIL_CLOSED_S = 40  # keepalive finds the silent link after dead_after_s (3 s) paused
-
-
-class Stall(Server):
-    """Accepts and never reads: flows to it stay open."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        super().__init__()
-
-    def handle(self, conn: socket.socket) -> None:
-        self.release.wait(120)
 
 
 class Sites:
@@ -135,7 +123,7 @@ async def test_ping_flood_from_a_peer_that_never_reads(sites: Sites) -> None:
 
 
 async def test_open_flood_past_max_flows_from_a_peer_that_never_reads(sites: Sites) -> None:
-    stall = Stall()
+    stall = StallServer()  # accepts, never reads: flows to it stay open
     key = "stall"
     sites.west.sitectl("connector", "create", key, f"127.0.0.1:{stall.port}")
     dest = sites.west.status()["router_id"]
