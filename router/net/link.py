@@ -4,6 +4,14 @@ One reader task feeds received bytes to the pure connection and dispatches its
 events; one writer task drains the connection's outgoing buffer (so frames from
 many flows coalesce into one TLS write); one timer task runs keepalive. Flows are
 registered as handlers keyed by flow id.
+
+Every queue toward the peer is bounded. DATA is bounded by credit and by the flows'
+back-pressure (wait_drained). Control frames answer what the peer sends, so while
+more of them wait than the connection allows (``read_paused``) the reader stops
+reading until the writer took them: a peer that sends but never reads is no longer
+read, and when keepalive then finds the link silent it ends with "peer is not
+reading". DATA never pauses the reader: two routers both sending bulk data would
+otherwise each wait for the other to read.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ from router.protocol import (
 )
 
 log = logging.getLogger("router.link")
+
+# Unsent control bytes, in multiples of the connection's read-pause threshold, past
+# which the link is ended at once. Reading stops at 1x, so only commands from our own
+# side (flows, routing) can push the queue this far, toward a peer that reads nothing.
+CONTROL_CAP_FACTOR = 4
 
 
 class LinkLost(Exception):
@@ -119,6 +132,10 @@ class Link:
         self._drained = trio.Event()
         self._cancel = trio.CancelScope()
         self.closed_reason: str | None = None
+        self._control_cap = CONTROL_CAP_FACTOR * conn.limits.max_unsent_control_bytes
+        self._taken: trio.Event | None = None  # set while the reader waits for the writer
+        self._unsent = 0  # bytes handed to the stream, maybe not yet written
+        self.read_pauses = 0
 
     @property
     def peer_id(self) -> str:
@@ -134,13 +151,18 @@ class Link:
         without blocking (no task switch on the latency path), else wake the writer.
         Inside a batch of received events, one write happens after the batch."""
         if self._dispatching or self._writing or self._wake.is_set():
+            if self.conn.unsent_control_bytes > self._control_cap:
+                self._end_not_reading()
             return
         size = self.conn.outgoing_bytes
         if not size:
             return
         self.bytes_out += size
         if not self.stream.send_nowait(self.conn.data_to_send_parts()):
+            self._unsent = size
             self._wake.set()
+        if self._taken is not None:
+            self._taken.set()
 
     async def wait_drained(self) -> None:
         """Back-pressure: wait while the outgoing queue is over its limit."""
@@ -202,17 +224,35 @@ class Link:
         log.info("link %s to %s ended: %s", self.name, self.peer_site, reason)
 
     async def _reader(self) -> None:
+        conn = self.conn
         while True:
-            data = await self.stream.receive_view()
-            if not data:
-                raise LinkLost("peer closed the connection")
-            self.bytes_in += len(data)
+            if conn.read_paused:
+                await self._wait_for_writer()
+            if conn.input_held:
+                data: memoryview | bytes = b""  # go on with what receive_data kept back
+            else:
+                data = await self.stream.receive_view()
+                if not data:
+                    raise LinkLost("peer closed the connection")
+                self.bytes_in += len(data)
             self._dispatching = True
             try:
-                self._dispatch(self.conn.receive_data(data, trio.current_time()))
+                self._dispatch(conn.receive_data(data, trio.current_time()))
             finally:
                 self._dispatching = False
             self.kick()
+
+    async def _wait_for_writer(self) -> None:
+        """Too many control frames wait to be sent: read nothing until the writer took
+        them. No deadline here: keepalive ends a link that stays silent meanwhile."""
+        self.read_pauses += 1
+        try:
+            while self.conn.read_paused:
+                self._taken = taken = trio.Event()
+                self._wake.set()  # the writer is normally busy already; make sure
+                await taken.wait()
+        finally:
+            self._taken = None
 
     async def _writer(self) -> None:
         while True:
@@ -221,9 +261,15 @@ class Link:
             try:
                 # send_all(b"") also flushes what send_nowait left behind.
                 await self.stream.send_all(b"")
+                self._unsent = 0
                 while size := self.conn.outgoing_bytes:
                     self.bytes_out += size
-                    await self.stream.send_parts(self.conn.data_to_send_parts())
+                    parts = self.conn.data_to_send_parts()
+                    self._unsent = size
+                    if self._taken is not None:
+                        self._taken.set()  # the queue is empty: a paused reader goes on
+                    await self.stream.send_parts(parts)
+                    self._unsent = 0
             finally:
                 self._writing = False
             self._wake = trio.Event()
@@ -274,7 +320,18 @@ class Link:
             elif isinstance(event, LinkClosedByPeer):
                 raise LinkLost(f"peer closed the link: {event.reason}")
             elif isinstance(event, LinkDead):
-                raise LinkLost(event.reason)
+                # Silent because we stopped reading: the peer is the one not reading.
+                raise LinkLost(self._not_reading() if self._taken is not None
+                               else event.reason)
+
+    def _not_reading(self) -> str:
+        return f"peer is not reading: {self.conn.outgoing_bytes + self._unsent} bytes queued"
+
+    def _end_not_reading(self) -> None:
+        """End the link now: a GOAWAY could not reach a peer that reads nothing."""
+        if self.closed_reason is None:
+            self.closed_reason = self._not_reading()  # run() logs it and resets the flows
+        self._cancel.cancel()
 
 
 def _describe(exc: BaseException) -> str:

@@ -85,6 +85,7 @@ class LinkConnection:
         self._last_peer_id = 0  # peer ids only grow, so anything at or below was seen
 
         self._buf = bytearray()
+        self._held = False  # _buf holds input not parsed yet because of read_paused
         self._preface_seen = False
         self._out = OutQueue()
 
@@ -128,12 +129,36 @@ class LinkConnection:
         return self._hello
 
     @property
+    def limits(self) -> LinkLimits:
+        return self._limits
+
+    @property
     def peer_hello(self) -> Hello | None:
         return self._peer_hello
 
     @property
     def outgoing_bytes(self) -> int:
         return self._out.size
+
+    @property
+    def unsent_control_bytes(self) -> int:
+        """Bytes of non-DATA frames queued and not yet taken by data_to_send."""
+        return self._out.control_size
+
+    @property
+    def read_paused(self) -> bool:
+        """True while unsent control frames exceed ``max_unsent_control_bytes``:
+        receive_data then parses nothing more (it keeps the input) until data_to_send
+        took them. The driver should stop reading meanwhile, so a peer that sends but
+        never reads is no longer read, rather than growing our queue of answers."""
+        return self._out.control_size > self._limits.max_unsent_control_bytes
+
+    @property
+    def input_held(self) -> bool:
+        """True while receive_data holds input it did not parse (it stopped at
+        ``read_paused``): once no longer paused, ``receive_data(b"")`` goes on with it,
+        before the driver waits for more from the peer."""
+        return self._held
 
     @property
     def closing(self) -> bool:
@@ -152,13 +177,24 @@ class LinkConnection:
     # ------------------------------------------------------------------ bytes in
 
     def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> list[Event]:
-        """Parse whatever arrived; raise ProtocolError (after queueing GOAWAY) on violation."""
+        """Parse whatever arrived; raise ProtocolError (after queueing GOAWAY) on violation.
+
+        Parsing stops early once ``read_paused``: the rest stays buffered, and a later
+        call (``b""`` once data_to_send was drained) goes on with it.
+        """
         if self._error is not None:
             raise ProtocolError(self._error.code, self._error.message)
-        if not data:
+        if data:
+            self._last_recv = now
+        elif not self._held:
             return []
-        self._last_recv = now
         self._stamp_send_clock(now)
+        if self.read_paused:
+            if data:
+                self._buf += data
+                self._held = True
+            return []
+        self._held = False
         # Parse straight from `data` when nothing is pending (the common case: no copy
         # of the whole read); only the tail of a partial frame is kept in _buf.
         if self._buf:
@@ -179,6 +215,7 @@ class LinkConnection:
         except ProtocolError as err:
             self._error = err
             self._buf = bytearray()
+            self._held = False
             self._send_goaway(err.message)
             raise
         self._stamp_send_clock(now)  # replies queued while parsing (PONG, REFUSE) went now
@@ -197,6 +234,14 @@ class LinkConnection:
         unpack = HEADER.unpack_from
         flows = self._flows
         handlers = self._handlers
+        # Every PING queues a PONG and every surplus OPEN a REFUSE, so one large input
+        # could queue replies without bound before the driver regains control. This
+        # object bounds them itself rather than relying on how much a driver feeds at
+        # once: the bound then holds for any driver and any test input, for one compare
+        # per control frame. The unparsed rest waits in _buf (see receive_data), so a
+        # peer that does read still gets every PING answered.
+        out = self._out
+        reply_budget = self._limits.max_unsent_control_bytes
         # DATA frames for one flow in a row become one DataReceived.
         run_id = -1
         run: list[memoryview] = []  # slices of the input: joined once, copied once
@@ -249,6 +294,9 @@ class LinkConnection:
                 event = handlers[ftype](flow_id, bytes(view[start:stop]), now)
                 if event is not None:
                     events.append(event)
+                if out.control_size > reply_budget:
+                    self._held = pos < end
+                    break
             if run:
                 events.append(DataReceived(flow_id=run_id, data=b"".join(run)))
                 run = []  # no slice may outlive the view (the caller resizes _buf)

@@ -4,6 +4,10 @@ Small frames (control frames, small DATA) are copied into one growing bytearray,
 small message becomes one contiguous write (one TLS record). A large DATA payload is
 queued by reference after whatever was buffered before it; the driver encrypts the
 parts one by one, so bulk data is not copied here.
+
+Non-DATA bytes are counted apart (``control_size``): DATA is bounded by credit and by
+the flows' back-pressure, but control frames (PONG, REFUSE, CREDIT...) are queued in
+answer to what the peer sends, so only their own count can bound them.
 """
 
 from __future__ import annotations
@@ -16,28 +20,37 @@ Buffer = bytes | bytearray | memoryview
 # queued by reference.
 COPY_BELOW = 16 * 1024
 _DATA = int(FrameType.DATA)
+_HEADER_SIZE = HEADER.size
 _pack_header = HEADER.pack
 
 
 class OutQueue:
-    __slots__ = ("_parts", "_parts_size", "_small")
+    __slots__ = ("_control", "_parts", "_parts_size", "_small")
 
     def __init__(self) -> None:
         self._small = bytearray()
         self._parts: list[Buffer] = []
         self._parts_size = 0
+        self._control = 0
 
     @property
     def size(self) -> int:
         return self._parts_size + len(self._small)
 
+    @property
+    def control_size(self) -> int:
+        """Bytes of queued non-DATA frames (and the preface)."""
+        return self._control
+
     def raw(self, data: bytes) -> None:
         self._small += data
+        self._control += len(data)
 
     def frame(self, ftype: int, flow_id: int, body: bytes) -> None:
         small = self._small
         small += _pack_header(ftype, 0, flow_id, len(body))
         small += body
+        self._control += _HEADER_SIZE + len(body)
 
     def data(self, flow_id: int, data: Buffer, step: int) -> None:
         """DATA frames of at most `step` payload bytes each. `data` is kept by reference
@@ -71,6 +84,7 @@ class OutQueue:
             return []
         self._parts = []
         self._parts_size = 0
+        self._control = 0
         return parts
 
     def drain(self) -> bytes | bytearray:
