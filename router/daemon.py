@@ -181,6 +181,8 @@ class Router:
                 await trio.sleep(0.02)
 
     def _write_pid(self) -> None:
+        # Information for people and tools only; the site lock (router.main) is what
+        # keeps a second router out.
         self.site.run_dir.mkdir(mode=0o700, exist_ok=True)
         self.site.pid_path.write_text(f"{os.getpid()}\n")
 
