@@ -34,8 +34,16 @@ STRATEGIES = ("balanced", "priority", "weighted")
 METRICS_HOST = "127.0.0.1"  # the metrics endpoint is for local scrapers only
 
 
+ARGUMENTS = Path("arguments")  # the source of fields that came from a command line
+
+
 class ConfigError(Exception):
-    """A bad config file or value; the message says where and why."""
+    """A bad config file or value; the message says where and why, `source` which
+    file (or ARGUMENTS) it came from."""
+
+    def __init__(self, message: str, source: Path | None = None) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +130,7 @@ class FieldReader:
     def fail(self, key: str, why: str) -> ConfigError:
         line = _line_of(self.text, self.section, key, self.index)
         where = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(f"{where}: [{self.section}] {key}: {why}")
+        return ConfigError(f"{where}: [{self.section}] {key}: {why}", self.path)
 
     def get(self, key: str, kind: type, default: Any = ...) -> Any:
         if key not in self.table:
@@ -350,4 +358,6 @@ def dump_config(config: SiteConfig) -> str:
 
 
 def save_config(path: Path, config: SiteConfig) -> None:
-    write_atomic(path, dump_config(config).encode(), mode=0o644)
+    text = dump_config(config)
+    parse_config(path, text)  # never write what the router would refuse at start
+    write_atomic(path, text.encode(), mode=0o644)

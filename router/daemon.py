@@ -25,7 +25,7 @@ import trio
 
 import certs
 from router.claim import ClaimError, decode_claim_body
-from router.config import ConnectorConfig, ListenerConfig, SiteConfig
+from router.config import ConnectorConfig, ListenerConfig, SiteConfig, port_clash
 from router.control import ControlServer
 from router.links import LinkManager
 from router.net.errors import connect_reason, guarded
@@ -444,8 +444,10 @@ class Router:
 
     # ---- changes from the control socket
     async def add_listener(self, lst: ListenerConfig) -> None:
-        if any(x.host == lst.host and x.port == lst.port for x in self.config.listeners):
-            raise ValueError(f"a listener on {lst.host}:{lst.port} already exists")
+        clash = port_clash(self.config, lst, self.config.listeners)
+        if clash is not None:  # the rule and the words that site.toml's check uses
+            field, why = clash
+            raise ValueError(f"[listener] {field}: {why}")
         await self._start_listener(lst)
         self._save(replace(self.config, listeners=(*self.config.listeners, lst)))
         self._advertise_keys()

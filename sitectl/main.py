@@ -18,6 +18,7 @@ from typing import Any
 
 from router.claim import ClaimError, redeem
 from router.config import (
+    ARGUMENTS,
     ConfigError,
     ConnectorConfig,
     FieldReader,
@@ -26,7 +27,7 @@ from router.config import (
     connector_from,
     listener_from,
 )
-from router.site import LinkSpec, Site, SiteError, init_site, resolve_site_dir
+from router.site import LinkSpec, Site, SiteError, check_init_args, init_site, resolve_site_dir
 from router.tokens import Token, TokenError
 from sitectl.client import NotRunning, RequestFailed, call
 from sitectl.render import render_links, render_network, render_status
@@ -100,6 +101,11 @@ def out(args: argparse.Namespace, data: Any, text: str) -> None:
 # ---- commands
 def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     root = resolve_site_dir(a.site_dir, a.name)
+    try:
+        check_init_args(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
+                        advertise=tuple(a.advertise or ()))
+    except (SiteError, ConfigError) as exc:
+        raise UsageError(str(exc)) from None
     site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
                      advertise=tuple(a.advertise or ()))
     cfg = site.config()
@@ -404,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SiteError, ConfigError, TokenError, ClaimError, NotRunning,
             RequestFailed) as exc:
         print(f"sitectl: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        # Bad arguments exit 2 (as argparse's own errors do), failures at run time 1.
+        bad_args = isinstance(exc, ConfigError) and exc.source == ARGUMENTS
+        return 2 if isinstance(exc, UsageError) or bad_args else 1
     except KeyboardInterrupt:
         return 130
 
