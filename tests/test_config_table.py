@@ -183,3 +183,22 @@ def test_router_refuses_to_start(site: Site, how: str, edit: str, field: str,
         assert not (site.dir / "run" / "router.pid").exists()
     finally:
         config.write_text(good)
+
+
+def test_listener_create_applies_the_same_port_rules(site: Site) -> None:
+    config = site.dir / "site.toml"
+    before = config.read_bytes()
+    offline = site.sitectl("listener", "create", "x", str(site.link_port), check=False)
+    assert offline.returncode == 1 and offline.stderr.count("\n") == 1, offline.stderr
+    assert f"[listener] port: {site.link_port} is the site's link_port" in offline.stderr
+    site.start()
+    try:
+        online = site.sitectl("listener", "create", "x", str(site.link_port), check=False)
+        assert online.returncode == 1 and online.stderr.count("\n") == 1, online.stderr
+        assert f"[listener] port: {site.link_port} is the site's link_port" in online.stderr
+        taken = site.sitectl("listener", "create", "x", "15432", check=False)
+        assert "[listener] port: a listener on 127.0.0.1:15432 already exists" in taken.stderr
+        assert [x["key"] for x in site.status()["listeners"]] == ["db", "web"]
+    finally:
+        site.stop()
+    assert config.read_bytes() == before
