@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from router.config import ConnectorConfig, ListenerConfig
 from router.daemon import Router
@@ -67,11 +68,15 @@ async def test_internal_error_resets_the_client_and_leaks_nothing(
         caplog.set_level(logging.ERROR, logger="router")
         seen = await recv_until_end(port)
         assert isinstance(seen, ConnectionResetError), seen
+
+        def errors() -> list[str]:
+            return [r.getMessage() for r in caplog.records if "internal error" in r.getMessage()]
+
         with trio.fail_after(5):
-            while fd_count() > baseline or router.counters.active:
+            while fd_count() > baseline or router.counters.active or not errors():
                 await trio.sleep(0.01)
-        errors = [r for r in caplog.records if "internal error" in r.getMessage()]
-        assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(errors()) == 1, [r.getMessage() for r in caplog.records]
         # The router still serves: the next client reaches the backend.
         async with trio.open_nursery() as clients:
             clients.start_soon(recv_until_end, port)
