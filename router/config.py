@@ -279,8 +279,9 @@ def port_clash(site: SiteConfig, lst: ListenerConfig,
                others: tuple[ListenerConfig, ...]) -> tuple[str, str] | None:
     """(field, why) when `lst` would take a port the site already uses, else None.
     Shared by parse_config and the control socket's listener.create."""
-    if any(x.port == lst.port and x.host == lst.host for x in others):
-        return "port", f"a listener on {lst.host}:{lst.port} already exists"
+    for x in others:
+        if x.port == lst.port and _overlap(x.host, lst.host):
+            return "port", f"a listener on {x.host}:{x.port} already exists"
     if lst.port == site.link_port and _overlap(lst.host, site.bind):
         return "port", f"{lst.port} is the site's link_port"
     if lst.port == site.metrics_port and _overlap(lst.host, METRICS_HOST):

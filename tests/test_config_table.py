@@ -77,6 +77,8 @@ ROWS = [
      "a listener on 127.0.0.1:15432 already exists"),
     (second("port = 18080", "port = 55671"), 14, "[listener] port", "is the site's link_port"),
     (second("port = 18080", "port = 9100"), 14, "[listener] port", "is the site's metrics_port"),
+    (second('key = "web"', 'key = "web"\nhost = "0.0.0.0"').replace("18080", "15432"), 15,
+     "[listener] port", "a listener on 127.0.0.1:15432 already exists"),
     (edited("metrics_port = 9100", "metrics_port = 55671"), 5, "[site] metrics_port",
      "is the site's link_port"),
     # An error in the second [[listener]] names its line, not the first one's.
