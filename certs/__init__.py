@@ -10,6 +10,7 @@ from certs.info import (
     cert_common_name,
     cert_not_after,
     fingerprint,
+    identity_mismatch,
     peer_common_name,
     verify_signature,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "check_issued_leaf",
     "client_context",
     "fingerprint",
+    "identity_mismatch",
     "load_pem",
     "make_csr",
     "peer_common_name",

@@ -23,6 +23,17 @@ def cert_common_name(cert_pem: bytes) -> str:
     return common_name_of(load_cert(cert_pem).subject, "certificate")
 
 
+def identity_mismatch(site_name: str, ca_cert_pem: bytes, cert_pem: bytes) -> str | None:
+    """Why a site's CA and router certificates were not made for `site_name`, or None.
+    The CA's CN is "<site> CA", as CertificateAuthority.generate names it."""
+    ca_cn, cn = cert_common_name(ca_cert_pem), cert_common_name(cert_pem)
+    if cn != site_name:
+        return f"the router certificate is for {cn!r}"
+    if ca_cn != f"{site_name} CA":
+        return f"the CA certificate is {ca_cn!r}"
+    return None
+
+
 def cert_not_after(cert_pem: bytes) -> datetime:
     """Expiry time as an aware UTC datetime."""
     return load_cert(cert_pem).not_valid_after_utc

@@ -1,14 +1,15 @@
 """The site configuration: a human-editable TOML file read into frozen dataclasses.
 
-Every value is validated; an error names the file, the line (where TOML can tell)
-and the field, and nothing is changed. Writing goes through a small dumper for this
-fixed schema, so the file stays readable and diff-able.
+Every value is validated against what the link protocol and the OS accept, so a
+router that says "ready" can run with it; an error names the file, the line (where
+TOML can tell) and the field, and nothing is changed. Writing goes through tomli_w.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -16,15 +17,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from router.atomic import write_atomic
+from router.protocol.frames import MAX_FLOW_ID
+from router.protocol.messages import (
+    MAX_FRAME_BYTES,
+    MAX_KEEPALIVE_SECONDS,
+    MAX_WINDOW,
+    MIN_FRAME_BYTES,
+)
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 STRATEGIES = ("balanced", "priority", "weighted")
+METRICS_HOST = "127.0.0.1"  # the metrics endpoint is for local scrapers only
+
+
+ARGUMENTS = Path("arguments")  # the source of fields that came from a command line
 
 
 class ConfigError(Exception):
-    """A bad config file or value; the message says where and why."""
+    """A bad config file or value; the message says where and why, `source` which
+    file (or ARGUMENTS) it came from."""
+
+    def __init__(self, message: str, source: Path | None = None) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,29 +98,39 @@ class SiteConfig:
     connectors: tuple[ConnectorConfig, ...] = ()
 
 
-def _line_of(text: str, section: str | None, key: str) -> int | None:
-    """Best-effort line number of `key = ...` (inside `[section]` when given)."""
+def _line_of(text: str, section: str | None, key: str, index: int = 0) -> int | None:
+    """Best-effort line number of `key = ...` inside `[section]` (the index-th
+    `[[section]]` for an array of tables), or anywhere when section is None."""
     current: str | None = None
+    seen: dict[str, int] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if line.startswith("["):
             current = line.strip("[] ")
+            seen[current] = seen.get(current, -1) + 1
             continue
-        if (section is None or current == section) and re.match(rf"{re.escape(key)}\s*=", line):
+        in_table = section is None or (current == section and seen[current] == index)
+        if in_table and re.match(rf"{re.escape(key)}\s*=", line):
             return lineno
     return None
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 class FieldReader:
     """Typed access to one TOML table, raising ConfigError with file/line/field."""
 
-    def __init__(self, path: Path, text: str, section: str, table: Mapping[str, Any]) -> None:
+    def __init__(self, path: Path, text: str, section: str, table: Mapping[str, Any],
+                 index: int = 0) -> None:
         self.path, self.text, self.section, self.table = path, text, section, table
+        self.index = index  # which [[section]] of an array of tables this is
 
     def fail(self, key: str, why: str) -> ConfigError:
-        line = _line_of(self.text, self.section, key)
+        line = _line_of(self.text, self.section, key, self.index)
         where = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(f"{where}: [{self.section}] {key}: {why}")
+        return ConfigError(f"{where}: [{self.section}] {key}: {why}", self.path)
 
     def get(self, key: str, kind: type, default: Any = ...) -> Any:
         if key not in self.table:
@@ -113,6 +142,8 @@ class FieldReader:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(key, f"must be {kind.__name__}, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
+            raise self.fail(key, f"must be a finite number, got {value}")
         return value
 
     def port(self, key: str, default: Any = ..., *, allow_zero: bool = False) -> int:
@@ -125,6 +156,12 @@ class FieldReader:
         value = self.get(key, kind, default)
         if value <= 0:
             raise self.fail(key, f"must be positive, got {value}")
+        return value
+
+    def within(self, key: str, kind: type, default: Any, lo: float, hi: float) -> Any:
+        value = self.positive(key, kind, default)
+        if not lo <= value <= hi:
+            raise self.fail(key, f"must be between {_num(lo)} and {_num(hi)}, got {_num(value)}")
         return value
 
     def check_unknown(self, known: set[str]) -> None:
@@ -162,16 +199,42 @@ def _routing_key(reader: FieldReader) -> str:
     return key
 
 
+DAY_S = 86_400.0
+# (lo, hi) of each limit. Sizes and the keepalive come from what the link protocol
+# accepts (HELLO's frame and keepalive bounds, the 31-bit credit window, the flow id
+# space each end allocates from); the rest are sane bounds so a typo cannot mean "never".
+LIMIT_RANGES: dict[str, tuple[float, float]] = {
+    "max_frame_bytes": (MIN_FRAME_BYTES, MAX_FRAME_BYTES),
+    "flow_window_bytes": (1, MAX_WINDOW),
+    "max_flows_per_link": (1, MAX_FLOW_ID // 2),
+    "link_buffer_bytes": (MIN_FRAME_BYTES, 2**30),
+    "keepalive_interval_s": (0.01, MAX_KEEPALIVE_SECONDS),
+    "dead_after_s": (0.01, DAY_S),
+    "connect_timeout_s": (0.01, DAY_S),
+    "open_timeout_s": (0.01, DAY_S),
+    "redial_min_s": (0.01, DAY_S),
+    "redial_max_s": (0.01, DAY_S),
+    "drain_timeout_s": (0.01, DAY_S),
+    # A real request (a CSR claim, a listener with a long key) is several hundred bytes.
+    "max_control_request_bytes": (1024, 16 * 1024 * 1024),
+    "routing_refresh_s": (0.01, DAY_S),
+    "routing_max_age_s": (0.01, DAY_S),
+}
+
+
 def _limits(path: Path, text: str, table: Mapping[str, Any]) -> Limits:
     r = FieldReader(path, text, "limits", table)
     defaults = Limits()
     values: dict[str, Any] = {}
     for f in dataclasses.fields(Limits):
         kind = float if f.name.endswith("_s") else int
-        values[f.name] = r.positive(f.name, kind, getattr(defaults, f.name))
+        lo, hi = LIMIT_RANGES[f.name]
+        values[f.name] = r.within(f.name, kind, getattr(defaults, f.name), lo, hi)
     r.check_unknown(set(values))
     if values["dead_after_s"] <= values["keepalive_interval_s"]:
         raise r.fail("dead_after_s", "must be greater than keepalive_interval_s")
+    if values["redial_max_s"] < values["redial_min_s"]:
+        raise r.fail("redial_max_s", "must not be less than redial_min_s")
     if values["routing_max_age_s"] <= 2 * values["routing_refresh_s"]:
         raise r.fail("routing_max_age_s", "must be more than twice routing_refresh_s")
     return Limits(**values)
@@ -203,7 +266,27 @@ def _array(path: Path, text: str, doc: Mapping[str, Any], kind: str) -> list[Fie
     entries = doc.get(kind, [])
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: [{kind}] must be an array of tables ([[{kind}]])")
-    return [FieldReader(path, text, kind, entry) for entry in entries]
+    return [FieldReader(path, text, kind, entry, i) for i, entry in enumerate(entries)]
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Could sockets bound to hosts a and b clash? (A wildcard overlaps everything.)"""
+    wild = ("0.0.0.0", "::", "")
+    return a == b or a in wild or b in wild
+
+
+def port_clash(site: SiteConfig, lst: ListenerConfig,
+               others: tuple[ListenerConfig, ...]) -> tuple[str, str] | None:
+    """(field, why) when `lst` would take a port the site already uses, else None.
+    Shared by parse_config and the control socket's listener.create."""
+    for x in others:
+        if x.port == lst.port and _overlap(x.host, lst.host):
+            return "port", f"a listener on {x.host}:{x.port} already exists"
+    if lst.port == site.link_port and _overlap(lst.host, site.bind):
+        return "port", f"{lst.port} is the site's link_port"
+    if lst.port == site.metrics_port and _overlap(lst.host, METRICS_HOST):
+        return "port", f"{lst.port} is the site's metrics_port"
+    return None
 
 
 def parse_config(path: Path, text: str) -> SiteConfig:
@@ -225,9 +308,10 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     limits_table = doc.get("limits", {})
     if not isinstance(limits_table, dict):
         raise ConfigError(f"{path}: [limits] must be a table")
-    listeners = [listener_from(r) for r in _array(path, text, doc, "listener")]
-    connectors = [connector_from(r) for r in _array(path, text, doc, "connector")]
-    return SiteConfig(
+    listener_readers = _array(path, text, doc, "listener")
+    listeners = [listener_from(lr) for lr in listener_readers]
+    connectors = [connector_from(cr) for cr in _array(path, text, doc, "connector")]
+    config = SiteConfig(
         name=name,
         host=_host(r, "host", "127.0.0.1"),
         link_port=r.port("link_port"),
@@ -238,6 +322,13 @@ def parse_config(path: Path, text: str) -> SiteConfig:
         listeners=tuple(listeners),
         connectors=tuple(connectors),
     )
+    if config.metrics_port == config.link_port:
+        raise r.fail("metrics_port", f"{config.metrics_port} is the site's link_port")
+    for i, (lst, lr) in enumerate(zip(listeners, listener_readers, strict=True)):
+        clash = port_clash(config, lst, config.listeners[:i])
+        if clash is not None:
+            raise lr.fail(*clash)
+    return config
 
 
 def load_config(path: Path) -> SiteConfig:
@@ -248,38 +339,26 @@ def load_config(path: Path) -> SiteConfig:
     return parse_config(path, text)
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def _table(values: Mapping[str, object]) -> list[str]:
-    return [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+HEADER = "# vanrouter site configuration. Edit freely; `sitectl` rewrites it atomically.\n"
 
 
 def dump_config(config: SiteConfig) -> str:
-    lines = ["# vanrouter site configuration. Edit freely; `sitectl` rewrites it atomically.", ""]
-    lines += ["[site]"]
-    lines += _table({
+    site: dict[str, Any] = {
         "name": config.name, "host": config.host, "link_port": config.link_port,
         "bind": config.bind, "metrics_port": config.metrics_port,
-    })
+    }
     if config.advertise:
-        lines.append("advertise = [" + ", ".join(_toml_value(a) for a in config.advertise) + "]")
-    lines += ["", "[limits]"]
-    lines += _table(dataclasses.asdict(config.limits))
-    for lst in config.listeners:
-        lines += ["", "[[listener]]", *_table(dataclasses.asdict(lst))]
-    for con in config.connectors:
-        lines += ["", "[[connector]]", *_table(dataclasses.asdict(con))]
-    return "\n".join(lines) + "\n"
+        site["advertise"] = list(config.advertise)
+    parts = [HEADER, tomli_w.dumps({"site": site}),
+             tomli_w.dumps({"limits": dataclasses.asdict(config.limits)})]
+    # tomli_w writes short arrays of tables inline; people (and _line_of) expect one
+    # [[listener]] table each, so the header is ours and the body tomli_w's.
+    for kind, items in (("listener", config.listeners), ("connector", config.connectors)):
+        parts += [f"[[{kind}]]\n" + tomli_w.dumps(dataclasses.asdict(x)) for x in items]
+    return "\n".join(parts)
 
 
 def save_config(path: Path, config: SiteConfig) -> None:
-    write_atomic(path, dump_config(config).encode(), mode=0o644)
+    text = dump_config(config)
+    parse_config(path, text)  # never write what the router would refuse at start
+    write_atomic(path, text.encode(), mode=0o644)

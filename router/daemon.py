@@ -25,7 +25,7 @@ import trio
 
 import certs
 from router.claim import ClaimError, decode_claim_body, refusal_for
-from router.config import ConnectorConfig, ListenerConfig, SiteConfig
+from router.config import ConnectorConfig, ListenerConfig, SiteConfig, port_clash
 from router.control import ControlServer
 from router.links import LinkManager
 from router.net.errors import connect_reason, guarded
@@ -55,6 +55,14 @@ class Outcome(enum.Enum):
     SERVED = "served"
     REFUSED = "refused"  # the serving site said no: try the next candidate
     PATH_FAILED = "path failed"  # routes are changing: the same site may work again
+
+
+def _abandon(link: Link, flow_id: int, reason: str) -> None:
+    """Reset a flow we can no longer serve, if it still exists."""
+    link.release(flow_id)
+    with contextlib.suppress(FlowError):
+        link.conn.reset_flow(flow_id, reason)
+    link.kick()
 
 
 class Router:
@@ -181,6 +189,8 @@ class Router:
                 await trio.sleep(0.02)
 
     def _write_pid(self) -> None:
+        # Information for people and tools only; the site lock (router.main) is what
+        # keeps a second router out.
         self.site.run_dir.mkdir(mode=0o700, exist_ok=True)
         self.site.pid_path.write_text(f"{os.getpid()}\n")
 
@@ -287,10 +297,14 @@ class Router:
                                        lst, client)
 
     async def _serve_client(self, lst: ListenerConfig, client: trio.SocketStream) -> None:
-        """Try candidates in strategy order until one accepts; then pump."""
+        """Try candidates in strategy order until one accepts; then pump. Whatever
+        else ends this (no candidate, an internal error, shutdown) resets and closes
+        the client: it must neither mistake it for a clean end nor leak the fd.
+        An error is logged once, by `guarded` around us."""
         self.counters.active += 1
         self.counters.opened += 1
         reasons: list[str] = []
+        served = False
         try:
             candidates = self.routing.candidates(lst.key)
             order = choose(candidates, lst.strategy, self.outstanding, self._rng)
@@ -298,6 +312,7 @@ class Router:
                 for attempt in range(1, ROUTE_ATTEMPTS + 1):
                     outcome = await self._try_candidate(lst, client, cand, reasons)
                     if outcome is Outcome.SERVED:
+                        served = True  # the pump closed the client
                         return
                     if outcome is Outcome.REFUSED or attempt == ROUTE_ATTEMPTS:
                         break
@@ -312,10 +327,12 @@ class Router:
                 reasons.append("no reachable site has a connector for it")
             self.counters.refused += 1
             log.warning("listener %s: closing client: %s", lst.key, "; ".join(reasons))
-            abort_socket(client)
-            await client.aclose()
         finally:
             self.counters.active -= 1
+            if not served:
+                abort_socket(client)
+                with trio.CancelScope(shield=True):
+                    await client.aclose()
 
     async def _try_candidate(self, lst: ListenerConfig, client: trio.SocketStream,
                              cand: Candidate, reasons: list[str]) -> Outcome:
@@ -340,13 +357,20 @@ class Router:
                         trace=(self.router_id,), window=self.config.limits.flow_window_bytes)
         try:
             flow.flow_id = link.open_flow(open_msg, flow)
-            await flow.wait_answer(self.config.limits.open_timeout_s)
         except FlowError as exc:  # the link is closing
+            reasons.append(f"{cand.site}: {exc}")
+            return Outcome.PATH_FAILED
+        try:
+            await flow.wait_answer(self.config.limits.open_timeout_s)
+        except FlowError as exc:
             reasons.append(f"{cand.site}: {exc}")
             return Outcome.PATH_FAILED
         except FlowRefusedError as exc:
             reasons.append(f"{cand.site}: {exc}")
             return Outcome.PATH_FAILED if exc.path_failed else Outcome.REFUSED
+        except BaseException:
+            _abandon(link, flow.flow_id, "opening router failed")  # the far end would wait
+            raise
         self.outstanding[cand.router_id] += 1
         try:
             await flow.run(client)
@@ -386,11 +410,11 @@ class Router:
 
     async def _serve_open(self, link: Link, flow: SocketFlow, open_msg: Open) -> None:
         self.counters.active += 1
+        target: trio.SocketStream | str | None = None
+        pumped = False
         try:
             target = await self._connect_local(open_msg.routing_key)
             if flow.reset_reason is not None:  # the opener gave up meanwhile
-                if not isinstance(target, str):
-                    await target.aclose()
                 return
             if isinstance(target, str):
                 log.info("refused flow for %s from %s: %s", open_msg.routing_key,
@@ -403,17 +427,27 @@ class Router:
             try:
                 link.conn.accept_flow(flow.flow_id, self.config.limits.flow_window_bytes)
             except FlowError:
-                await target.aclose()  # the flow ended meanwhile
-                return
+                return  # the flow ended meanwhile
             link.kick()
-            await flow.run(target)
+            pumped = True
+            await flow.run(target)  # closes target
+        except BaseException:
+            if not pumped:  # an internal error: the opener must not wait for an answer
+                _abandon(link, flow.flow_id, "serving router failed")
+            raise
         finally:
             self.counters.active -= 1
+            if isinstance(target, trio.SocketStream) and not pumped:
+                abort_socket(target)
+                with trio.CancelScope(shield=True):
+                    await target.aclose()
 
     # ---- changes from the control socket
     async def add_listener(self, lst: ListenerConfig) -> None:
-        if any(x.host == lst.host and x.port == lst.port for x in self.config.listeners):
-            raise ValueError(f"a listener on {lst.host}:{lst.port} already exists")
+        clash = port_clash(self.config, lst, self.config.listeners)
+        if clash is not None:  # the rule and the words that site.toml's check uses
+            field, why = clash
+            raise ValueError(f"[listener] {field}: {why}")
         await self._start_listener(lst)
         self._save(replace(self.config, listeners=(*self.config.listeners, lst)))
         self._advertise_keys()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
 import os
 import sys
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import trio
 
-from router.config import ConfigError
+import certs
+from router.config import ConfigError, FieldReader
 from router.site import Site, SiteError, resolve_site_dir
 
 
@@ -22,30 +25,81 @@ def setup_logging(site: str, level: str) -> None:
     )
 
 
-def running_pid(site: Site) -> int | None:
-    """The pid of this site's live router, from its pid file, or None."""
+def recorded_pid(site: Site) -> int | None:
+    """The pid in the site's pid file, for messages only: the lock, not this file,
+    says whether a router runs (a stale pid may belong to any process, or a zombie)."""
     try:
-        pid = int(site.pid_path.read_text().strip())
-        os.kill(pid, 0)
+        return int(site.pid_path.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid
+
+
+def take_site_lock(site: Site) -> int | None:
+    """Lock the site for this process: an fd to keep open for the router's life, or
+    None if another router holds it. The kernel drops the lock when the process
+    ends, however it ends, so nothing can go stale."""
+    site.run_dir.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(site.run_dir / "router.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def check_identity(site: Site, name: str) -> None:
+    """The certificates must be the site's own: with another name in site.toml the
+    router would say one name in HELLO and present another in TLS, and no link or
+    token would work while it reports "ready"."""
+    ca_path, cert_path = site.root / "ca.crt", site.root / "router.crt"
+    try:
+        why = certs.identity_mismatch(name, certs.load_pem(ca_path), certs.load_pem(cert_path))
+    except certs.CertError as exc:
+        raise SiteError(str(exc)) from exc
+    if why is not None:
+        reader = FieldReader(site.config_path, site.config_path.read_text(), "site", {})
+        raise reader.fail("name", f"{name!r} does not match {ca_path.name} and "
+                          f"{cert_path.name} ({why})")
+
+
+def _site_name(site: Site) -> str:
+    with contextlib.suppress(SiteError, ConfigError):
+        return site.config().name
+    return site.root.name
 
 
 def run_router(root: Path, *, log_level: str = "info") -> int:
-    from router.daemon import Router
-
     site = Site(root)
     try:
+        site.require()
+        lock = take_site_lock(site)
+    except SiteError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"router: cannot lock {site.run_dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    if lock is None:
+        pid = recorded_pid(site)
+        print(f"router: site {_site_name(site)} already has a router running"
+              + (f" (pid {pid})" if pid is not None else ""), file=sys.stderr)
+        return 1
+    try:
+        return _run_locked(site, log_level)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(site: Site, log_level: str) -> int:
+    from router.daemon import Router
+
+    try:
         config = site.config()
+        check_identity(site, config.name)
     except (SiteError, ConfigError) as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
-    pid = running_pid(site)
-    if pid is not None and pid != os.getpid():
-        print(f"router: site {config.name} already has a router running (pid {pid})",
-              file=sys.stderr)
-        return 1
     setup_logging(config.name, log_level)
 
     async def main() -> None:

@@ -325,17 +325,18 @@ def _remember(root: Path) -> None:
     write_atomic(registry, ("\n".join([*alive, str(root)]) + "\n").encode())
 
 
-def claimed_ports() -> set[int]:
-    """Link ports the user's other sites already claim (running or not)."""
-    ports: set[int] = set()
+def claimed_ports() -> dict[int, Path]:
+    """Link ports the user's other sites already claim (running or not), with the
+    site dir that claims each."""
+    ports: dict[int, Path] = {}
     paths = set(data_home().glob("*/site.toml"))
     if _registry().exists():
         paths |= {Path(p) / "site.toml" for p in _registry().read_text().splitlines() if p}
-    for cfg in paths:
+    for cfg in sorted(paths):
         if not cfg.exists():
             continue
         try:
-            ports.add(load_config(cfg).link_port)
+            ports.setdefault(load_config(cfg).link_port, cfg.parent)
         except ConfigError:
             continue
     return ports
@@ -349,17 +350,47 @@ def pick_link_port(bind: str) -> int:
     raise SiteError(f"no free link port in {FIRST_LINK_PORT}-{FIRST_LINK_PORT + 999}")
 
 
+# What init writes; any of them without site.toml is a half-made or foreign site.
+SITE_FILES = ("site.toml", "ca.key", "ca.crt", "router.key", "router.crt", "identity.key",
+              "links", "grants.json", "run")
+
+
+def check_init_args(root: Path, name: str, *, host: str, link_port: int | None, bind: str,
+                    advertise: tuple[str, ...] = ()) -> None:
+    """Refuse bad arguments to init (SiteError or ConfigError) before anything is
+    written; the caller may report these as usage errors."""
+    if not NAME_RE.match(name):
+        raise SiteError(f"{name!r} is not a valid site name (letters, digits, '.', '_', '-')")
+    if link_port is not None and not 1 <= link_port <= 65535:
+        raise SiteError(f"--link-port {link_port} is not a valid port")
+    parse_config(Site(root).config_path, dump_config(  # bad --host/--bind/--advertise
+        SiteConfig(name=name, host=host, link_port=link_port or FIRST_LINK_PORT, bind=bind,
+                   advertise=advertise)))
+    owner = claimed_ports().get(link_port or 0)
+    if owner is not None and owner.resolve() != root.resolve():
+        raise SiteError(f"--link-port {link_port} is already the link port of the site "
+                        f"in {owner}")
+
+
+def _check_site_dir(root: Path) -> None:
+    """The site dir must be new, or an empty directory: never overwrite or mix in."""
+    if Site(root).exists():
+        raise SiteError(f"a site already exists at {root}; refusing to overwrite it")
+    if root.exists() and not root.is_dir():
+        raise SiteError(f"{root} exists and is not a directory; refusing to create a site there")
+    stray = [n for n in SITE_FILES if (root / n).exists()] if root.is_dir() else []
+    if stray:
+        raise SiteError(f"{root} holds {', '.join(stray)} but no site.toml (a half-made or "
+                        f"foreign site); refusing to overwrite: remove them or choose another "
+                        f"directory")
+
+
 def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: str,
               advertise: tuple[str, ...] = ()) -> Site:
     """Create a new site directory; refuses to touch an existing one."""
-    if not NAME_RE.match(name):
-        raise SiteError(f"{name!r} is not a valid site name (letters, digits, '.', '_', '-')")
+    check_init_args(root, name, host=host, link_port=link_port, bind=bind, advertise=advertise)
+    _check_site_dir(root)
     site = Site(root)
-    if site.exists():
-        raise SiteError(f"a site already exists at {root}; refusing to overwrite it")
-    parse_config(site.config_path, dump_config(  # bad --host/--advertise: fail before any write
-        SiteConfig(name=name, host=host, link_port=link_port or FIRST_LINK_PORT, bind=bind,
-                   advertise=advertise)))
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     port = link_port if link_port is not None else pick_link_port(bind)
     ca = certs.CertificateAuthority.generate(name)

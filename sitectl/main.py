@@ -21,6 +21,7 @@ from typing import Any
 from certs.errors import CertError
 from router.claim import ClaimError, ClaimRefused, ClaimResult, redeem
 from router.config import (
+    ARGUMENTS,
     ConfigError,
     ConnectorConfig,
     FieldReader,
@@ -31,7 +32,15 @@ from router.config import (
 )
 from router.names import InvalidName, validate_name
 from router.routing.signing import Ed25519Signer, router_id_for
-from router.site import MAX_LINK_COST, LinkSpec, Site, SiteError, init_site, resolve_site_dir
+from router.site import (
+    MAX_LINK_COST,
+    LinkSpec,
+    Site,
+    SiteError,
+    check_init_args,
+    init_site,
+    resolve_site_dir,
+)
 from router.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
 from sitectl.client import NotRunning, RequestFailed, call
 from sitectl.render import render_links, render_network, render_status
@@ -114,6 +123,11 @@ def out(args: argparse.Namespace, data: Any, text: str) -> None:
 # ---- commands
 def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     root = resolve_site_dir(a.site_dir, a.name)
+    try:
+        check_init_args(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
+                        advertise=tuple(a.advertise or ()))
+    except (SiteError, ConfigError) as exc:
+        raise UsageError(str(exc)) from None
     site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
                      advertise=tuple(a.advertise or ()))
     cfg = site.config()
@@ -474,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, SiteError, ConfigError, TokenError, ClaimError, NotRunning,
             RequestFailed, FileProblem, CertError) as exc:
         print(f"sitectl: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, UsageError) else 1
+        # Bad arguments exit 2 (as argparse's own errors do), failures at run time 1.
+        bad_args = isinstance(exc, ConfigError) and exc.source == ARGUMENTS
+        return 2 if isinstance(exc, UsageError) or bad_args else 1
     except OSError as exc:  # a file problem no command translated: still one line
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"sitectl: {where}{exc.strerror or exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from router.net.flow import READ_CHUNK
+from router.net.flow import READ_CHUNK, abort_socket
 from router.net.link import Link
 from router.protocol import FlowError, Open
 from router.routing.forward import ForwardRefused, next_hop_for_open
@@ -146,21 +146,32 @@ def open_transit(router: Router, link: Link, flow_id: int, open_msg: Open) -> No
 
 
 async def splice_sockets(a: trio.SocketStream, b: trio.SocketStream) -> None:
-    """Listener and connector on the same site: pump two sockets, half-close aware."""
+    """Listener and connector on the same site: pump two sockets, half-close aware.
+
+    An end passes on as it happened: EOF as a half-close, a reset (or anything else
+    that stops the pumps early) as a reset of both sockets, so a cut-off transfer
+    never looks complete, as across sites where the flow's RESET does the same."""
+    finished = 0
 
     async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+        nonlocal finished
         try:
             while data := await src.receive_some(READ_CHUNK):
                 await dst.send_all(data)
             await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             nursery.cancel_scope.cancel()
+            return
+        finished += 1
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, a, b)
             nursery.start_soon(pump, b, a)
     finally:
+        if finished < 2:
+            abort_socket(a)
+            abort_socket(b)
         with trio.CancelScope(shield=True):
             await a.aclose()
             await b.aclose()
