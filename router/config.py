@@ -194,7 +194,7 @@ def _advertise(reader: FieldReader) -> tuple[str, ...]:
 
 def _routing_key(reader: FieldReader) -> str:
     key: str = reader.get("key", str)
-    if not KEY_RE.match(key):
+    if not KEY_RE.fullmatch(key):
         raise reader.fail("key", f"{key!r} is not a valid routing key (letters, digits, ._:-)")
     return key
 
@@ -303,7 +303,7 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     r = FieldReader(path, text, "site", site_table)
     r.check_unknown({"name", "host", "link_port", "bind", "metrics_port", "advertise"})
     name = r.get("name", str)
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise r.fail("name", f"{name!r} is not a valid site name (letters, digits, ._-)")
     limits_table = doc.get("limits", {})
     if not isinstance(limits_table, dict):

@@ -359,7 +359,7 @@ def check_init_args(root: Path, name: str, *, host: str, link_port: int | None, 
                     advertise: tuple[str, ...] = ()) -> None:
     """Refuse bad arguments to init (SiteError or ConfigError) before anything is
     written; the caller may report these as usage errors."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise SiteError(f"{name!r} is not a valid site name (letters, digits, '.', '_', '-')")
     if link_port is not None and not 1 <= link_port <= 65535:
         raise SiteError(f"--link-port {link_port} is not a valid port")

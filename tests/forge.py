@@ -4,6 +4,7 @@ package would refuse to make most of them), and a digest of a directory tree."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,14 +66,18 @@ def forge_leaf(
 
 
 def tree_digest(root: Path) -> str:
-    """SHA-256 over every path, mode and file content under `root` (run/ excluded:
-    the router's socket and pid file come and go)."""
+    """SHA-256 over every relative path, its type and mode, and file contents (or symlink
+    target) under `root`; run/ is excluded: the router's socket, pid and lock files are
+    runtime state that comes and goes."""
     h = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if rel.parts[0] == "run":
             continue
-        h.update(str(rel).encode() + b"\0" + oct(path.stat().st_mode).encode() + b"\0")
-        if path.is_file():
+        st = path.lstat()
+        h.update(f"{rel}\0{st.st_mode:o}\0".encode())
+        if path.is_symlink():
+            h.update(os.readlink(path).encode())
+        elif path.is_file():
             h.update(path.read_bytes())
     return h.hexdigest()

@@ -7,7 +7,6 @@ the attacker's own CA, so they pass every check a signature can give.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 import certs
 from router.site import Site as SiteDir
 from router.tokens import MAX_TOKEN_BYTES, GrantStore, Token, TokenError
+from tests.forge import tree_digest
 from tests.harness import Site, site_env
 
 NOW = 1_800_000_000.0
@@ -41,19 +41,6 @@ def signed(*, site: str = "west", endpoints: tuple[tuple[str, int], ...] = (("12
 def edited(**changes: Any) -> bytes:
     doc = json.loads(signed()) | changes
     return json.dumps(doc).encode()
-
-
-def tree_digest(root: Path) -> str:
-    """sha256 over every relative path, its type and mode, and file contents."""
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        st_ = path.lstat()
-        h.update(f"{path.relative_to(root)}\0{st_.st_mode:o}\0".encode())
-        if path.is_file() and not path.is_symlink():
-            h.update(path.read_bytes())
-        elif path.is_symlink():
-            h.update(os.readlink(path).encode())
-    return h.hexdigest()
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -82,7 +82,7 @@ async def tls_streams() -> dict[str, TLSStream]:
     """West (server) and east (client) ends of an mTLS connection over a real socket:
     its kernel buffers fill, so writers really block."""
     ca = certs.CertificateAuthority.generate("west")
-    west_kp, east_kp = ca.issue("west"), ca.issue("east")
+    west_kp, east_kp = ca.issue("west"), ca.issue("east", role=certs.Role.CLIENT)
     a, b = local_pair()
     streams = {
         "west": TLSStream(a, certs.server_context(

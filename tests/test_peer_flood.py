@@ -54,7 +54,7 @@ async def authenticated_peer(site: Site, name: str) -> TLSStream:
     """A link peer with a certificate from the site's own CA, past HELLO; it never reads."""
     ca = certs.CertificateAuthority.from_pem(certs.load_pem(site.dir / "ca.crt"),
                                              certs.load_pem(site.dir / "ca.key"))
-    pair = ca.issue(name)
+    pair = ca.issue(name, role=certs.Role.CLIENT)
     ctx = certs.client_context(cert_pem=pair.cert_pem, key_pem=pair.key_pem, ca_pem=ca.cert_pem)
     sock = await trio.open_tcp_stream("127.0.0.1", site.link_port)
     stream = TLSStream(sock, ctx, server_side=False, server_hostname=site.name)

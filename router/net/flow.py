@@ -135,13 +135,26 @@ class SocketFlow:
     async def run(self, sock: trio.SocketStream) -> None:
         """Pump until both directions finished or the flow is reset; closes `sock`."""
         self._fd = sock.socket.fileno()
+        failure: str | None = None
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._socket_to_link, sock)
                     nursery.start_soon(self._link_to_socket, sock)
+        except trio.Cancelled:
+            failure = "flow cancelled: router shutting down"
+            raise
+        except BaseException:
+            failure = "internal error in this router"
+            raise
         finally:
             self._fd = None
+            if self.reset_reason is None and failure is not None:
+                # Both ends must see a reset, never an EOF that looks like a whole transfer.
+                self.reset_reason = failure
+                if self.link.closed_reason is None:
+                    self.link.conn.reset_flow(self.flow_id, failure)
+                    self.link.kick()
             if self.reset_reason is not None:
                 abort_socket(sock)
                 log.debug("flow %d reset: %s", self.flow_id, self.reset_reason)
