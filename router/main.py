@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import trio
 
 from router.config import ConfigError
 from router.site import Site, SiteError, resolve_site_dir
+
+log = logging.getLogger("router")
 
 
 def setup_logging(site: str, level: str) -> None:
@@ -32,6 +35,19 @@ def running_pid(site: Site) -> int | None:
     return pid
 
 
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: each client, flow target and link is a
+    descriptor, and the soft default (often 1024) is a small fraction of what is
+    allowed. trio uses epoll, so descriptors past FD_SETSIZE are fine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit
+            log.debug("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+    log.debug("descriptor limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def run_router(root: Path, *, log_level: str = "info") -> int:
     from router.daemon import Router
 
@@ -47,6 +63,7 @@ def run_router(root: Path, *, log_level: str = "info") -> int:
               file=sys.stderr)
         return 1
     setup_logging(config.name, log_level)
+    raise_fd_limit()
 
     async def main() -> None:
         router = Router(site, config)

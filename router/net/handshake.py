@@ -24,7 +24,8 @@ from router.protocol import PREFACE, Event, Hello, LinkConnection, LinkLimits, R
 
 log = logging.getLogger("router.handshake")
 
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 10.0  # the whole TLS + HELLO/claim phase of an incoming connection
+FIRST_BYTE_TIMEOUT_S = 2.0  # a TLS client sends its ClientHello at once
 ClaimHandler = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
@@ -120,6 +121,16 @@ async def read_claim(stream: TLSStream, first: bytes) -> bytes:
                 raise HandshakeError("claim truncated")
             buf += chunk
     return bytes(buf[:length])
+
+
+async def wait_first_byte(sock: trio.SocketStream,
+                          timeout: float = FIRST_BYTE_TIMEOUT_S) -> bool:
+    """Wait for a new connection to send something (or to close); False if it stays
+    silent for `timeout` s. Nothing is read or allocated meanwhile."""
+    with trio.move_on_after(timeout):
+        await trio.lowlevel.wait_readable(sock.socket)
+        return True
+    return False
 
 
 async def serve_unauthenticated(stream: TLSStream, on_claim: ClaimHandler) -> None:

@@ -1,0 +1,41 @@
+"""One log line per interval for events that can come in floods (refusals, accept
+failures): a flood must not fill the disk or drown the lines that matter."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+
+class LogThrottle:
+    """Lets one line through per `interval` seconds and counts the ones held back.
+
+    Time is a parameter (`now`), so tests drive it without a clock.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.suppressed = 0
+        self._next: float | None = None
+
+    def admit(self, now: float) -> int | None:
+        """None if this line should be held back; otherwise how many were held back
+        since the last line that got through (which the caller should mention)."""
+        if self._next is not None and now < self._next:
+            self.suppressed += 1
+            return None
+        self._next = now + self.interval
+        held, self.suppressed = self.suppressed, 0
+        return held
+
+    def log(self, logger: logging.Logger, level: int, now: float, msg: str,
+            *args: Any) -> bool:
+        """Log `msg % args` unless held back; True if it was logged."""
+        held = self.admit(now)
+        if held is None:
+            return False
+        if held:
+            logger.log(level, msg + " (and %d more like it since the last report)", *args, held)
+        else:
+            logger.log(level, msg, *args)
+        return True
