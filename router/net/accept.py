@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import trio
 
@@ -27,6 +27,22 @@ LOG_INTERVAL_S = 10.0
 FD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 
 Handler = Callable[[trio.SocketStream], Awaitable[object]]
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+class Listener(Protocol):
+    """What the loop needs of a listener (trio.SocketListener has it): the socket, to
+    see when a client is waiting."""
+
+    @property
+    def socket(self) -> _HasFileno: ...
+
+    async def accept(self) -> trio.SocketStream: ...
+
+    async def aclose(self) -> None: ...
 
 
 class FdReserve:
@@ -72,7 +88,7 @@ class FdReserve:
         self.close()
 
 
-async def _shed_one(listener: trio.SocketListener, reserve: FdReserve) -> bool:
+async def _shed_one(listener: Listener, reserve: FdReserve) -> bool:
     """At the fd limit: accept one waiting client on the spare descriptor and close it.
 
     False if nobody was waiting (after a pause) or there was no spare to use.
@@ -102,7 +118,7 @@ async def _run_handler(handler: Handler, stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def accept_loop(listener: trio.SocketListener, handler: Handler,
+async def accept_loop(listener: Listener, handler: Handler,
                       handler_nursery: trio.Nursery, name: str,
                       reserve: FdReserve | None = None) -> NoReturn:
     """Accept on `listener` forever, starting `handler(stream)` in `handler_nursery`
@@ -110,7 +126,7 @@ async def accept_loop(listener: trio.SocketListener, handler: Handler,
     throttle = LogThrottle(LOG_INTERVAL_S)
     if reserve is not None:
         reserve.refill()
-    async with listener:
+    try:
         while True:
             try:
                 stream = await listener.accept()
@@ -129,9 +145,11 @@ async def accept_loop(listener: trio.SocketListener, handler: Handler,
             if reserve is not None:
                 reserve.refill()
             handler_nursery.start_soon(_run_handler, handler, stream)
+    finally:
+        await listener.aclose()
 
 
-async def serve_listeners(handler: Handler, listeners: list[trio.SocketListener], *,
+async def serve_listeners(handler: Handler, listeners: Sequence[Listener], *,
                           name: str, handler_nursery: trio.Nursery | None = None,
                           reserve: FdReserve | None = None,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
