@@ -19,6 +19,7 @@ from router.net.flow import peer_name
 from router.net.handshake import (
     FIRST_BYTE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
+    FirstByte,
     HandshakeError,
     serve_unauthenticated,
     start_link,
@@ -108,18 +109,17 @@ class LinkManager:
                               listeners, name="link port", reserve=self.router.fd_reserve,
                               task_status=task_status)
 
-    async def _first_byte(self, sock: trio.SocketStream) -> bool:
+    async def _first_byte(self, sock: trio.SocketStream) -> FirstByte:
         """Wait in the bounded waiting room for the connection's first byte."""
         with trio.CancelScope() as scope:
             evicted = self._waiting.enter(scope)
             if evicted is not None:
                 evicted.cancel()
             try:
-                if await wait_first_byte(sock):
-                    return True
+                return await wait_first_byte(sock)
             finally:
                 self._waiting.leave(scope)
-        return False
+        return FirstByte.SILENT  # evicted: it waited longest and said nothing
 
     def _refuse(self, peer_addr: str, reason: str) -> None:
         self._refusals.log(log, logging.WARNING, trio.current_time(),
@@ -128,10 +128,12 @@ class LinkManager:
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
         peer_addr = peer_name(sock)
-        if not await self._first_byte(sock):
+        first = await self._first_byte(sock)
+        if first is FirstByte.SILENT:
             self._silent.log(log, logging.INFO, trio.current_time(),
                              "closed connection from %s: nothing sent in %g s", peer_addr,
                              FIRST_BYTE_TIMEOUT_S)
+        if first is not FirstByte.ARRIVED:
             return
         # Unauthenticated peers must not be able to hold unbounded sockets and memory,
         # nor one address all of them.

@@ -7,7 +7,9 @@ only redeem a token, nothing else.
 
 from __future__ import annotations
 
+import enum
 import logging
+import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -123,14 +125,24 @@ async def read_claim(stream: TLSStream, first: bytes) -> bytes:
     return bytes(buf[:length])
 
 
+class FirstByte(enum.Enum):
+    ARRIVED = "arrived"
+    SILENT = "silent"  # nothing within the deadline
+    CLOSED = "closed"  # the peer closed or reset before sending anything
+
+
 async def wait_first_byte(sock: trio.SocketStream,
-                          timeout: float = FIRST_BYTE_TIMEOUT_S) -> bool:
-    """Wait for a new connection to send something (or to close); False if it stays
-    silent for `timeout` s. Nothing is read or allocated meanwhile."""
+                          timeout: float = FIRST_BYTE_TIMEOUT_S) -> FirstByte:
+    """Wait for a new connection to send something; nothing is read (a one-byte peek)
+    or allocated meanwhile."""
     with trio.move_on_after(timeout):
         await trio.lowlevel.wait_readable(sock.socket)
-        return True
-    return False
+        try:
+            peeked = await sock.socket.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return FirstByte.CLOSED
+        return FirstByte.ARRIVED if peeked else FirstByte.CLOSED
+    return FirstByte.SILENT
 
 
 async def serve_unauthenticated(stream: TLSStream, on_claim: ClaimHandler) -> None:
