@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,7 +28,7 @@ from router.net.handshake import (
     wait_first_byte,
 )
 from router.net.link import Link
-from router.net.logthrottle import LogThrottle
+from router.net.logthrottle import KeyedLogThrottle
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
 from router.site import LinkSpec
@@ -41,7 +42,8 @@ MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim a
 PENDING_PER_SOURCE = MAX_PENDING_HANDSHAKES // 16  # of those, from one address
 # Connections not yet past their first byte: a descriptor and a small task each.
 MAX_WAITING_FOR_FIRST_BYTE = 1024
-REFUSAL_LOG_INTERVAL_S = 10.0
+REFUSAL_LOG_INTERVAL_S = 10.0  # per kind of refusal
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass(slots=True)
@@ -67,8 +69,7 @@ class LinkManager:
         self._rng = random.Random()
         self._slots = HandshakeSlots(MAX_PENDING_HANDSHAKES, PENDING_PER_SOURCE)
         self._waiting: WaitingRoom[trio.CancelScope] = WaitingRoom(MAX_WAITING_FOR_FIRST_BYTE)
-        self._refusals = LogThrottle(REFUSAL_LOG_INTERVAL_S)
-        self._silent = LogThrottle(REFUSAL_LOG_INTERVAL_S)
+        self._refusals = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     # ---- neighbour bookkeeping
     def link_for(self, peer_id: str) -> Link | None:
@@ -122,17 +123,19 @@ class LinkManager:
         return FirstByte.SILENT  # evicted: it waited longest and said nothing
 
     def _refuse(self, peer_addr: str, reason: str) -> None:
-        self._refusals.log(log, logging.WARNING, trio.current_time(),
-                           "refused link attempt from %s: %s", peer_addr, reason)
+        # Reasons that differ only in numbers (sizes, counts) are one kind of line.
+        self._refusals.log(_DIGITS.sub("#", reason), log, logging.WARNING,
+                           trio.current_time(), "refused link attempt from %s: %s",
+                           peer_addr, reason)
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
         peer_addr = peer_name(sock)
         first = await self._first_byte(sock)
         if first is FirstByte.SILENT:
-            self._silent.log(log, logging.INFO, trio.current_time(),
-                             "closed connection from %s: nothing sent in %g s", peer_addr,
-                             FIRST_BYTE_TIMEOUT_S)
+            self._refusals.log("silent", log, logging.INFO, trio.current_time(),
+                               "closed connection from %s: nothing sent in %g s", peer_addr,
+                               FIRST_BYTE_TIMEOUT_S)
         if first is not FirstByte.ARRIVED:
             return
         # Unauthenticated peers must not be able to hold unbounded sockets and memory,

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from router.net.admission import HandshakeSlots, Refusal, WaitingRoom
-from router.net.logthrottle import LogThrottle
+from router.net.logthrottle import KeyedLogThrottle, LogThrottle
 
 
 def test_one_source_gets_only_its_share() -> None:
@@ -79,3 +79,13 @@ def test_throttle_log_mentions_how_many_were_held_back(
         "refused x (and 19 more like it since the last report)",
         "refused x (and 19 more like it since the last report)",
     ]
+
+
+def test_keyed_throttle_keeps_kinds_apart_and_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.throttle")
+    throttle = KeyedLogThrottle(interval=10.0, max_kinds=2)
+    with caplog.at_level(logging.WARNING, logger="test.throttle"):
+        for kind in ("timeout", "timeout", "bad preface", "timeout", "x", "y", "bad preface"):
+            throttle.log(kind, logger, logging.WARNING, 1.0, "%s", kind)
+    # One line per kind; kinds past the first two share one throttle.
+    assert [r.getMessage() for r in caplog.records] == ["timeout", "bad preface", "x"]

@@ -39,3 +39,27 @@ class LogThrottle:
         else:
             logger.log(level, msg, *args)
         return True
+
+
+class KeyedLogThrottle:
+    """A LogThrottle per kind of line, so a flood of one kind does not hide another.
+
+    At most `max_kinds` kinds are tracked (kinds may derive from what a peer sent);
+    the rest share one throttle.
+    """
+
+    def __init__(self, interval: float, max_kinds: int = 64) -> None:
+        self.interval = interval
+        self.max_kinds = max_kinds
+        self._throttles: dict[str, LogThrottle] = {}
+        self._rest = LogThrottle(interval)
+
+    def log(self, kind: str, logger: logging.Logger, level: int, now: float, msg: str,
+            *args: Any) -> bool:
+        throttle = self._throttles.get(kind)
+        if throttle is None:
+            if len(self._throttles) >= self.max_kinds:
+                throttle = self._rest
+            else:
+                throttle = self._throttles[kind] = LogThrottle(self.interval)
+        return throttle.log(logger, level, now, msg, *args)
