@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import resource
 import socket
 from functools import partial
 
@@ -13,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from router.main import raise_fd_limit
 from router.net.accept import LOG_INTERVAL_S, PAUSE_S, FdReserve, accept_loop, serve_listeners
 
 
@@ -163,3 +165,13 @@ async def test_serve_listeners_runs_handlers_in_the_given_nursery(
     for _, theirs in streams:
         assert theirs.recv(1) == b""  # each handler's stream was closed when it ended
         theirs.close()
+
+
+def test_the_router_raises_its_soft_fd_limit_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        raise_fd_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

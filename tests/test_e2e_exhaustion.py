@@ -5,6 +5,8 @@ connections to the link port do not keep a real link out or eat memory."""
 from __future__ import annotations
 
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from tests.services import HashServer, transfer
 MB = 1024 * 1024
 FD_LIMIT = 128
 IDLE_CLIENTS = 300
+RSS_GROWTH_LIMIT_MB = 40
 
 
 def _connect_all(port: int, n: int) -> list[socket.socket]:
@@ -59,7 +62,7 @@ def test_out_of_descriptors_the_router_degrades_and_recovers(solo: Site) -> None
     solo.sitectl("connector", "create", "db", f"127.0.0.1:{server.port}")
     solo.sitectl("listener", "create", "db", str(listen_port))
     wait_for(lambda: solo.key_reachable("db"), what="key db reachable")
-    fds_before = solo.open_fds()
+    fds_before, rss_before = solo.open_fds(), solo.rss_kib()
 
     idle = _connect_all(listen_port, IDLE_CLIENTS)
     try:
@@ -82,6 +85,7 @@ def test_out_of_descriptors_the_router_degrades_and_recovers(solo: Site) -> None
     assert server.results[1].received_hash == sent.sent_hash
     assert sent.received_hash == server.results[1].sent_hash
     assert solo.pid == pid and solo.proc.poll() is None
+    assert (solo.rss_kib() - rss_before) / 1024 < RSS_GROWTH_LIMIT_MB, (rss_before, solo.rss_kib())
     assert int(RouterSite(solo.dir).pid_path.read_text()) == pid
     # One line per accept loop per 10 s, however many accepts failed.
     assert 1 <= _count(solo, "accept failed") <= 6, solo.log_tail()
@@ -92,7 +96,6 @@ def test_out_of_descriptors_the_router_degrades_and_recovers(solo: Site) -> None
 # A TLS record header announcing a ClientHello, and part of one: then nothing.
 PARTIAL_HELLO = bytes.fromhex("16030100c8") + b"\x01\x00\x00\xc4\x03\x03" + bytes(20)
 STALLED = 6  # under the per-source share: the real peer comes from 127.0.0.1 too
-RSS_GROWTH_LIMIT_MB = 40
 
 
 def test_silent_and_stalled_link_connections_do_not_keep_a_link_out(tmp_path: Path) -> None:
@@ -126,3 +129,29 @@ def test_silent_and_stalled_link_connections_do_not_keep_a_link_out(tmp_path: Pa
     finally:
         east.stop()
         west.stop()
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_sitectl_says_in_one_line_that_the_router_hung_up(solo: Site, reset: bool) -> None:
+    """What a router out of descriptors does to a control request (accept and close at
+    once), played by a fake control socket: sitectl prints one line, exit 1."""
+    path = RouterSite(solo.dir).control_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+        server.listen(1)
+
+        def hang_up() -> None:
+            conn, _ = server.accept()
+            if reset:
+                conn.recv(1)  # unread request bytes make the close a reset
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        result = solo.sitectl("status", check=False)
+        thread.join(10)
+    assert result.returncode == 1, result
+    assert result.stderr == ("sitectl: the router of site solo closed the control connection "
+                             "without answering (it may be out of file descriptors)\n")
