@@ -105,23 +105,26 @@ async def _never_called(stream: trio.SocketStream) -> None:
 
 
 class FdLimitedListener(ScriptedListener):
-    """Out of descriptors unless the reserve let its spare go; its socket is readable,
-    as when clients wait in the backlog."""
+    """At the fd limit: one descriptor is free only while the reserve has let its
+    spare go and no client accepted on it is still open. Its socket is readable, as
+    when clients wait in the backlog."""
 
     def __init__(self, reserve: FdReserve, clients: list[trio.SocketStream]) -> None:
         super().__init__([])
         self.reserve = reserve
         self.clients = clients
+        self.accepted: list[trio.SocketStream] = []
         self._feeder.send(b"!")
 
     async def accept(self) -> trio.SocketStream:
         await trio.lowlevel.checkpoint()
         self.calls += 1
-        if self.reserve.held:
+        if self.reserve.held or any(s.socket.fileno() != -1 for s in self.accepted):
             raise OSError(errno.EMFILE, "Too many open files")
         if not self.clients:
             await trio.sleep_forever()
-        return self.clients.pop(0)
+        self.accepted.append(self.clients.pop(0))
+        return self.accepted[-1]
 
 
 async def test_at_the_fd_limit_waiting_clients_are_closed_at_once(
@@ -175,3 +178,31 @@ def test_the_router_raises_its_soft_fd_limit_to_the_hard_limit() -> None:
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_the_control_socket_serves_one_client_at_a_time_on_its_spare(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    pairs = [_stream_pair() for _ in range(3)]
+    served: list[trio.SocketStream] = []
+    gate = trio.Event()
+
+    async def handler(stream: trio.SocketStream) -> None:
+        served.append(stream)
+        await gate.wait()
+
+    with FdReserve() as reserve:
+        listener = FdLimitedListener(reserve, [ours for ours, _ in pairs])
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(accept_loop, listener, handler, nursery, "control", reserve,
+                               True)
+            await trio.sleep(1)
+            assert len(served) == 1 and not reserve.held  # the first one has the spare
+            gate.set()  # handlers now return at once
+            await trio.sleep(1)
+            assert served == [ours for ours, _ in pairs]
+            nursery.cancel_scope.cancel()
+        assert reserve.held
+    for _, theirs in pairs:
+        theirs.close()
+    warnings = _accept_warnings(caplog)
+    assert len(warnings) == 1 and "one client at a time" in warnings[0], warnings

@@ -4,7 +4,8 @@ trio.serve_listeners pauses and retries on EMFILE/ENFILE/ENOMEM/ENOBUFS but logs
 retry (ten lines a second at the limit). These loops pause the same way with one line
 per LOG_INTERVAL_S, and, given an FdReserve, shed waiting clients at the fd limit
 (libuv's trick): accept on the spare descriptor and close at once, so the client
-learns now that it cannot be served instead of hanging in the backlog.
+learns now that it cannot be served instead of hanging in the backlog. The control
+socket instead serves on its spare, one client at a time.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ class Listener(Protocol):
 
 
 class FdReserve:
-    """One spare descriptor, let go for a moment at the fd limit to shed a client.
+    """One spare descriptor, let go at the fd limit to accept a client on.
 
-    One per process is enough: trio runs one task at a time, and the spare is back
-    before the task that let it go yields.
+    One per process is enough for shedding: trio runs one task at a time, and the
+    spare is back before the task that let it go yields.
     """
 
     def __init__(self) -> None:
@@ -88,41 +89,52 @@ class FdReserve:
         self.close()
 
 
-async def _shed_one(listener: Listener, reserve: FdReserve) -> bool:
-    """At the fd limit: accept one waiting client on the spare descriptor and close it.
+async def _accept_on_spare(listener: Listener,
+                           reserve: FdReserve) -> trio.SocketStream | None:
+    """At the fd limit: accept one waiting client on the spare descriptor.
 
-    False if nobody was waiting (after a pause) or there was no spare to use.
+    None (and the spare kept) if nobody was waiting, after a pause, or there was no
+    spare to use.
     """
     with trio.move_on_after(PAUSE_S) as waited:
         await trio.lowlevel.wait_readable(listener.socket)
     if waited.cancelled_caught or not reserve.release():
-        return False
+        return None
+    stream = None
     try:
         # Readable, so accept does not block; the deadline covers a client that reset
         # in between (it leaves the queue), when the spare would be out for too long.
         with trio.move_on_after(PAUSE_S):
             stream = await listener.accept()
-            stream.socket.close()  # synchronous: the descriptor is free for the refill
-            return True
-        return False
     except OSError:
-        return False
+        pass
     finally:
-        reserve.refill()
+        if stream is None:
+            reserve.refill()
+    return stream
 
 
-async def _run_handler(handler: Handler, stream: trio.SocketStream) -> None:
+async def _run_handler(handler: Handler, stream: trio.SocketStream,
+                       spare: FdReserve | None = None) -> None:
     try:
         await handler(stream)
     finally:
         await trio.aclose_forcefully(stream)
+        if spare is not None:
+            spare.refill()  # this client had the spare descriptor
 
 
 async def accept_loop(listener: Listener, handler: Handler,
                       handler_nursery: trio.Nursery, name: str,
-                      reserve: FdReserve | None = None) -> NoReturn:
+                      reserve: FdReserve | None = None, serve_at_limit: bool = False,
+                      ) -> NoReturn:
     """Accept on `listener` forever, starting `handler(stream)` in `handler_nursery`
-    for each client; the handler must not raise (wrap it in `guarded`)."""
+    for each client; the handler must not raise (wrap it in `guarded`).
+
+    At the fd limit, with a `reserve`: shed waiting clients (accept, close at once),
+    or with `serve_at_limit` serve them one at a time on the spare (for the control
+    socket: the moment a router is out of descriptors is when its operator asks).
+    """
     throttle = LogThrottle(LOG_INTERVAL_S)
     if reserve is not None:
         reserve.refill()
@@ -134,12 +146,22 @@ async def accept_loop(listener: Listener, handler: Handler,
                 # Any accept error is about the system or one client, not this loop:
                 # capacity errors (trio's list) and errors a client's connection
                 # passed on before it was accepted. Pause so none becomes a busy loop.
-                shed = (reserve is not None and exc.errno in FD_ERRNOS
-                        and await _shed_one(listener, reserve))
-                what = "closing new clients at once" if shed else f"retrying in {PAUSE_S:g} s"
+                spare = None
+                if reserve is not None and exc.errno in FD_ERRNOS:
+                    spare = await _accept_on_spare(listener, reserve)
+                if spare is None:
+                    what = f"retrying in {PAUSE_S:g} s"
+                elif serve_at_limit:
+                    what = "serving one client at a time on a spare descriptor"
+                    handler_nursery.start_soon(_run_handler, handler, spare, reserve)
+                else:
+                    what = "closing new clients at once"
+                    spare.socket.close()  # synchronous: the descriptor is free to refill
+                    assert reserve is not None
+                    reserve.refill()
                 throttle.log(log, logging.WARNING, trio.current_time(),
                              "%s: accept failed: %s; %s", name, _describe(exc), what)
-                if not shed:
+                if spare is None:
                     await trio.sleep(PAUSE_S)
                 continue
             if reserve is not None:
@@ -151,14 +173,14 @@ async def accept_loop(listener: Listener, handler: Handler,
 
 async def serve_listeners(handler: Handler, listeners: Sequence[Listener], *,
                           name: str, handler_nursery: trio.Nursery | None = None,
-                          reserve: FdReserve | None = None,
+                          reserve: FdReserve | None = None, serve_at_limit: bool = False,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                           ) -> NoReturn:
     """trio.serve_listeners with accept_loop's behaviour at the limits."""
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(accept_loop, listener, handler, handler_nursery or nursery,
-                               name, reserve)
+                               name, reserve, serve_at_limit)
         task_status.started()
     raise AssertionError("accept loops never return")
 
