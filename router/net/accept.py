@@ -19,6 +19,7 @@ from typing import NoReturn, Protocol
 
 import trio
 
+from router.net.flow import abort_socket
 from router.net.logthrottle import LogThrottle
 
 log = logging.getLogger("router.accept")
@@ -156,6 +157,7 @@ async def accept_loop(listener: Listener, handler: Handler,
                     handler_nursery.start_soon(_run_handler, handler, spare, reserve)
                 else:
                     what = "closing new clients at once"
+                    abort_socket(spare)  # a reset: the client knows it was not served
                     spare.socket.close()  # synchronous: the descriptor is free to refill
                     assert reserve is not None
                     reserve.refill()
