@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from router.net.accept import serve_listeners
-from router.net.admission import HandshakeSlots, WaitingRoom
+from router.net.admission import HandshakeSlots, WaitingRoom, source_key
 from router.net.errors import connect_reason, guarded
 from router.net.flow import peer_name
 from router.net.handshake import (
@@ -140,7 +140,7 @@ class LinkManager:
             return
         # Unauthenticated peers must not be able to hold unbounded sockets and memory,
         # nor one address all of them.
-        source = peer_addr.rpartition(":")[0]
+        source = source_key(peer_addr.rpartition(":")[0])
         if not self._slots.try_acquire(source):
             refusal = self._slots.refusal(source)
             self._refuse(peer_addr, f"{refusal.value if refusal else 'no slot'} "

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from router.net.admission import HandshakeSlots, Refusal, WaitingRoom
+from router.net.admission import HandshakeSlots, Refusal, WaitingRoom, source_key
 from router.net.logthrottle import KeyedLogThrottle, LogThrottle
 
 
@@ -44,6 +44,15 @@ def test_release_forgets_a_source_and_rejects_a_double_release() -> None:
         slots.release("a")
     with pytest.raises(ValueError):
         HandshakeSlots(total=4, per_source=5)
+
+
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    assert source_key("192.0.2.7") == "192.0.2.7"
+    assert source_key("::ffff:192.0.2.7") == "192.0.2.7"  # a v4 client on a dual-stack port
+    assert source_key("2001:db8:1:2:aaaa::1") == source_key("2001:db8:1:2:ffff::9")
+    assert source_key("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert source_key("2001:db8:1:3::1") != source_key("2001:db8:1:2::1")
+    assert source_key("?") == "?"  # peer_name could not tell: all such share one key
 
 
 def test_waiting_room_evicts_the_longest_waiter() -> None:

@@ -10,10 +10,25 @@ it waits in a bounded room for a short while.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections import Counter
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def source_key(host: str) -> str:
+    """Whose share a connection from `host` counts against: the IPv4 address, or the
+    IPv6 /64 (one host commonly owns a whole /64, so it could rotate addresses)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class Refusal(enum.Enum):
