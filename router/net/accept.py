@@ -50,8 +50,9 @@ class Listener(Protocol):
 class FdReserve:
     """One spare descriptor, let go at the fd limit to accept a client on.
 
-    One per process is enough for shedding: trio runs one task at a time, and the
-    spare is back before the task that let it go yields.
+    One per process is enough for shedding: a loop has it out only across one accept
+    (trio runs one task at a time, so nothing else takes the freed slot meanwhile),
+    and a loop that finds it out pauses instead.
     """
 
     def __init__(self) -> None:
