@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ import trio
 
 from certs import CertError
 from router.config import ConfigError, FieldReader, connector_from, listener_from
+from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
 from router.site import SiteError
 from router.status import network_status, site_status
@@ -122,6 +124,8 @@ class ControlServer:
     def __init__(self, router: Router, path: Path) -> None:
         self.router = router
         self.path = path
+        # Its own spare: `sitectl status` should work when the router is out of fds.
+        self.reserve = FdReserve()
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -134,14 +138,12 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         sock.listen(64)
-        listener = trio.SocketListener(sock)
         try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                async with listener:
-                    while True:
-                        stream = await listener.accept()
-                        nursery.start_soon(guarded, "control request", self._handle, stream)
+            with self.reserve:
+                await serve_listeners(partial(guarded, "control request", self._handle),
+                                      [trio.SocketListener(sock)], name="control socket",
+                                      reserve=self.reserve, serve_at_limit=True,
+                                      task_status=task_status)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()

@@ -19,6 +19,7 @@ import ssl
 import time
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import trio
@@ -28,6 +29,7 @@ from router.claim import ClaimError, decode_claim_body, refusal_for
 from router.config import ConnectorConfig, ListenerConfig, SiteConfig, port_clash
 from router.control import ControlServer
 from router.links import LinkManager
+from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import connect_reason, guarded
 from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket, peer_name
 from router.net.link import Link
@@ -92,6 +94,7 @@ class Router:
         self._nursery: trio.Nursery | None = None
         self._flows: trio.Nursery | None = None
         self._shutdown = trio.Event()
+        self.fd_reserve = FdReserve()  # shared by every accept loop
 
     # ---- identity and TLS
     @property
@@ -166,6 +169,7 @@ class Router:
                 flows.cancel_scope.cancel()
             root.cancel_scope.cancel()
         self._remove_pid()
+        self.fd_reserve.close()
         log.info("site %s stopped", self.name)
 
     async def _watch_signals(self) -> None:
@@ -278,23 +282,12 @@ class Router:
 
     async def _accept_clients(self, lst: ListenerConfig, sockets: list[trio.SocketListener],
                               scope: trio.CancelScope) -> None:
+        assert self._flows is not None
         with scope:
-            async with trio.open_nursery() as nursery:
-                for sock in sockets:
-                    nursery.start_soon(self._accept_loop, lst, sock)
-
-    async def _accept_loop(self, lst: ListenerConfig, listener: trio.SocketListener) -> None:
-        async with listener:
-            while True:
-                try:
-                    client = await listener.accept()
-                except OSError as exc:
-                    log.warning("listener %s: accept failed: %s", lst.key, exc)
-                    await trio.sleep(0.1)
-                    continue
-                assert self._flows is not None
-                self._flows.start_soon(guarded, f"client of {lst.key}", self._serve_client,
-                                       lst, client)
+            await serve_listeners(partial(guarded, f"client of {lst.key}", self._serve_client,
+                                          lst),
+                                  sockets, name=f"listener {lst.key}",
+                                  handler_nursery=self._flows, reserve=self.fd_reserve)
 
     async def _serve_client(self, lst: ListenerConfig, client: trio.SocketStream) -> None:
         """Try candidates in strategy order until one accepts; then pump. Whatever

@@ -5,16 +5,30 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
+from router.net.accept import serve_listeners
+from router.net.admission import HandshakeSlots, WaitingRoom, source_key
 from router.net.errors import connect_reason, guarded
 from router.net.flow import peer_name
-from router.net.handshake import HandshakeError, serve_unauthenticated, start_link, tls_handshake
+from router.net.handshake import (
+    FIRST_BYTE_TIMEOUT_S,
+    HANDSHAKE_TIMEOUT_S,
+    FirstByte,
+    HandshakeError,
+    serve_unauthenticated,
+    start_link,
+    tls_handshake,
+    wait_first_byte,
+)
 from router.net.link import Link
+from router.net.logthrottle import KeyedLogThrottle
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
 from router.site import LinkSpec
@@ -25,6 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.links")
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim at once
+PENDING_PER_SOURCE = MAX_PENDING_HANDSHAKES // 16  # of those, from one address
+# Connections not yet past their first byte: a descriptor and a small task each.
+MAX_WAITING_FOR_FIRST_BYTE = 1024
+REFUSAL_LOG_INTERVAL_S = 10.0  # per kind of refusal
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass(slots=True)
@@ -48,7 +67,9 @@ class LinkManager:
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
         self._rng = random.Random()
-        self._handshaking = 0
+        self._slots = HandshakeSlots(MAX_PENDING_HANDSHAKES, PENDING_PER_SOURCE)
+        self._waiting: WaitingRoom[trio.CancelScope] = WaitingRoom(MAX_WAITING_FOR_FIRST_BYTE)
+        self._refusals = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     # ---- neighbour bookkeeping
     def link_for(self, peer_id: str) -> Link | None:
@@ -85,48 +106,65 @@ class LinkManager:
     # ---- accepting
     async def serve(self, listeners: list[trio.SocketListener],
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery)
-            task_status.started()
+        await serve_listeners(partial(guarded, "incoming link", self._handle_incoming),
+                              listeners, name="link port", reserve=self.router.fd_reserve,
+                              task_status=task_status)
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        async with listener:
-            while True:
-                try:
-                    sock = await listener.accept()
-                except OSError as exc:  # EMFILE and friends: back off, don't die
-                    log.warning("link port accept failed: %s", exc)
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(guarded, "incoming link", self._handle_incoming, sock)
+    async def _first_byte(self, sock: trio.SocketStream) -> FirstByte:
+        """Wait in the bounded waiting room for the connection's first byte."""
+        with trio.CancelScope() as scope:
+            evicted = self._waiting.enter(scope)
+            if evicted is not None:
+                evicted.cancel()
+            try:
+                return await wait_first_byte(sock)
+            finally:
+                self._waiting.leave(scope)
+        return FirstByte.SILENT  # evicted: it waited longest and said nothing
+
+    def _refuse(self, peer_addr: str, reason: str) -> None:
+        # Reasons that differ only in numbers (sizes, counts) are one kind of line.
+        self._refusals.log(_DIGITS.sub("#", reason), log, logging.WARNING,
+                           trio.current_time(), "refused link attempt from %s: %s",
+                           peer_addr, reason)
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
         peer_addr = peer_name(sock)
-        if self._handshaking >= MAX_PENDING_HANDSHAKES:
-            # Unauthenticated peers must not be able to hold unbounded sockets and memory.
-            log.warning("refused connection from %s: %d handshakes already pending",
-                        peer_addr, self._handshaking)
-            await sock.aclose()
+        first = await self._first_byte(sock)
+        if first is FirstByte.SILENT:
+            self._refusals.log("silent", log, logging.INFO, trio.current_time(),
+                               "closed connection from %s: nothing sent in %g s", peer_addr,
+                               FIRST_BYTE_TIMEOUT_S)
+        if first is not FirstByte.ARRIVED:
+            return
+        # Unauthenticated peers must not be able to hold unbounded sockets and memory,
+        # nor one address all of them.
+        source = source_key(peer_addr.rpartition(":")[0])
+        if not self._slots.try_acquire(source):
+            refusal = self._slots.refusal(source)
+            self._refuse(peer_addr, f"{refusal.value if refusal else 'no slot'} "
+                                    f"({self._slots.pending} pending)")
             return
         stream = TLSStream(sock, router.server_ssl_context(), server_side=True)
         try:
-            self._handshaking += 1
             try:
-                await tls_handshake(stream)
-                if stream.peer_certificate_der() is None:
-                    await serve_unauthenticated(stream, router.on_claim)
-                    return
-                conn, peer, early = await start_link(
-                    stream, role=Role.ACCEPTOR, hello=router.hello(),
-                    limits=router.config.limits, expect_site=None)
-            except (HandshakeError, ProtocolError, trio.TooSlowError,
-                    trio.BrokenResourceError) as exc:
-                log.warning("refused link attempt from %s: %s", peer_addr, exc)
+                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                    await tls_handshake(stream)
+                    if stream.peer_certificate_der() is None:
+                        await serve_unauthenticated(stream, router.on_claim)
+                        return
+                    conn, peer, early = await start_link(
+                        stream, role=Role.ACCEPTOR, hello=router.hello(),
+                        limits=router.config.limits, expect_site=None)
+            except trio.TooSlowError:
+                self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
+                return
+            except (HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
+                self._refuse(peer_addr, str(exc))
                 return
             finally:
-                self._handshaking -= 1
+                self._slots.release(source)
             link = self._make_link(f"in:{peer.site}", "in", stream, conn, peer, 1)
             self.accepted.append(link)
             try:

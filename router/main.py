@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import trio
 import certs
 from router.config import ConfigError, FieldReader
 from router.site import Site, SiteError, resolve_site_dir
+
+log = logging.getLogger("router")
 
 
 def setup_logging(site: str, level: str) -> None:
@@ -69,6 +72,19 @@ def _site_name(site: Site) -> str:
     return site.root.name
 
 
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: each client, flow target and link is a
+    descriptor, and the soft default (often 1024) is a small fraction of what is
+    allowed. trio uses epoll, so descriptors past FD_SETSIZE are fine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit
+            log.debug("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+    log.debug("descriptor limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 def run_router(root: Path, *, log_level: str = "info") -> int:
     site = Site(root)
     try:
@@ -101,6 +117,7 @@ def _run_locked(site: Site, log_level: str) -> int:
         print(f"router: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.name, log_level)
+    raise_fd_limit()
 
     async def main() -> None:
         router = Router(site, config)

@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from router.net.accept import serve_listeners
+from router.net.errors import guarded
 
 if TYPE_CHECKING:
     from router.daemon import Router
@@ -96,4 +100,5 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int,
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await stream.send_all(head + body)
 
-    await trio.serve_listeners(handle, listeners)
+    await serve_listeners(partial(guarded, "metrics request", handle), listeners,
+                          name="metrics")

@@ -16,6 +16,15 @@ class RequestFailed(Exception):
     """The router refused the request; the message is its reason."""
 
 
+class ConnectionLost(RequestFailed):
+    """The router closed (or broke) the control connection before it answered."""
+
+    def __init__(self, site: str = "") -> None:
+        who = f"the router of site {site}" if site else "the router"
+        super().__init__(f"{who} closed the control connection without answering "
+                         f"(it may be out of file descriptors)")
+
+
 def call(path: Path, op: str, args: dict[str, Any] | None = None,
          timeout: float = 30.0) -> dict[str, Any]:
     request = json.dumps({"op": op, "args": args or {}}).encode() + b"\n"
@@ -26,6 +35,10 @@ def call(path: Path, op: str, args: dict[str, Any] | None = None,
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning(str(path)) from None
+        except OSError as exc:  # e.g. EAGAIN: its backlog is full
+            raise RequestFailed(
+                f"cannot connect to the router's control socket: {exc.strerror or exc}"
+            ) from None
         sock.sendall(request)
         buf = bytearray()
         while not buf.endswith(b"\n"):
@@ -35,8 +48,12 @@ def call(path: Path, op: str, args: dict[str, Any] | None = None,
             buf += chunk
     except TimeoutError:
         raise RequestFailed(f"router did not answer within {timeout:g} s") from None
+    except OSError:  # reset, broken pipe, or accepted only to be closed at the fd limit
+        raise ConnectionLost() from None
     finally:
         sock.close()
+    if not buf:
+        raise ConnectionLost()
     try:
         reply = json.loads(buf)
     except ValueError:

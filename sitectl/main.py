@@ -42,7 +42,7 @@ from router.site import (
     resolve_site_dir,
 )
 from router.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
-from sitectl.client import NotRunning, RequestFailed, call
+from sitectl.client import ConnectionLost, NotRunning, RequestFailed, call
 from sitectl.render import render_links, render_network, render_status
 
 EPILOG = """example:
@@ -101,19 +101,27 @@ class Ctx:
 
     def call(self, op: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
-            return call(self.site.control_path, op, args)
+            return self._call(op, args)
         except NotRunning:
-            name = self.site.config().name if self.site.exists() else str(self.root)
             raise NotRunning(
-                f"the router of site {name} is not running (start it with `sitectl run`)"
+                f"the router of site {self._name()} is not running (start it with `sitectl run`)"
             ) from None
 
     def try_call(self, op: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """Call the router if it runs; None if it does not."""
         try:
-            return call(self.site.control_path, op, args)
+            return self._call(op, args)
         except NotRunning:
             return None
+
+    def _call(self, op: str, args: dict[str, Any] | None) -> dict[str, Any]:
+        try:
+            return call(self.site.control_path, op, args)
+        except ConnectionLost:
+            raise ConnectionLost(self._name()) from None
+
+    def _name(self) -> str:
+        return self.site.config().name if self.site.exists() else str(self.root)
 
 
 def out(args: argparse.Namespace, data: Any, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -67,12 +68,19 @@ class Site:
         self.sitectl("init", self.name, "--host", self.host, "--link-port", str(self.link_port))
         return self
 
-    def start(self) -> Site:
+    def start(self, *, rlimit_nofile: int | None = None) -> Site:
+        """Start the router; `rlimit_nofile` caps its descriptors (soft = hard)."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+
+        def limit_fds() -> None:
+            assert rlimit_nofile is not None
+            resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
+
         self.proc = subprocess.Popen(
             [*self.command_prefix(("run",)), sys.executable, "-m", "router",
              "--site-dir", str(self.dir)],
-            env=self.env, stdout=log, stderr=log, cwd=str(ROOT))
+            env=self.env, stdout=log, stderr=log, cwd=str(ROOT),
+            preexec_fn=limit_fds if rlimit_nofile is not None else None)
         log.close()
         wait_for(self._ready, what=f"router {self.name} ready")
         return self
@@ -97,6 +105,9 @@ class Site:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise AssertionError("no VmRSS")
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         if self.proc is None:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from router.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES
-from router.links import MAX_PENDING_HANDSHAKES
+from router.links import PENDING_PER_SOURCE
 from router.net.handshake import HandshakeError, read_claim
 from router.routing import KeyAdvert, NullSigner, RoutingCore, null_verify
 from router.routing.forward import MAX_HOPS, ForwardRefused, next_hop_for_open
@@ -52,21 +52,40 @@ async def test_claim_within_limit_is_read() -> None:
     assert await read_claim(_Chunks(b"hel", b"lo"), header) == b"hello"  # type: ignore[arg-type]
 
 
-def test_pending_handshakes_are_capped(pair: Pair) -> None:
-    """Unauthenticated TCP connections that never handshake hold at most
-    MAX_PENDING_HANDSHAKES slots; the next one is closed at once, and the link and the
-    router keep working."""
-    idle = [socket.create_connection(("127.0.0.1", pair.west.link_port), timeout=10)
-            for _ in range(MAX_PENDING_HANDSHAKES)]
+def _stalled_hello(source: str, port: int) -> socket.socket:
+    """A connection that starts a TLS record (so it takes a handshake slot) and stalls."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    s.sendall(b"\x16")
+    return s
+
+
+def _closed_at_once(s: socket.socket) -> bool:
+    s.settimeout(2)  # a slot holder waits for the rest of its ClientHello for 10 s
+    try:
+        return s.recv(10) == b""
+    except ConnectionResetError:  # closed with our byte unread
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_pending_handshakes_are_capped_per_source(pair: Pair) -> None:
+    """Stalled handshakes from one address hold at most PENDING_PER_SOURCE slots; the
+    next from there is closed at once, another address still gets a slot, and the link
+    and the router keep working."""
+    port = pair.west.link_port
+    stalled = [_stalled_hello("127.0.0.1", port) for _ in range(PENDING_PER_SOURCE)]
     try:
         deadline = time.monotonic() + 15
-        while "handshakes already pending" not in pair.west.log_tail(5):
-            assert time.monotonic() < deadline, "the cap was never reached"
-            with socket.create_connection(("127.0.0.1", pair.west.link_port), timeout=10) as s:
-                assert s.recv(10) == b""  # closed without a handshake
+        while True:
+            with _stalled_hello("127.0.0.1", port) as s:
+                if _closed_at_once(s):
+                    break
+            assert time.monotonic() < deadline, "the per-source share was never reached"
+        with _stalled_hello("127.0.0.2", port) as other:
+            assert not _closed_at_once(other)
         assert pair.east.link_up("west")
     finally:
-        for s in idle:
+        for s in stalled:
             s.close()
     assert pair.west.status()["site"] == "west"
-

@@ -7,7 +7,9 @@ only redeem a token, nothing else.
 
 from __future__ import annotations
 
+import enum
 import logging
+import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable
@@ -24,7 +26,8 @@ from router.protocol import PREFACE, Event, Hello, LinkConnection, LinkLimits, R
 
 log = logging.getLogger("router.handshake")
 
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 10.0  # the whole TLS + HELLO/claim phase of an incoming connection
+FIRST_BYTE_TIMEOUT_S = 2.0  # a TLS client sends its ClientHello at once
 ClaimHandler = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
@@ -135,6 +138,26 @@ async def read_claim(stream: TLSStream, first: bytes) -> bytes:
                 raise HandshakeError("claim truncated")
             buf += chunk
     return bytes(buf[:length])
+
+
+class FirstByte(enum.Enum):
+    ARRIVED = "arrived"
+    SILENT = "silent"  # nothing within the deadline
+    CLOSED = "closed"  # the peer closed or reset before sending anything
+
+
+async def wait_first_byte(sock: trio.SocketStream,
+                          timeout: float = FIRST_BYTE_TIMEOUT_S) -> FirstByte:
+    """Wait for a new connection to send something; nothing is read (a one-byte peek)
+    or allocated meanwhile."""
+    with trio.move_on_after(timeout):
+        await trio.lowlevel.wait_readable(sock.socket)
+        try:
+            peeked = await sock.socket.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return FirstByte.CLOSED
+        return FirstByte.ARRIVED if peeked else FirstByte.CLOSED
+    return FirstByte.SILENT
 
 
 async def serve_unauthenticated(stream: TLSStream, on_claim: ClaimHandler) -> None:

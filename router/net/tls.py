@@ -21,6 +21,7 @@ import trio
 RECV_CHUNK = 256 * 1024
 PLAIN_CHUNK = 256 * 1024
 OUT_CHUNK = 120 * 1024
+HANDSHAKE_CHUNK = 16 * 1024  # one TLS record; allocated per read, under glibc's mmap threshold
 Buffer = bytes | bytearray | memoryview
 
 
@@ -57,10 +58,12 @@ class TLSStream(trio.abc.Stream):
         sock = getattr(transport, "socket", None)
         self._fd: int | None = sock.fileno() if sock is not None else None
         # Reads land in this reusable buffer (readv): recv(256 KiB) would allocate 256 KiB
-        # per call, above glibc's mmap threshold, which costs more than the read.
-        self._rbuf = bytearray(RECV_CHUNK)
+        # per call, above glibc's mmap threshold, which costs more than the read. Both
+        # buffers are made on first use, so a connection that never sends a byte (or
+        # thousands of them) costs no 512 KiB.
+        self._rbuf: bytearray | None = None
         self._more = False
-        self._plain = memoryview(bytearray(PLAIN_CHUNK))
+        self._plain: memoryview | None = None
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -127,18 +130,21 @@ class TLSStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
         else:
             await trio.lowlevel.wait_readable(self._fd)
+        rbuf = self._rbuf
+        if rbuf is None:
+            rbuf = self._rbuf = bytearray(RECV_CHUNK)
         try:
-            n = os.readv(self._fd, [self._rbuf])
+            n = os.readv(self._fd, [rbuf])
         except BlockingIOError:
             self._more = False
             return True
         except OSError as exc:
             raise trio.BrokenResourceError(f"link transport failed: {exc}") from exc
-        self._more = n == len(self._rbuf)
+        self._more = n == RECV_CHUNK
         if not n:
             self._in.write_eof()
             return False
-        self._in.write(memoryview(self._rbuf)[:n])
+        self._in.write(memoryview(rbuf)[:n])
         return True
 
     async def _fill_stream(self) -> bool:
@@ -154,6 +160,24 @@ class TLSStream(trio.abc.Stream):
         self._in.write(data)
         return True
 
+    async def _fill_handshake(self) -> bool:
+        """_fill for the handshake, whose messages are a few KiB: a small read, so a
+        peer that stalls mid-handshake does not cost the 256 KiB buffer."""
+        if self._fd is None:
+            return await self._fill_stream()
+        await trio.lowlevel.wait_readable(self._fd)
+        try:
+            data = os.read(self._fd, HANDSHAKE_CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"link transport failed: {exc}") from exc
+        if not data:
+            self._in.write_eof()
+            return False
+        self._in.write(data)
+        return True
+
     async def do_handshake(self) -> None:
         while True:
             try:
@@ -161,7 +185,7 @@ class TLSStream(trio.abc.Stream):
                 break
             except ssl.SSLWantReadError:
                 await self._flush()
-                if not await self._fill():
+                if not await self._fill_handshake():
                     raise trio.BrokenResourceError(
                         "peer closed the connection during the TLS handshake"
                     ) from None
@@ -179,6 +203,8 @@ class TLSStream(trio.abc.Stream):
         """Decrypted bytes as a view into this stream's buffer, valid until the next
         receive: records are decrypted in place, with no allocation per record."""
         ssl_obj, incoming, plain = self._ssl, self._in, self._plain
+        if plain is None:
+            plain = self._plain = memoryview(bytearray(PLAIN_CHUNK))
         while True:
             total = 0
             # Only call read() when there is something to decrypt: a read that would
