@@ -16,6 +16,7 @@ import trio
 import certs
 from router.config import ConfigError, FieldReader
 from router.site import Site, SiteError, resolve_site_dir
+from router.tokens import TokenError
 
 log = logging.getLogger("router")
 
@@ -125,8 +126,12 @@ def _run_locked(site: Site, log_level: str) -> int:
 
     try:
         trio.run(main)
-    except (RuntimeError, ConfigError, SiteError) as exc:
+    except (RuntimeError, ConfigError, SiteError, TokenError, certs.CertError) as exc:
         print(f"router: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a site file that cannot be read: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"router: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
