@@ -154,6 +154,10 @@ class TLSStream(trio.abc.Stream):
             raise
         except (trio.BrokenResourceError, OSError) as exc:
             raise trio.BrokenResourceError(f"link transport failed: {exc}") from exc
+        return self._feed(data)
+
+    def _feed(self, data: bytes | bytearray) -> bool:
+        """Hand ciphertext to OpenSSL; False at the transport's EOF."""
         if not data:
             self._in.write_eof()
             return False
@@ -172,11 +176,7 @@ class TLSStream(trio.abc.Stream):
             return True
         except OSError as exc:
             raise trio.BrokenResourceError(f"link transport failed: {exc}") from exc
-        if not data:
-            self._in.write_eof()
-            return False
-        self._in.write(data)
-        return True
+        return self._feed(data)
 
     async def do_handshake(self) -> None:
         while True:
