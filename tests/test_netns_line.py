@@ -144,7 +144,9 @@ def test_partition_and_heal(line: Line) -> None:
 
     wait_for(split, timeout=20, what="both halves see the other half unreachable")
     split_s = time.monotonic() - t0
-    assert split_s < 10, f"partition took {split_s:.1f} s to be noticed"
+    # Detection takes dead_after_s = 3 s; the bound leaves room for a loaded 2-core host,
+    # where each poll above is eight sitectl processes (a measurement belongs in bench/).
+    assert split_s < 15, f"partition took {split_s:.1f} s to be noticed"
     assert a.status(network=True)["network"]["keys"].get("east", {}).get("path") is None
     assert d.path("west") is None
     # A client on the cut-off side is turned away, not hung.
