@@ -33,6 +33,7 @@ from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import connect_reason, guarded
 from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket, peer_name
 from router.net.link import Link
+from router.net.logthrottle import KeyedLogThrottle
 from router.net.transit import open_transit, splice_sockets
 from router.protocol import FlowError, Hello, Open
 from router.routing import (
@@ -51,6 +52,9 @@ log = logging.getLogger("router")
 
 ROUTE_ATTEMPTS = 3  # tries per serving site when the path (not the site) failed
 ROUTE_SETTLE_S = 0.05  # wait before retrying, times the attempt number
+# Turned-away clients and refused OPENs come in floods when a backend or the fd table is
+# exhausted: one line per routing key per interval, with a count of the rest.
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 class Outcome(enum.Enum):
@@ -88,6 +92,7 @@ class Router:
         self._listeners: dict[tuple[str, int], trio.CancelScope] = {}
         self.listener_errors: dict[tuple[str, int], str] = {}
         self._connector_turn: Counter[str] = Counter()
+        self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: dict[str, ssl.SSLContext] = {}
         self._routing_wake = trio.Event()
@@ -319,7 +324,9 @@ class Router:
             if not order:
                 reasons.append("no reachable site has a connector for it")
             self.counters.refused += 1
-            log.warning("listener %s: closing client: %s", lst.key, "; ".join(reasons))
+            self._refusal_log.log(lst.key, log, logging.WARNING, trio.current_time(),
+                                  "listener %s: closing client: %s", lst.key,
+                                  "; ".join(reasons))
         finally:
             self.counters.active -= 1
             if not served:
@@ -410,8 +417,9 @@ class Router:
             if flow.reset_reason is not None:  # the opener gave up meanwhile
                 return
             if isinstance(target, str):
-                log.info("refused flow for %s from %s: %s", open_msg.routing_key,
-                         open_msg.origin_site, target)
+                self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
+                                      trio.current_time(), "refused flow for %s from %s: %s",
+                                      open_msg.routing_key, open_msg.origin_site, target)
                 link.release(flow.flow_id)
                 with contextlib.suppress(FlowError):
                     link.conn.refuse_flow(flow.flow_id, target)

@@ -102,6 +102,8 @@ def test_out_of_descriptors_the_router_degrades_and_recovers(solo: Site) -> None
     assert int(RouterSite(solo.dir).pid_path.read_text()) == pid
     # One line per accept loop per 10 s, however many accepts failed.
     assert 1 <= _count(solo, "accept failed") <= 6, solo.log_tail()
+    # Clients turned away for want of descriptors: one line per key per 10 s, not one each.
+    assert _count(solo, "closing client") <= 6, solo.log_tail()
     assert "Traceback" not in solo.log_path.read_text()
     server.close()
 
