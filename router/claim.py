@@ -2,9 +2,14 @@
 
 The redeemer opens TLS to the issuer's link port WITHOUT a client certificate,
 verifying the issuer against the CA in the token, then sends
-    b"VANC" + version (u8) + length (u32) + msgpack {code, csr, site, router_id}
+    b"VANC" + version (u8) + length (u32)
+      + msgpack {code, csr, site, router_id, identity, proof}
 and reads back length (u32) + msgpack {ok, error | cert, site, router_id}. The issuer
 accepts nothing else from an unauthenticated peer, and caps the request size.
+
+`identity` is the redeemer's Ed25519 public key, whose hash is its router id, and
+`proof` its signature over everything the certificate will bind (`claim_transcript`):
+nobody can have a router id certified without holding that router's identity key.
 
 Neither side trusts the other's message: the issuer refuses names that are taken
 (`refusal_for`), and the redeemer checks the reply in full (`check_reply`) before
@@ -25,9 +30,13 @@ from typing import Any
 import msgpack
 
 import certs
+from router.routing.signing import Signer, ed25519_verify, router_id_for
 
 CLAIM_MAGIC = b"VANC"
-CLAIM_VERSION = 2  # 2: the claim carries the redeemer's router id
+CLAIM_VERSION = 2  # 2: the claim carries the redeemer's router id, proven by its key
+_PROOF_CONTEXT = b"vanrouter claim proof v2\0"  # a claim signature is good for nothing else
+_IDENTITY_BYTES = 32  # a raw Ed25519 public key
+_PROOF_BYTES = 64  # an Ed25519 signature
 MAX_CLAIM_BYTES = 32 * 1024
 MAX_REFUSAL_CHARS = 200  # an issuer's refusal reaches the user's terminal: keep it short
 ROUTER_ID_RE = re.compile(r"r[0-9a-f]{16}", re.ASCII)
@@ -62,9 +71,20 @@ class ClaimResult:
     issuer_router_id: str
 
 
-def encode_claim(*, code: bytes, csr_pem: bytes, site: str, router_id: str) -> bytes:
-    body: bytes = msgpack.packb(
-        {"code": code, "csr": csr_pem, "site": site, "router_id": router_id})
+def claim_transcript(*, code: bytes, csr_pem: bytes, site: str, router_id: str) -> bytes:
+    """What the redeemer's identity key signs: everything the certificate will bind,
+    and the code, so a proof cannot be replayed with another token."""
+    packed: bytes = msgpack.packb([code, csr_pem, site, router_id])
+    return _PROOF_CONTEXT + packed
+
+
+def encode_claim(*, code: bytes, csr_pem: bytes, site: str, signer: Signer) -> bytes:
+    router_id = router_id_for(signer.public_key)
+    proof = signer.sign(claim_transcript(code=code, csr_pem=csr_pem, site=site,
+                                         router_id=router_id))
+    body: bytes = msgpack.packb({"code": code, "csr": csr_pem, "site": site,
+                                 "router_id": router_id, "identity": signer.public_key,
+                                 "proof": proof})
     return CLAIM_MAGIC + bytes([CLAIM_VERSION]) + _LEN.pack(len(body)) + body
 
 
@@ -96,6 +116,16 @@ def decode_claim_body(body: bytes) -> Claim:
         raise ClaimError("malformed claim (missing fields or wrong field types)")
     if ROUTER_ID_RE.fullmatch(router_id) is None:
         raise ClaimError("malformed claim (bad router id)")
+    identity, proof = doc.get("identity"), doc.get("proof")
+    if not (isinstance(identity, bytes) and len(identity) == _IDENTITY_BYTES
+            and isinstance(proof, bytes) and len(proof) == _PROOF_BYTES):
+        raise ClaimError("malformed claim (missing or malformed identity key or proof)")
+    if router_id_for(identity) != router_id:
+        raise ClaimError(f"claim refused: router id {router_id} is not that of the "
+                         "identity key presented")
+    transcript = claim_transcript(code=code, csr_pem=csr, site=site, router_id=router_id)
+    if not ed25519_verify(identity, transcript, proof):
+        raise ClaimError(f"claim refused: not signed by the identity key of router {router_id}")
     return Claim(code=code, csr_pem=csr, site=site, router_id=router_id)
 
 
@@ -185,9 +215,11 @@ def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
 
 def redeem(
     *, host: str, port: int, issuer_site: str, ca_pem: bytes, code: bytes, csr_pem: bytes,
-    key_pem: bytes, site: str, router_id: str, now: datetime, timeout: float = 10.0,
+    key_pem: bytes, site: str, signer: Signer, now: datetime, timeout: float = 10.0,
 ) -> ClaimResult:
-    """Blocking client used by sitectl: the issuer's checked reply (see check_reply)."""
+    """Blocking client used by sitectl: the issuer's checked reply (see check_reply).
+    `signer` holds our identity key: it proves the router id we claim."""
+    router_id = router_id_for(signer.public_key)
     ctx = certs.client_context(cert_pem=None, key_pem=None, ca_pem=ca_pem)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
@@ -196,7 +228,7 @@ def redeem(
         raise ClaimError(f"cannot reach site {issuer_site} at {host}:{port}: {reason}") from None
     try:
         with ctx.wrap_socket(raw, server_hostname=issuer_site) as tls:
-            tls.sendall(encode_claim(code=code, csr_pem=csr_pem, site=site, router_id=router_id))
+            tls.sendall(encode_claim(code=code, csr_pem=csr_pem, site=site, signer=signer))
             (length,) = _LEN.unpack(_recv_exact(tls, 4))
             if length > MAX_CLAIM_BYTES:
                 raise ClaimError(f"the issuer's reply is not acceptable: too large "

@@ -31,7 +31,7 @@ from router.config import (
     listener_from,
 )
 from router.names import InvalidName, validate_name
-from router.routing.signing import Ed25519Signer, router_id_for
+from router.routing.signing import Ed25519Signer
 from router.site import (
     MAX_LINK_COST,
     LinkSpec,
@@ -241,14 +241,14 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
         raise UsageError(f"a link named {name} would overwrite files of link {clash} "
                          "(choose another with --name)")
     key_pem, csr_pem = certs.make_csr(cfg.name)
-    router_id = _own_router_id(ctx.site)
+    signer = _own_signer(ctx.site)
     errors: list[str] = []
     result: ClaimResult | None = None
     for host, port in token.endpoints:
         try:
             result = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
                             code=token.code, csr_pem=csr_pem, key_pem=key_pem, site=cfg.name,
-                            router_id=router_id, now=datetime.now(UTC))
+                            signer=signer, now=datetime.now(UTC))
             break
         except ClaimRefused as exc:
             errors.append(str(exc))
@@ -269,12 +269,13 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
     return 0
 
 
-def _own_router_id(site: Site) -> str:
-    """The id our router announces; the issuer binds it into our certificate."""
+def _own_signer(site: Site) -> Ed25519Signer:
+    """Our router's identity key: the claim proves with it the router id that the
+    issuer binds into our certificate."""
     import certs
 
     try:
-        return router_id_for(Ed25519Signer(site.identity_key()).public_key)
+        return Ed25519Signer(site.identity_key())
     except certs.CertError as exc:
         raise SiteError(str(exc)) from None
 

@@ -21,11 +21,13 @@ from router.claim import (
     ClaimError,
     ClaimRefused,
     check_reply,
+    claim_transcript,
     decode_claim_body,
     decode_reply,
     encode_claim,
     refusal_for,
 )
+from router.routing.signing import Ed25519Signer, router_id_for
 from tests.forge import forge_leaf, public_key_of
 
 OUR_ID = "r0123456789abcdef"
@@ -168,9 +170,54 @@ def _refusal(claim: Claim, **kw: Any) -> str | None:
 
 
 def test_claim_round_trip() -> None:
-    wire = encode_claim(code=b"c", csr_pem=b"csr", site="south", router_id=OUR_ID)
-    assert decode_claim_body(wire[9:]) == Claim(code=b"c", csr_pem=b"csr", site="south",
-                                                router_id=OUR_ID)
+    signer = Ed25519Signer.generate()
+    wire = encode_claim(code=b"c", csr_pem=b"csr", site="south", signer=signer)
+    assert decode_claim_body(wire[9:]) == Claim(
+        code=b"c", csr_pem=b"csr", site="south", router_id=router_id_for(signer.public_key))
+
+
+def _claim_doc(signer: Ed25519Signer, **fields: object) -> dict[str, object]:
+    wire = encode_claim(code=b"c" * 32, csr_pem=b"csr", site="south", signer=signer)
+    doc: dict[str, object] = msgpack.unpackb(wire[9:])
+    return doc | fields
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # Someone else's router id, with our own key: the id is not ours to claim.
+    ({"router_id": "r" + "1" * 16}, "is not that of the identity key presented"),
+    # Their key and id, but we cannot sign for them.
+    ({"identity": Ed25519Signer.generate().public_key}, "not signed by the identity key"),
+    # A proof over another claim: the name, CSR and code are what the signature binds.
+    ({"site": "north"}, "not signed by the identity key"),
+    ({"csr": b"another csr"}, "not signed by the identity key"),
+    ({"code": b"d" * 32}, "not signed by the identity key"),
+    ({"proof": bytes(64)}, "not signed by the identity key"),
+    ({"proof": b"short"}, "missing or malformed identity key or proof"),
+    ({"identity": None}, "missing or malformed identity key or proof"),
+    ({"identity": "not bytes"}, "missing or malformed identity key or proof"),
+])
+def test_claim_must_prove_its_router_id(change: dict[str, object], message: str) -> None:
+    signer = Ed25519Signer.generate()
+    doc = _claim_doc(signer, **change)
+    if change.get("identity", b"") is None:
+        del doc["identity"]
+    if "identity" in change and isinstance(change["identity"], bytes):
+        doc["router_id"] = router_id_for(change["identity"])
+    with pytest.raises(ClaimError, match=message):
+        decode_claim_body(msgpack.packb(doc))
+
+
+def test_a_proof_is_good_for_nothing_else() -> None:
+    """The signed transcript starts with its own context, so an identity-key signature
+    made for anything else (a routing record) never passes as a claim proof."""
+    signer = Ed25519Signer.generate()
+    rid = router_id_for(signer.public_key)
+    bare = msgpack.packb([b"c" * 32, b"csr", "south", rid])
+    doc = _claim_doc(signer, proof=signer.sign(bare))
+    with pytest.raises(ClaimError, match="not signed by the identity key"):
+        decode_claim_body(msgpack.packb(doc))
+    assert claim_transcript(code=b"c" * 32, csr_pem=b"csr", site="south",
+                            router_id=rid).endswith(bare)
 
 
 def test_claim_without_router_id_refused() -> None:

@@ -14,10 +14,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgpack
 import pytest
 
 import certs
-from router.claim import CLAIM_MAGIC, ClaimRefused, decode_reply, redeem
+from router.claim import (
+    CLAIM_MAGIC,
+    CLAIM_VERSION,
+    ClaimRefused,
+    claim_transcript,
+    decode_reply,
+    redeem,
+)
 from router.routing.signing import Ed25519Signer, router_id_for
 from router.site import Site as SiteDir
 from router.tokens import Token
@@ -71,21 +79,26 @@ def refused(w: World, redeemer: Site, expected: str, code: int = 1) -> None:
     assert w.grants() == grants  # the token's use was not consumed
 
 
-def raw_claim(w: World, name: str, router_id: str) -> ClaimRefused:
-    """An attacker's own client: a claim for any name, under any router id."""
+def raw_claim(w: World, name: str, signer: Ed25519Signer) -> ClaimRefused:
+    """An attacker's own client: a claim for any name, under the router id of any
+    identity key it holds."""
     token = Token.load(w.token().read_bytes(), now=datetime.now(UTC).timestamp())
     key_pem, csr_pem = certs.make_csr(name)
     grants = w.grants()
     with pytest.raises(ClaimRefused) as info:
         redeem(host="127.0.0.1", port=w.west.link_port, issuer_site="west",
                ca_pem=token.ca_pem, code=token.code, csr_pem=csr_pem, key_pem=key_pem,
-               site=name, router_id=router_id, now=datetime.now(UTC))
+               site=name, signer=signer, now=datetime.now(UTC))
     assert w.grants() == grants
     return info.value
 
 
+def identity(site: Site) -> Ed25519Signer:
+    return Ed25519Signer(SiteDir(site.dir).identity_key())
+
+
 def router_id(site: Site) -> str:
-    return router_id_for(Ed25519Signer(SiteDir(site.dir).identity_key()).public_key)
+    return router_id_for(identity(site).public_key)
 
 
 def test_claim_for_a_linked_site_name_is_refused(world: World) -> None:
@@ -99,15 +112,41 @@ def test_claim_for_the_issuers_own_name_is_refused(world: World) -> None:
     # sitectl itself will not try; the issuer refuses a claim sent by other means.
     refused(world, impostor, "the token was issued by this site (west); "
                              "a site cannot link to itself", code=2)
-    exc = raw_claim(world, "west", router_id(impostor))
+    exc = raw_claim(world, "west", identity(impostor))
     assert str(exc) == "site west refused the token: the name 'west' is this site's own name"
 
 
 def test_claim_under_a_known_router_id_is_refused(world: World) -> None:
+    # Even with east's identity key (stolen), a certificate under another name is refused.
     east_id = router_id(world.east)
-    exc = raw_claim(world, "mallory", east_id)
+    exc = raw_claim(world, "mallory", identity(world.east))
     assert str(exc) == (f"site west refused the token: router {east_id} is known in this "
                         "network as site 'east'")
+
+
+def test_claim_of_a_router_id_without_its_key_is_refused(world: World) -> None:
+    """Without east's identity key, nobody can claim east's router id (or any id it
+    does not hold): the claim's proof is checked before the grant is looked at."""
+    token = Token.load(world.token().read_bytes(), now=datetime.now(UTC).timestamp())
+    _, csr_pem = certs.make_csr("mallory")
+    mine = Ed25519Signer.generate()
+    east_id = router_id(world.east)
+    proof = mine.sign(claim_transcript(code=token.code, csr_pem=csr_pem, site="mallory",
+                                       router_id=east_id))
+    body = msgpack.packb({"code": token.code, "csr": csr_pem, "site": "mallory",
+                          "router_id": east_id, "identity": mine.public_key, "proof": proof})
+    grants = world.grants()
+    ctx = certs.client_context(cert_pem=None, key_pem=None, ca_pem=token.ca_pem)
+    with socket.create_connection(("127.0.0.1", world.west.link_port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="west") as tls:
+        tls.sendall(CLAIM_MAGIC + bytes([CLAIM_VERSION]) + struct.pack(">I", len(body)) + body)
+        reply = b""
+        while chunk := tls.recv(4096):  # the router closes after its one reply
+            reply += chunk
+    assert decode_reply(reply[4:]) == {
+        "ok": False,
+        "error": f"claim refused: router id {east_id} is not that of the identity key presented"}
+    assert world.grants() == grants
 
 
 def test_certificate_from_the_token_cannot_serve_as_west(world: World) -> None:
