@@ -149,7 +149,7 @@ class Router:
                 from router.metrics import make_registry, serve_metrics
 
                 await root.start(serve_metrics, make_registry(self), "127.0.0.1",
-                                 cfg.metrics_port)
+                                 cfg.metrics_port, self.fd_reserve)
             async with trio.open_nursery() as flows:
                 self._flows = flows
                 await root.start(self.links.serve, link_listeners)

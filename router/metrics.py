@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from router.net.accept import serve_listeners
+from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
 
 if TYPE_CHECKING:
@@ -74,7 +74,9 @@ def make_registry(router: Router) -> CollectorRegistry:
 
 
 async def serve_metrics(registry: CollectorRegistry, host: str, port: int,
+                        reserve: FdReserve | None = None,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve /metrics; at the fd limit a scraper is turned away at once on `reserve`."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     task_status.started()
     log.info("metrics on http://%s:%d/metrics", host, port)
@@ -101,4 +103,4 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int,
                 await stream.send_all(head + body)
 
     await serve_listeners(partial(guarded, "metrics request", handle), listeners,
-                          name="metrics")
+                          name="metrics", reserve=reserve)
