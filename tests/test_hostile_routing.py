@@ -119,3 +119,63 @@ def test_max_db_bytes_must_hold_a_message() -> None:
     with pytest.raises(ValueError, match="max_db_bytes"):
         RoutingCore(site="w", signer=Ed25519Signer.generate(), verify=ed25519_verify, now=0.0,
                     max_message_bytes=64 * 1024, max_db_bytes=1024)
+
+
+def test_signature_checks_per_neighbour_are_rate_limited() -> None:
+    """New versions of records that fit the database still each cost a signature check."""
+    checks = 0
+
+    def counting_verify(public_key: bytes, data: bytes, signature: bytes) -> bool:
+        nonlocal checks
+        checks += 1
+        return ed25519_verify(public_key, data, signature)
+
+    c = RoutingCore(site="west", signer=Ed25519Signer.generate(), verify=counting_verify,
+                    now=0.0, max_routers=110, max_new_records_per_s=10.0)
+    c.neighbour_up(PEER, 1, 0.0)
+    signers = [Ed25519Signer.generate() for _ in range(100)]
+
+    def burst(seq: int) -> bytes:
+        items = []
+        for signer in signers:
+            unsigned = RouterRecord(
+                router_id=router_id_for(signer.public_key), site="fake", seq=seq, links=(),
+                keys=(), public_key=signer.public_key, signature=b"")
+            record = dataclasses.replace(unsigned, signature=signer.sign(unsigned.signed_bytes()))
+            items.append((0.0, record.to_wire()))
+        return encode_message(items)
+
+    c.receive(PEER, burst(1), 0.0)  # a whole database at once: the burst (120) allows it
+    assert len(c.records()) == 101 and checks == 100
+    refused = 0
+    for seq in range(2, 50):  # the same routers, new versions, as fast as the link goes
+        try:
+            c.receive(PEER, burst(seq), 1.0)
+        except LimitExceeded as exc:
+            assert "max_new_records_per_s (10) allows" in str(exc)
+            refused += 1
+    assert refused == 48 and checks == 130  # 20 left and 10 for the second: no more
+    assert c.record(router_id_for(signers[0].public_key)).seq == 1  # nothing changed
+    c.receive(PEER, burst(50), 11.0)  # ten seconds later, 100 checks are allowed again
+    assert checks == 230
+    assert c.record(router_id_for(signers[0].public_key)).seq == 50
+    # Redialling does not refill it.
+    c.neighbour_down(PEER, 11.0)
+    c.neighbour_up(PEER, 1, 11.0)
+    with pytest.raises(LimitExceeded, match="max_new_records_per_s"):
+        c.receive(PEER, burst(51), 11.0)
+
+
+def test_what_a_large_database_sends_a_new_neighbour_fits_routing_frames() -> None:
+    """A database past one frame (here a peer's 30 fake routers) is sent in frames a link
+    can carry; batches of up to 4 MiB made every new link fail as it came up."""
+    c = RoutingCore(site="west", signer=Ed25519Signer.generate(), verify=ed25519_verify,
+                    now=0.0)
+    c.neighbour_up(PEER, 1, 0.0)
+    for _ in range(30):
+        c.receive(PEER, fake_router(n_keys=KEYS_PER_FRAME)[1], 1.0)
+    c.outgoing()
+    c.neighbour_up("rnew0000000000000", 1, 2.0)
+    sent = c.outgoing()
+    assert sum(len(p) for _, p in sent) > 20 * CONTROL_FRAME_BYTES
+    assert max(len(p) for _, p in sent) <= CONTROL_FRAME_BYTES

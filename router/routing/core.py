@@ -40,6 +40,11 @@ from .records import (
 from .signing import Signer, VerifyFn, router_id_for
 from .spf import ShortestPaths, shortest_paths
 
+# The largest routing message: what one ROUTING frame carries (the link's max_control_bytes,
+# LinkLimits' default). Larger batches cannot be sent: a database of more than this (a few
+# hundred routers, or a peer's few fake ones) made every new link fail as it came up.
+MAX_MESSAGE_BYTES = 64 * 1024
+
 # Room left in a message for our own record to grow (seq digits) after it was size-checked.
 _OWN_RECORD_SLACK_BYTES = 64
 
@@ -79,6 +84,14 @@ class _Entry:
     expires_at: float  # inf for our own record
 
 
+@dataclass(slots=True)
+class _Budget:
+    """Signature checks a neighbour may still cause: a token bucket refilled with time."""
+
+    tokens: float
+    at: float
+
+
 def _newer(record: RouterRecord, held: _Entry) -> bool:
     if record.seq != held.record.seq:
         return record.seq > held.record.seq
@@ -98,8 +111,9 @@ class RoutingCore:
         max_routers: int = 5000,
         max_links_per_record: int = 1000,
         max_keys_per_record: int = 10_000,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_db_bytes: int = 64 * 1024 * 1024,
+        max_new_records_per_s: float = 1000.0,
     ) -> None:
         if not 0 < refresh_interval < max_age:
             raise ValueError("need 0 < refresh_interval < max_age")
@@ -109,6 +123,8 @@ class RoutingCore:
             raise ValueError("max_message_bytes must be >= 1024")
         if max_db_bytes < max_message_bytes:
             raise ValueError("max_db_bytes must be >= max_message_bytes")
+        if not max_new_records_per_s > 0:
+            raise ValueError("max_new_records_per_s must be > 0")
         self._site = check_str("site", site, 255)
         self._signer = signer
         self._verify = verify
@@ -122,6 +138,14 @@ class RoutingCore:
         # Every router's record may be signed by a key made for the purpose (keys are free),
         # so max_routers alone bounds nothing: 5000 records of 6000 keys each would be 6 GB.
         self._max_db_bytes = max_db_bytes
+        # Each record newer than ours costs a signature check (~60 us), and a peer can send
+        # new versions of its fake routers' records forever while the database stays within
+        # bounds: 1000 checks in a 64 KiB frame, a core busy at 1.5 MB/s, and every router it
+        # floods to checks them too. So a neighbour gets max_new_records_per_s of them, in
+        # bursts of up to a whole database (when a link comes up) and a second's worth.
+        self._max_new_records_per_s = max_new_records_per_s
+        self._max_burst = max_routers + max_new_records_per_s
+        self._budgets: dict[str, _Budget] = {}
 
         self._now = now
         self._seq = 0
@@ -232,6 +256,10 @@ class RoutingCore:
         queue = self._queues.setdefault(peer_id, {})
         for rid in sorted(self._db):
             queue[rid] = self._db[rid]
+        # Kept across neighbour_down, so redialling does not refill it; pruned when large.
+        if peer_id not in self._budgets and len(self._budgets) > self._max_links_per_record:
+            self._budgets = {p: b for p, b in self._budgets.items() if p in self._links}
+        self._budgets.setdefault(peer_id, _Budget(self._max_burst, now))
 
     def neighbour_down(self, peer_id: str, now: float) -> None:
         """The link to `peer_id` is gone; unknown peers are ignored (idempotent)."""
@@ -290,8 +318,9 @@ class RoutingCore:
         """Process a routing message from neighbour `from_peer`.
 
         The whole message is validated before any of it is applied, so on RoutingError nothing
-        changed. Signatures are verified for records that would change our state (newer than
-        held); duplicates and older copies are never stored, so they need no verification.
+        changed but the sender's budget of signature checks (`max_new_records_per_s`).
+        Signatures are verified for records that would change our state (newer than held);
+        duplicates and older copies are never stored, so they need no verification.
         """
         now = self._advance(now)
         if from_peer not in self._links:
@@ -306,6 +335,11 @@ class RoutingCore:
             raise LimitExceeded(
                 f"message holds more records than max_routers ({self._max_routers})"
             )
+        budget = self._budgets[from_peer]
+        budget.tokens = min(
+            self._max_burst, budget.tokens + (now - budget.at) * self._max_new_records_per_s
+        )
+        budget.at = now
         accepted: list[tuple[float, RouterRecord, bytes]] = []
         new_origins: set[str] = set()
         growth: dict[str, int] = {}  # origin -> most it may add to _db_bytes
@@ -316,6 +350,13 @@ class RoutingCore:
             self._check_record(record)
             held = self._db.get(record.router_id)
             if held is None or _newer(record, held):
+                # Spent even if the message is then refused: the checks were done.
+                if budget.tokens < 1:
+                    raise LimitExceeded(
+                        f"more new records than max_new_records_per_s "
+                        f"({self._max_new_records_per_s:g}) allows"
+                    )
+                budget.tokens -= 1
                 if not self._verify(record.public_key, record.signed_bytes(), record.signature):
                     raise ForgedRecord(f"bad signature on record of {record.router_id}")
                 if held is None and age < self._max_age:
