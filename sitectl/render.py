@@ -5,6 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from router.protocol import printable
+
+
+def _t(value: object) -> str:
+    """A field as the terminal may show it: names, keys and reasons come from other
+    sites, and a control or escape sequence in one must not reach the terminal."""
+    return printable(str(value))
+
 
 def _since(epoch: float | None) -> str:
     if not epoch:
@@ -23,8 +31,8 @@ def render_links(links: list[dict[str, Any]]) -> str:
     rows = []
     for link in links:
         arrow = "->" if link.get("direction") == "out" else "<-"
-        line = (f"  {link['name']:<16} {arrow} {link['peer_site']:<14} {link['state']:<10}"
-                f" cost {link.get('cost', 1)}")
+        line = (f"  {_t(link['name']):<16} {arrow} {_t(link['peer_site']):<14}"
+                f" {_t(link['state']):<10} cost {link.get('cost', 1)}")
         if link.get("since") and link["state"] == "up":
             line += f"  for {_since(link['since'])}"
         if link.get("rtt_ms") is not None:
@@ -32,7 +40,7 @@ def render_links(links: list[dict[str, Any]]) -> str:
         if link.get("flows"):
             line += f"  flows {link['flows']}"
         if link.get("error") and link["state"] != "up":
-            line += f"  ({link['error']})"
+            line += f"  ({_t(link['error'])})"
         rows.append(line)
     return "\n".join(rows)
 
@@ -49,21 +57,21 @@ def render_status(st: dict[str, Any]) -> str:
     for lst in st["listeners"] or []:
         state = "reachable" if lst["reachable"] else "NOT REACHABLE"
         if lst.get("error"):
-            state = f"NOT LISTENING: {lst['error']}"
-        lines.append(f"  {lst['key']:<20} {lst['host']}:{lst['port']:<6} {lst['strategy']:<9}"
-                     f" {state}")
+            state = f"NOT LISTENING: {_t(lst['error'])}"
+        lines.append(f"  {_t(lst['key']):<20} {_t(lst['host'])}:{lst['port']:<6}"
+                     f" {_t(lst['strategy']):<9} {state}")
     if not st["listeners"]:
         lines.append("  (none)")
     lines.append("connectors:")
     for con in st["connectors"] or []:
-        lines.append(f"  {con['key']:<20} -> {con['host']}:{con['port']}  priority "
+        lines.append(f"  {_t(con['key']):<20} -> {_t(con['host'])}:{con['port']}  priority "
                      f"{con['priority']} weight {con['weight']}")
     if not st["connectors"]:
         lines.append("  (none)")
     lines.append("routing keys:")
     for key, info in st["keys"].items():
-        where = ", ".join(info["served_by"]) if info["served_by"] else "no site serves it"
-        lines.append(f"  {key:<20} {'reachable' if info['reachable'] else 'unreachable'}: "
+        where = ", ".join(map(_t, info["served_by"])) if info["served_by"] else "no site serves it"
+        lines.append(f"  {_t(key):<20} {'reachable' if info['reachable'] else 'unreachable'}: "
                      f"{where}")
     if not st["keys"]:
         lines.append("  (none)")
@@ -76,15 +84,15 @@ def render_status(st: dict[str, Any]) -> str:
 def render_network(net: dict[str, Any]) -> str:
     lines = ["network sites:"]
     for site in net["sites"]:
-        links = ", ".join(f"{x['peer']} (cost {x['cost']})" for x in site["links"]) or "none"
+        links = ", ".join(f"{_t(x['peer'])} (cost {x['cost']})" for x in site["links"]) or "none"
         reach = f"cost {site['cost']}" if site["reachable"] else "unreachable"
-        lines.append(f"  {site['site']:<16} {reach:<12} links: {links}")
+        lines.append(f"  {_t(site['site']):<16} {reach:<12} links: {links}")
     lines.append("network keys:")
     for key, info in sorted(net["keys"].items()):
         servers = ", ".join(
-            f"{s['site']}(p{s['priority']} w{s['weight']})" for s in info["servers"])
-        path = " -> ".join(info["path"]) if info["path"] else "no path"
-        listeners = ", ".join(info.get("listeners", [])) or "none"
-        lines.append(f"  {key:<20} served by {servers or 'nobody'}; listened on {listeners};"
+            f"{_t(s['site'])}(p{s['priority']} w{s['weight']})" for s in info["servers"])
+        path = " -> ".join(map(_t, info["path"])) if info["path"] else "no path"
+        listeners = ", ".join(map(_t, info.get("listeners", []))) or "none"
+        lines.append(f"  {_t(key):<20} served by {servers or 'nobody'}; listened on {listeners};"
                      f" path {path}")
     return "\n".join(lines)

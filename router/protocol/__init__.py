@@ -18,7 +18,7 @@ from .events import (
     RoutingReceived,
 )
 from .frames import PREFACE, VERSION, FrameType
-from .messages import Accept, GoAway, Hello, Open, Refuse, Reset
+from .messages import Accept, GoAway, Hello, Open, Refuse, Reset, printable
 
 __all__ = [
     "PREFACE",
@@ -50,4 +50,5 @@ __all__ = [
     "Role",
     "RouterError",
     "RoutingReceived",
+    "printable",
 ]

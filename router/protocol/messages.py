@@ -26,6 +26,7 @@ __all__ = [
     "Open",
     "Refuse",
     "Reset",
+    "printable",
     "truncate_reason",
 ]
 
@@ -40,17 +41,33 @@ MAX_KEEPALIVE_SECONDS = 3600.0
 _MSGPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 
 
+def printable(text: str) -> str:
+    """`text` with every character a terminal or a log would act on (controls such as ESC
+    and newline, bidi and other format characters) written as its escape, e.g. ``\\x1b``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def truncate_reason(reason: str) -> str:
     return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "..."
 
 
-def _check_str(name: str, value: object, *, cap: int, nonempty: bool = False) -> None:
+def _check_str(
+    name: str, value: object, *, cap: int, nonempty: bool = False, ident: bool = True
+) -> None:
+    """An ident (a name, key, router id or address) ends up in logs and `sitectl status`
+    as it is, so it may hold no control, format or space character; a reason is text for
+    people and is made printable instead (see `_Reasoned`)."""
     if not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {type(value).__name__}")
     if len(value) > cap:
         raise ValueError(f"{name} is {len(value)} characters, more than {cap}")
     if nonempty and not value:
         raise ValueError(f"{name} must not be empty")
+    if ident and not (value.isprintable() and not any(c.isspace() for c in value)):
+        raise ValueError(f"{name} {value[:40]!r} has a control, format or space "
+                         "character")
 
 
 def _check_int(name: str, value: object, *, lo: int, hi: int) -> None:
@@ -214,7 +231,7 @@ class Accept:
 
 
 def _check_reason(reason: object) -> None:
-    _check_str("reason", reason, cap=MAX_REASON_CHARS)
+    _check_str("reason", reason, cap=MAX_REASON_CHARS, ident=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,6 +243,10 @@ class _Reasoned:
 
     def __post_init__(self) -> None:
         _check_reason(self.reason)
+        # A peer's reason is logged, shown by `sitectl status` and passed on to other
+        # routers in their RESETs: no escape sequence or newline survives it. Escaping
+        # may lengthen it past the cap; cut it back.
+        object.__setattr__(self, "reason", truncate_reason(printable(self.reason)))
 
     def to_wire(self) -> bytes:
         return _pack({"reason": self.reason})

@@ -40,8 +40,26 @@ from .records import (
 from .signing import Signer, VerifyFn, router_id_for
 from .spf import ShortestPaths, shortest_paths
 
+# The largest routing message: what one ROUTING frame carries (the link's max_control_bytes,
+# LinkLimits' default). Larger batches cannot be sent: a database of more than this (a few
+# hundred routers, or a peer's few fake ones) made every new link fail as it came up.
+MAX_MESSAGE_BYTES = 64 * 1024
+
 # Room left in a message for our own record to grow (seq digits) after it was size-checked.
 _OWN_RECORD_SLACK_BYTES = 64
+
+# What a stored record is taken to cost in memory, for `max_db_bytes`: its wire bytes, plus
+# per link, key and listened key the decoded tuple and string, the links dict and key index
+# entries (measured with tracemalloc on CPython 3.11: 160-220 bytes each), plus the entry,
+# record and heap item around them (about 3 KiB measured with few items).
+DB_ITEM_BYTES = 256
+DB_RECORD_BYTES = 4096
+
+
+def stored_bytes(record: RouterRecord, wire: bytes) -> int:
+    """What holding `record` counts against `max_db_bytes`."""
+    items = len(record.links) + len(record.keys) + len(record.listens)
+    return DB_RECORD_BYTES + len(wire) + DB_ITEM_BYTES * items
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,9 +78,18 @@ class Candidate:
 class _Entry:
     record: RouterRecord
     wire: bytes  # encoding as received (ours: canonical), forwarded as is
+    cost: int  # stored_bytes(record, wire)
     links: dict[str, int]
     origin_time: float  # our clock's time when the record had age 0
     expires_at: float  # inf for our own record
+
+
+@dataclass(slots=True)
+class _Budget:
+    """Signature checks a neighbour may still cause: a token bucket refilled with time."""
+
+    tokens: float
+    at: float
 
 
 def _newer(record: RouterRecord, held: _Entry) -> bool:
@@ -84,7 +111,9 @@ class RoutingCore:
         max_routers: int = 5000,
         max_links_per_record: int = 1000,
         max_keys_per_record: int = 10_000,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_db_bytes: int = 64 * 1024 * 1024,
+        max_new_records_per_s: float = 1000.0,
     ) -> None:
         if not 0 < refresh_interval < max_age:
             raise ValueError("need 0 < refresh_interval < max_age")
@@ -92,6 +121,10 @@ class RoutingCore:
             raise ValueError("limits must be >= 1")
         if max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be >= 1024")
+        if max_db_bytes < max_message_bytes:
+            raise ValueError("max_db_bytes must be >= max_message_bytes")
+        if not max_new_records_per_s > 0:
+            raise ValueError("max_new_records_per_s must be > 0")
         self._site = check_str("site", site, 255)
         self._signer = signer
         self._verify = verify
@@ -102,6 +135,17 @@ class RoutingCore:
         self._max_links_per_record = max_links_per_record
         self._max_keys_per_record = max_keys_per_record
         self._max_message_bytes = max_message_bytes
+        # Every router's record may be signed by a key made for the purpose (keys are free),
+        # so max_routers alone bounds nothing: 5000 records of 6000 keys each would be 6 GB.
+        self._max_db_bytes = max_db_bytes
+        # Each record newer than ours costs a signature check (~60 us), and a peer can send
+        # new versions of its fake routers' records forever while the database stays within
+        # bounds: 1000 checks in a 64 KiB frame, a core busy at 1.5 MB/s, and every router it
+        # floods to checks them too. So a neighbour gets max_new_records_per_s of them, in
+        # bursts of up to a whole database (when a link comes up) and a second's worth.
+        self._max_new_records_per_s = max_new_records_per_s
+        self._max_burst = max_routers + max_new_records_per_s
+        self._budgets: dict[str, _Budget] = {}
 
         self._now = now
         self._seq = 0
@@ -110,6 +154,7 @@ class RoutingCore:
         self._listens: tuple[str, ...] = ()
         self._last_originated = now
         self._db: dict[str, _Entry] = {}  # includes our own record
+        self._db_bytes = 0  # sum of the entries' cost
         self._by_wire: dict[bytes, str] = {}  # held wire bytes -> origin: cheap duplicate check
         self._key_index: dict[str, dict[str, KeyAdvert]] = {}
         self._expiry_heap: list[tuple[float, str, int]] = []  # (expires_at, origin, seq), lazy
@@ -139,6 +184,11 @@ class RoutingCore:
     def seq(self) -> int:
         """The sequence number of our current record."""
         return self._seq
+
+    @property
+    def db_bytes(self) -> int:
+        """What the database holds, as counted against max_db_bytes (see `stored_bytes`)."""
+        return self._db_bytes
 
     def neighbours(self) -> dict[str, int]:
         return dict(self._links)
@@ -206,6 +256,10 @@ class RoutingCore:
         queue = self._queues.setdefault(peer_id, {})
         for rid in sorted(self._db):
             queue[rid] = self._db[rid]
+        # Kept across neighbour_down, so redialling does not refill it; pruned when large.
+        if peer_id not in self._budgets and len(self._budgets) > self._max_links_per_record:
+            self._budgets = {p: b for p, b in self._budgets.items() if p in self._links}
+        self._budgets.setdefault(peer_id, _Budget(self._max_burst, now))
 
     def neighbour_down(self, peer_id: str, now: float) -> None:
         """The link to `peer_id` is gone; unknown peers are ignored (idempotent)."""
@@ -264,8 +318,9 @@ class RoutingCore:
         """Process a routing message from neighbour `from_peer`.
 
         The whole message is validated before any of it is applied, so on RoutingError nothing
-        changed. Signatures are verified for records that would change our state (newer than
-        held); duplicates and older copies are never stored, so they need no verification.
+        changed but the sender's budget of signature checks (`max_new_records_per_s`).
+        Signatures are verified for records that would change our state (newer than held);
+        duplicates and older copies are never stored, so they need no verification.
         """
         now = self._advance(now)
         if from_peer not in self._links:
@@ -280,8 +335,14 @@ class RoutingCore:
             raise LimitExceeded(
                 f"message holds more records than max_routers ({self._max_routers})"
             )
+        budget = self._budgets[from_peer]
+        budget.tokens = min(
+            self._max_burst, budget.tokens + (now - budget.at) * self._max_new_records_per_s
+        )
+        budget.at = now
         accepted: list[tuple[float, RouterRecord, bytes]] = []
         new_origins: set[str] = set()
+        growth: dict[str, int] = {}  # origin -> most it may add to _db_bytes
         for age, wire in items:
             if wire in self._by_wire:
                 continue  # exactly a record we hold
@@ -289,13 +350,28 @@ class RoutingCore:
             self._check_record(record)
             held = self._db.get(record.router_id)
             if held is None or _newer(record, held):
+                # Spent even if the message is then refused: the checks were done.
+                if budget.tokens < 1:
+                    raise LimitExceeded(
+                        f"more new records than max_new_records_per_s "
+                        f"({self._max_new_records_per_s:g}) allows"
+                    )
+                budget.tokens -= 1
                 if not self._verify(record.public_key, record.signed_bytes(), record.signature):
                     raise ForgedRecord(f"bad signature on record of {record.router_id}")
                 if held is None and age < self._max_age:
                     new_origins.add(record.router_id)
+                if age < self._max_age and record.router_id != self._router_id:
+                    grows = stored_bytes(record, wire) - (0 if held is None else held.cost)
+                    growth[record.router_id] = max(grows, growth.get(record.router_id, grows))
             accepted.append((age, record, wire))
         if len(self._db) + len(new_origins) > self._max_routers:
             raise LimitExceeded(f"max_routers ({self._max_routers}) would be exceeded")
+        grown = self._db_bytes + sum(max(0, g) for g in growth.values())
+        if grown > self._max_db_bytes:
+            raise LimitExceeded(
+                f"database would hold {grown} bytes, over max_db_bytes ({self._max_db_bytes})"
+            )
         self.messages_received += 1
         self.records_received += len(items)
         for age, record, wire in accepted:
@@ -396,6 +472,7 @@ class RoutingCore:
         entry = _Entry(
             record=record,
             wire=wire,  # forwarded as received: the signature covers the decoded fields
+            cost=stored_bytes(record, wire),
             links=dict(record.links),
             origin_time=origin_time,
             expires_at=origin_time + self._max_age,
@@ -444,9 +521,11 @@ class RoutingCore:
     def _commit_own(self, record: RouterRecord, now: float) -> None:
         self._seq = record.seq
         self._last_originated = now
+        wire = record.to_wire()
         entry = _Entry(
             record=record,
-            wire=record.to_wire(),
+            wire=wire,
+            cost=stored_bytes(record, wire),
             links=dict(record.links),
             origin_time=now,
             expires_at=float("inf"),
@@ -461,7 +540,9 @@ class RoutingCore:
         if old is not None:
             del self._by_wire[old.wire]
             self._unindex_keys(old.record)
+            self._db_bytes -= old.cost
         self._db[rid] = entry
+        self._db_bytes += entry.cost
         self._by_wire[entry.wire] = rid
         for key, priority, weight in entry.record.keys:
             self._key_index.setdefault(key, {})[rid] = KeyAdvert(priority=priority, weight=weight)
@@ -474,6 +555,7 @@ class RoutingCore:
 
     def _remove(self, rid: str) -> None:
         entry = self._db.pop(rid)
+        self._db_bytes -= entry.cost
         del self._by_wire[entry.wire]
         self._unindex_keys(entry.record)
         self._spf = None

@@ -50,10 +50,17 @@ def check_int(what: str, value: object, low: int, high: int) -> int:
 
 
 def check_str(what: str, value: object, max_chars: int) -> str:
+    """Every string in a record is a name: sites, router ids and keys from any router in the
+    network reach `sitectl status --network` and logs, so none may hold a control, format or
+    space character (an escape sequence, a newline, a bidi override)."""
     if type(value) is not str:
         raise MalformedMessage(f"{what} must be a string, got {type(value).__name__}")
     if not 0 < len(value) <= max_chars:
         raise MalformedMessage(f"{what} must have 1 to {max_chars} characters")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise MalformedMessage(
+            f"{what} {value[:40]!a} has a control, format or space character"
+        )
     return value
 
 
