@@ -224,7 +224,10 @@ class Router:
         try:
             self.routing.receive(link.peer_id, payload, trio.current_time())
         except RoutingError as exc:
-            log.warning("routing message from %s dropped: %s", link.peer_site, exc)
+            # A hostile neighbour can send thousands a second: one line per peer per interval.
+            self._refusal_log.log(f"routing:{link.peer_id}", log, logging.WARNING,
+                                  trio.current_time(), "routing message from %s dropped: %s",
+                                  link.peer_site, exc)
         if link.direction == "in":
             self._adopt_cost(link)
         self._flush_routing()
