@@ -67,7 +67,8 @@ class LinkManager:
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
         self._rng = random.Random()
-        self._slots = HandshakeSlots(MAX_PENDING_HANDSHAKES, PENDING_PER_SOURCE)
+        self._slots: HandshakeSlots[trio.CancelScope] = HandshakeSlots(
+            MAX_PENDING_HANDSHAKES, PENDING_PER_SOURCE)
         self._waiting: WaitingRoom[trio.CancelScope] = WaitingRoom(MAX_WAITING_FOR_FIRST_BYTE)
         self._refusals = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
 
@@ -141,30 +142,36 @@ class LinkManager:
         # Unauthenticated peers must not be able to hold unbounded sockets and memory,
         # nor one address all of them.
         source = source_key(peer_addr.rpartition(":")[0])
-        if not self._slots.try_acquire(source):
-            refusal = self._slots.refusal(source)
-            self._refuse(peer_addr, f"{refusal.value if refusal else 'no slot'} "
-                                    f"({self._slots.pending} pending)")
+        refusal = self._slots.refusal(source)
+        if refusal is not None:
+            self._refuse(peer_addr, f"{refusal.value} ({self._slots.pending} pending)")
             return
         stream = TLSStream(sock, router.server_ssl_context(), server_side=True)
         try:
-            try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                    await tls_handshake(stream)
-                    if stream.peer_certificate_der() is None:
-                        await serve_unauthenticated(stream, router.on_claim)
-                        return
-                    conn, peer, early = await start_link(
-                        stream, role=Role.ACCEPTOR, hello=router.hello(),
-                        limits=router.config.limits, expect_site=None)
-            except trio.TooSlowError:
-                self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
+            with trio.CancelScope() as slot:
+                evicted = self._slots.acquire(source, slot)
+                if evicted is not None:
+                    evicted.cancel()  # its handler sees the cancel below and says so
+                try:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                        await tls_handshake(stream)
+                        if stream.peer_certificate_der() is None:
+                            await serve_unauthenticated(stream, router.on_claim)
+                            return
+                        conn, peer, early = await start_link(
+                            stream, role=Role.ACCEPTOR, hello=router.hello(),
+                            limits=router.config.limits, expect_site=None)
+                except trio.TooSlowError:
+                    self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
+                    return
+                except (HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
+                    self._refuse(peer_addr, str(exc))
+                    return
+                finally:
+                    self._slots.release(source, slot)
+            if slot.cancelled_caught:
+                self._refuse(peer_addr, "its handshake slot went to a source holding fewer")
                 return
-            except (HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
-                self._refuse(peer_addr, str(exc))
-                return
-            finally:
-                self._slots.release(source)
             link = self._make_link(f"in:{peer.site}", "in", stream, conn, peer, 1)
             self.accepted.append(link)
             try:
