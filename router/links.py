@@ -123,11 +123,11 @@ class LinkManager:
                 self._waiting.leave(scope)
         return FirstByte.SILENT  # evicted: it waited longest and said nothing
 
-    def _refuse(self, peer_addr: str, reason: str) -> None:
+    def _refuse(self, peer_addr: str, reason: str, what: str = "link attempt") -> None:
         # Reasons that differ only in numbers (sizes, counts) are one kind of line.
-        self._refusals.log(_DIGITS.sub("#", reason), log, logging.WARNING,
-                           trio.current_time(), "refused link attempt from %s: %s",
-                           peer_addr, reason)
+        self._refusals.log(f"{what}: {_DIGITS.sub('#', reason)}", log, logging.WARNING,
+                           trio.current_time(), "refused %s from %s: %s",
+                           what, peer_addr, reason)
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
@@ -156,7 +156,10 @@ class LinkManager:
                     with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                         await tls_handshake(stream)
                         if stream.peer_certificate_der() is None:
-                            await serve_unauthenticated(stream, router.on_claim)
+                            reply = await serve_unauthenticated(stream, router.on_claim)
+                            if reply.get("ok") is not True:
+                                self._refuse(peer_addr, str(reply.get("error")),
+                                             what="token claim")
                             return
                         conn, peer, early = await start_link(
                             stream, role=Role.ACCEPTOR, hello=router.hello(),

@@ -3,15 +3,20 @@ handshakes from many source addresses must not keep a real peer's link down."""
 
 from __future__ import annotations
 
+import secrets
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
+import certs
+from router.claim import ClaimRefused, redeem
 from router.net.admission import Refusal
+from router.routing.signing import Ed25519Signer
 from tests.conftest import Pair
 from tests.harness import wait_for
 
@@ -101,3 +106,32 @@ def test_link_comes_up_under_a_stalled_handshake_flood_from_many_sources(
         assert pair.west.status()["site"] == "west"  # the issuer serves its operator too
     assert took < 20
     assert flood.opened > 300  # it was still retaking slots meanwhile
+
+
+def _wrong_claim(pair: Pair) -> ClaimRefused:
+    key_pem, csr_pem = certs.make_csr("mallory")
+    with pytest.raises(ClaimRefused) as info:
+        redeem(host="127.0.0.1", port=pair.west.link_port, issuer_site="west",
+               ca_pem=(pair.west.dir / "ca.crt").read_bytes(), code=secrets.token_bytes(32),
+               csr_pem=csr_pem, key_pem=key_pem, site="mallory",
+               signer=Ed25519Signer.generate(), now=datetime.now(UTC))
+    return info.value
+
+
+def test_a_flood_of_wrong_claims_costs_a_log_line_per_interval_and_no_disk(
+        pair: Pair) -> None:
+    """Anyone who can reach the link port can send claims with guessed codes as fast as
+    TLS allows. Each is told why; the issuer logs the refusals once per 10 s with who
+    sent them and a count, and never rewrites its grant store for them."""
+    grants = pair.west.dir / "grants.json"
+    before = grants.stat().st_mtime_ns, grants.read_bytes()  # east's token made it
+    log_before = len(pair.west.log_path.read_text().splitlines())
+    refusals = [_wrong_claim(pair) for _ in range(200)]
+    assert {str(r) for r in refusals} == {
+        "site west refused the token: token not recognised by this site (wrong code, or revoked)"}
+    new_lines = pair.west.log_path.read_text().splitlines()[log_before:]
+    about_claims = [line for line in new_lines if "token claim" in line]
+    assert 1 <= len(about_claims) <= 3, about_claims  # 200 before
+    assert "refused token claim from 127.0.0.1:" in about_claims[0]
+    assert (grants.stat().st_mtime_ns, grants.read_bytes()) == before
+    assert pair.east.link_up("west")
