@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from router.net.accept import serve_listeners
-from router.net.admission import HandshakeSlots, WaitingRoom, source_key
+from router.net.admission import HandshakeRate, HandshakeSlots, WaitingRoom, source_key
 from router.net.errors import connect_reason, guarded
 from router.net.flow import peer_name
 from router.net.handshake import (
@@ -40,6 +40,10 @@ log = logging.getLogger("router.links")
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim at once
 PENDING_PER_SOURCE = MAX_PENDING_HANDSHAKES // 16  # of those, from one address
+# Handshakes one address may start: a burst (a NAT with many sites redialling a hub that
+# restarted), then a rate that keeps its share of the router's CPU to about 1%.
+HANDSHAKE_BURST_PER_SOURCE = 40
+HANDSHAKES_PER_SOURCE_PER_S = 10.0
 # Connections not yet past their first byte: a descriptor and a small task each.
 MAX_WAITING_FOR_FIRST_BYTE = 1024
 REFUSAL_LOG_INTERVAL_S = 10.0  # per kind of refusal
@@ -69,6 +73,7 @@ class LinkManager:
         self._rng = random.Random()
         self._slots: HandshakeSlots[trio.CancelScope] = HandshakeSlots(
             MAX_PENDING_HANDSHAKES, PENDING_PER_SOURCE)
+        self._rate = HandshakeRate(HANDSHAKES_PER_SOURCE_PER_S, HANDSHAKE_BURST_PER_SOURCE)
         self._waiting: WaitingRoom[trio.CancelScope] = WaitingRoom(MAX_WAITING_FOR_FIRST_BYTE)
         self._refusals = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
 
@@ -140,8 +145,13 @@ class LinkManager:
         if first is not FirstByte.ARRIVED:
             return
         # Unauthenticated peers must not be able to hold unbounded sockets and memory,
-        # nor one address all of them.
+        # nor one address all of them, nor take the router's CPU with handshakes.
         source = source_key(peer_addr.rpartition(":")[0])
+        if not self._rate.allow(source, trio.current_time()):
+            self._refuse(peer_addr, "this source starts handshakes faster than "
+                                    f"{HANDSHAKES_PER_SOURCE_PER_S:g} a second "
+                                    f"(after a burst of {HANDSHAKE_BURST_PER_SOURCE})")
+            return
         refusal = self._slots.refusal(source)
         if refusal is not None:
             self._refuse(peer_addr, f"{refusal.value} ({self._slots.pending} pending)")

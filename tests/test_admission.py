@@ -7,7 +7,13 @@ import logging
 
 import pytest
 
-from router.net.admission import HandshakeSlots, Refusal, WaitingRoom, source_key
+from router.net.admission import (
+    HandshakeRate,
+    HandshakeSlots,
+    Refusal,
+    WaitingRoom,
+    source_key,
+)
 from router.net.logthrottle import KeyedLogThrottle, LogThrottle
 
 
@@ -136,3 +142,31 @@ def test_keyed_throttle_keeps_kinds_apart_and_bounded(caplog: pytest.LogCaptureF
             throttle.log(kind, logger, logging.WARNING, 1.0, "%s", kind)
     # One line per kind; kinds past the first two share one throttle.
     assert [r.getMessage() for r in caplog.records] == ["timeout", "bad preface", "x"]
+
+
+def test_handshake_rate_allows_a_burst_then_the_rate() -> None:
+    rate = HandshakeRate(rate=10.0, burst=4)
+    assert [rate.allow("a", 0.0) for _ in range(5)] == [True] * 4 + [False]
+    assert rate.allow("b", 0.0)  # another source has its own bucket
+    assert not rate.allow("a", 0.05)  # half a token
+    assert rate.allow("a", 0.1)
+    assert not rate.allow("a", 0.1)
+    # Refused attempts do not push the next one further out: 1 s refills 4 (the burst).
+    assert [rate.allow("a", 1.2) for _ in range(5)] == [True] * 4 + [False]
+
+
+def test_handshake_rate_over_a_long_flood_is_the_rate() -> None:
+    rate = HandshakeRate(rate=10.0, burst=40)
+    allowed = sum(rate.allow("flood", t / 1000) for t in range(60_000))  # 1000/s for 60 s
+    assert 40 + 600 - 1 <= allowed <= 40 + 600 + 1
+
+
+def test_handshake_rate_tracks_a_bounded_number_of_sources() -> None:
+    rate = HandshakeRate(rate=1.0, burst=1, max_sources=3)
+    for source in ("a", "b", "c", "d"):
+        assert rate.allow(source, 0.0)
+    assert len(rate) == 3
+    assert not rate.allow("d", 0.0)  # still tracked
+    assert rate.allow("a", 0.0)  # forgotten (least recently seen): its burst again
+    with pytest.raises(ValueError):
+        HandshakeRate(rate=0.0, burst=1)

@@ -1,11 +1,14 @@
-"""The link port before authentication, attacked end to end: a flood of stalled
-handshakes from many source addresses must not keep a real peer's link down."""
+"""The link port before authentication, attacked end to end: stalled handshakes from
+many addresses, wrong claims, and replayed ClientHellos must not keep a real peer's
+link down, fill the log or take the router's CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import selectors
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ import pytest
 
 import certs
 from router.claim import ClaimRefused, redeem
+from router.links import HANDSHAKE_BURST_PER_SOURCE, HANDSHAKES_PER_SOURCE_PER_S
 from router.net.admission import Refusal
 from router.routing.signing import Ed25519Signer
 from tests.conftest import Pair
@@ -126,12 +130,62 @@ def test_a_flood_of_wrong_claims_costs_a_log_line_per_interval_and_no_disk(
     grants = pair.west.dir / "grants.json"
     before = grants.stat().st_mtime_ns, grants.read_bytes()  # east's token made it
     log_before = len(pair.west.log_path.read_text().splitlines())
-    refusals = [_wrong_claim(pair) for _ in range(200)]
+    # Within one address's burst of handshakes (more would be refused before TLS).
+    refusals = [_wrong_claim(pair) for _ in range(HANDSHAKE_BURST_PER_SOURCE - 5)]
     assert {str(r) for r in refusals} == {
         "site west refused the token: token not recognised by this site (wrong code, or revoked)"}
     new_lines = pair.west.log_path.read_text().splitlines()[log_before:]
     about_claims = [line for line in new_lines if "token claim" in line]
-    assert 1 <= len(about_claims) <= 3, about_claims  # 200 before
+    assert 1 <= len(about_claims) <= 3, about_claims  # one per claim before
     assert "refused token claim from 127.0.0.1:" in about_claims[0]
     assert (grants.stat().st_mtime_ns, grants.read_bytes()) == before
     assert pair.east.link_up("west")
+
+
+def _recorded_client_hello() -> bytes:
+    """A ClientHello to replay: the server does its ECDHE and signature for each copy,
+    the client nothing."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="west")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_one_source_replaying_client_hellos_gets_its_rate_of_handshakes(pair: Pair) -> None:
+    """A source that replays a recorded ClientHello as fast as it can makes the router
+    sign a handshake for a burst and then at the per-source rate; the rest are closed
+    before any TLS work. The link and the operator's status keep working."""
+    hello, port = _recorded_client_hello(), pair.west.link_port
+    served = attempts = 0
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 3.0
+
+    def flood() -> None:
+        nonlocal served, attempts
+        while time.monotonic() < stop_at:
+            got = b""
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5,
+                                              source_address=("127.0.0.2", 0)) as s:
+                    s.sendall(hello)
+                    got = s.recv(65536)  # the server's flight, if it did the work
+            except OSError:
+                pass
+            with lock:
+                attempts += 1
+                served += bool(got)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    took = time.monotonic() - started
+    allowed = HANDSHAKE_BURST_PER_SOURCE + HANDSHAKES_PER_SOURCE_PER_S * took
+    assert attempts > 2 * allowed, (attempts, served)  # it really flooded
+    assert served <= allowed + 5, (attempts, served)
+    assert pair.east.link_up("west")
+    assert pair.west.status()["site"] == "west"

@@ -133,3 +133,42 @@ class WaitingRoom(Generic[T]):
 
     def leave(self, member: T) -> None:
         self._members.pop(member, None)
+
+
+class HandshakeRate:
+    """How many handshakes each source may start: a token bucket per source, `burst`
+    at once and `rate` a second after that. Time is a parameter (`now`).
+
+    The server's part of a TLS 1.3 handshake (ECDHE and a signature) costs about a
+    millisecond of the router's one thread, while a client replaying a recorded
+    ClientHello pays nearly nothing: without a rate, one address took more than half
+    the router's CPU. At most `max_sources` buckets are kept; past that, the least
+    recently seen source's goes, which only ever gives that source its burst again.
+    """
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 4096) -> None:
+        if rate <= 0 or burst < 1 or max_sources < 1:
+            raise ValueError("rate must be positive, burst and max_sources at least 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_sources = max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}  # source: (tokens, at); LRU first
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def _tokens(self, source: str, now: float) -> float:
+        tokens, at = self._buckets.get(source, (float(self.burst), now))
+        return min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
+
+    def allow(self, source: str, now: float) -> bool:
+        """Whether `source` may start a handshake now; if so, it is counted."""
+        tokens = self._tokens(source, now)
+        self._buckets.pop(source, None)
+        allowed = tokens >= 1.0
+        self._buckets[source] = (tokens - 1.0 if allowed else tokens, now)
+        if len(self._buckets) > self.max_sources:
+            # The least recently seen source: most likely refilled, and if not, it only
+            # gets its burst again.
+            del self._buckets[next(iter(self._buckets))]
+        return allowed
