@@ -22,7 +22,8 @@ import re
 import socket
 import ssl
 import struct
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +39,8 @@ _PROOF_CONTEXT = b"vanrouter claim proof v2\0"  # a claim signature is good for 
 _IDENTITY_BYTES = 32  # a raw Ed25519 public key
 _PROOF_BYTES = 64  # an Ed25519 signature
 MAX_CLAIM_BYTES = 32 * 1024
+REDEEM_TIMEOUT_S = 10.0  # one issuer endpoint: connect, TLS, claim and the whole reply
+REDEEM_ALL_TIMEOUT_S = 30.0  # every endpoint of a token (it may list 16)
 MAX_REFUSAL_CHARS = 200  # an issuer's refusal reaches the user's terminal: keep it short
 ROUTER_ID_RE = re.compile(r"r[0-9a-f]{16}", re.ASCII)
 _LEN = struct.Struct(">I")
@@ -203,9 +206,44 @@ def _shown(value: object) -> str:
     return repr(_printable(value)) if isinstance(value, str) else type(value).__name__
 
 
-def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
+class Deadline:
+    """One limit for an exchange of many blocking socket operations.
+
+    A socket timeout bounds each operation alone, so a peer that sends one byte just
+    inside it can stretch a 32 KiB reply over days; each operation is given what is
+    left instead. Time is a parameter (`now`).
+    """
+
+    def __init__(self, seconds: float, *, now: float) -> None:
+        self.seconds = seconds
+        self.at = now + seconds
+
+    def left(self, now: float) -> float | None:
+        """Seconds left, or None once the deadline has passed."""
+        left = self.at - now
+        return left if left > 0 else None
+
+
+class _Budget:
+    """Gives a socket what is left of a Deadline before each operation."""
+
+    def __init__(self, deadline: Deadline, clock: Callable[[], float], expired: str) -> None:
+        self.deadline, self.clock, self.expired = deadline, clock, expired
+
+    def left(self) -> float:
+        left = self.deadline.left(self.clock())
+        if left is None:
+            raise ClaimError(self.expired)
+        return left
+
+    def arm(self, sock: socket.socket) -> None:
+        sock.settimeout(self.left())
+
+
+def _recv_exact(sock: ssl.SSLSocket, n: int, budget: _Budget) -> bytes:
     buf = bytearray()
     while len(buf) < n:
+        budget.arm(sock)
         chunk = sock.recv(min(n - len(buf), 64 * 1024))
         if not chunk:
             raise ClaimError("issuer closed the connection without answering")
@@ -215,31 +253,41 @@ def _recv_exact(sock: ssl.SSLSocket, n: int) -> bytes:
 
 def redeem(
     *, host: str, port: int, issuer_site: str, ca_pem: bytes, code: bytes, csr_pem: bytes,
-    key_pem: bytes, site: str, signer: Signer, now: datetime, timeout: float = 10.0,
+    key_pem: bytes, site: str, signer: Signer, now: datetime,
+    timeout: float = REDEEM_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
 ) -> ClaimResult:
     """Blocking client used by sitectl: the issuer's checked reply (see check_reply).
-    `signer` holds our identity key: it proves the router id we claim."""
+    `signer` holds our identity key: it proves the router id we claim. The whole
+    exchange (connect, TLS, claim, reply) takes at most `timeout` seconds."""
     router_id = router_id_for(signer.public_key)
     ctx = certs.client_context(cert_pem=None, key_pem=None, ca_pem=ca_pem)
+    expired = f"site {issuer_site} at {host}:{port} did not answer within {timeout:g} s"
+    budget = _Budget(Deadline(timeout, now=clock()), clock, expired)
     try:
-        raw = socket.create_connection((host, port), timeout=timeout)
+        raw = socket.create_connection((host, port), timeout=budget.left())
+    except TimeoutError:
+        raise ClaimError(expired) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ClaimError(f"cannot reach site {issuer_site} at {host}:{port}: {reason}") from None
     try:
+        budget.arm(raw)  # CPython bounds a whole TLS handshake, recv or send by it
         with ctx.wrap_socket(raw, server_hostname=issuer_site) as tls:
+            budget.arm(tls)
             tls.sendall(encode_claim(code=code, csr_pem=csr_pem, site=site, signer=signer))
-            (length,) = _LEN.unpack(_recv_exact(tls, 4))
+            (length,) = _LEN.unpack(_recv_exact(tls, 4, budget))
             if length > MAX_CLAIM_BYTES:
                 raise ClaimError(f"the issuer's reply is not acceptable: too large "
                                  f"({length} bytes)")
-            reply = decode_reply(_recv_exact(tls, length))
+            reply = decode_reply(_recv_exact(tls, length, budget))
     except ssl.SSLCertVerificationError as exc:
         raise ClaimError(
             f"the router at {host}:{port} is not site {issuer_site} as the token says "
             f"(certificate check failed: {exc.verify_message}); "
             "the token is foreign or was altered"
         ) from None
+    except TimeoutError:
+        raise ClaimError(expired) from None
     except (ssl.SSLError, OSError) as exc:
         raise ClaimError(f"redeeming at {host}:{port} failed: {exc}") from None
     finally:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from router.net.accept import serve_listeners
-from router.net.admission import HandshakeSlots, WaitingRoom, source_key
+from router.net.admission import HandshakeRate, HandshakeSlots, WaitingRoom, source_key
 from router.net.errors import connect_reason, guarded
 from router.net.flow import peer_name
 from router.net.handshake import (
@@ -40,6 +40,10 @@ log = logging.getLogger("router.links")
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim at once
 PENDING_PER_SOURCE = MAX_PENDING_HANDSHAKES // 16  # of those, from one address
+# Handshakes one address may start: a burst (a NAT with many sites redialling a hub that
+# restarted), then a rate that keeps its share of the router's CPU to about 1%.
+HANDSHAKE_BURST_PER_SOURCE = 40
+HANDSHAKES_PER_SOURCE_PER_S = 10.0
 # Connections not yet past their first byte: a descriptor and a small task each.
 MAX_WAITING_FOR_FIRST_BYTE = 1024
 REFUSAL_LOG_INTERVAL_S = 10.0  # per kind of refusal
@@ -67,7 +71,9 @@ class LinkManager:
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
         self._rng = random.Random()
-        self._slots = HandshakeSlots(MAX_PENDING_HANDSHAKES, PENDING_PER_SOURCE)
+        self._slots: HandshakeSlots[trio.CancelScope] = HandshakeSlots(
+            MAX_PENDING_HANDSHAKES, PENDING_PER_SOURCE)
+        self._rate = HandshakeRate(HANDSHAKES_PER_SOURCE_PER_S, HANDSHAKE_BURST_PER_SOURCE)
         self._waiting: WaitingRoom[trio.CancelScope] = WaitingRoom(MAX_WAITING_FOR_FIRST_BYTE)
         self._refusals = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
 
@@ -122,11 +128,11 @@ class LinkManager:
                 self._waiting.leave(scope)
         return FirstByte.SILENT  # evicted: it waited longest and said nothing
 
-    def _refuse(self, peer_addr: str, reason: str) -> None:
+    def _refuse(self, peer_addr: str, reason: str, what: str = "link attempt") -> None:
         # Reasons that differ only in numbers (sizes, counts) are one kind of line.
-        self._refusals.log(_DIGITS.sub("#", reason), log, logging.WARNING,
-                           trio.current_time(), "refused link attempt from %s: %s",
-                           peer_addr, reason)
+        self._refusals.log(f"{what}: {_DIGITS.sub('#', reason)}", log, logging.WARNING,
+                           trio.current_time(), "refused %s from %s: %s",
+                           what, peer_addr, reason)
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
         router = self.router
@@ -139,32 +145,46 @@ class LinkManager:
         if first is not FirstByte.ARRIVED:
             return
         # Unauthenticated peers must not be able to hold unbounded sockets and memory,
-        # nor one address all of them.
+        # nor one address all of them, nor take the router's CPU with handshakes.
         source = source_key(peer_addr.rpartition(":")[0])
-        if not self._slots.try_acquire(source):
-            refusal = self._slots.refusal(source)
-            self._refuse(peer_addr, f"{refusal.value if refusal else 'no slot'} "
-                                    f"({self._slots.pending} pending)")
+        if not self._rate.allow(source, trio.current_time()):
+            self._refuse(peer_addr, "this source starts handshakes faster than "
+                                    f"{HANDSHAKES_PER_SOURCE_PER_S:g} a second "
+                                    f"(after a burst of {HANDSHAKE_BURST_PER_SOURCE})")
+            return
+        refusal = self._slots.refusal(source)
+        if refusal is not None:
+            self._refuse(peer_addr, f"{refusal.value} ({self._slots.pending} pending)")
             return
         stream = TLSStream(sock, router.server_ssl_context(), server_side=True)
         try:
-            try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
-                    await tls_handshake(stream)
-                    if stream.peer_certificate_der() is None:
-                        await serve_unauthenticated(stream, router.on_claim)
-                        return
-                    conn, peer, early = await start_link(
-                        stream, role=Role.ACCEPTOR, hello=router.hello(),
-                        limits=router.config.limits, expect_site=None)
-            except trio.TooSlowError:
-                self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
+            with trio.CancelScope() as slot:
+                evicted = self._slots.acquire(source, slot)
+                if evicted is not None:
+                    evicted.cancel()  # its handler sees the cancel below and says so
+                try:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                        await tls_handshake(stream)
+                        if stream.peer_certificate_der() is None:
+                            reply = await serve_unauthenticated(stream, router.on_claim)
+                            if reply.get("ok") is not True:
+                                self._refuse(peer_addr, str(reply.get("error")),
+                                             what="token claim")
+                            return
+                        conn, peer, early = await start_link(
+                            stream, role=Role.ACCEPTOR, hello=router.hello(),
+                            limits=router.config.limits, expect_site=None)
+                except trio.TooSlowError:
+                    self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
+                    return
+                except (HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
+                    self._refuse(peer_addr, str(exc))
+                    return
+                finally:
+                    self._slots.release(source, slot)
+            if slot.cancelled_caught:
+                self._refuse(peer_addr, "its handshake slot went to a source holding fewer")
                 return
-            except (HandshakeError, ProtocolError, trio.BrokenResourceError) as exc:
-                self._refuse(peer_addr, str(exc))
-                return
-            finally:
-                self._slots.release(source)
             link = self._make_link(f"in:{peer.site}", "in", stream, conn, peer, 1)
             self.accepted.append(link)
             try:

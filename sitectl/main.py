@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from certs.errors import CertError
-from router.claim import ClaimError, ClaimRefused, ClaimResult, redeem
+from router.claim import (
+    REDEEM_ALL_TIMEOUT_S,
+    REDEEM_TIMEOUT_S,
+    ClaimError,
+    ClaimRefused,
+    ClaimResult,
+    Deadline,
+    redeem,
+)
 from router.config import (
     ARGUMENTS,
     ConfigError,
@@ -244,11 +252,18 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
     signer = _own_signer(ctx.site)
     errors: list[str] = []
     result: ClaimResult | None = None
+    # A token may list 16 endpoints that each answer slowly: one limit for them all.
+    deadline = Deadline(REDEEM_ALL_TIMEOUT_S, now=time.monotonic())
     for host, port in token.endpoints:
+        left = deadline.left(time.monotonic())
+        if left is None:
+            errors.append(f"gave up after {REDEEM_ALL_TIMEOUT_S:g} s")
+            break
         try:
             result = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
                             code=token.code, csr_pem=csr_pem, key_pem=key_pem, site=cfg.name,
-                            signer=signer, now=datetime.now(UTC))
+                            signer=signer, now=datetime.now(UTC),
+                            timeout=min(REDEEM_TIMEOUT_S, left))
             break
         except ClaimRefused as exc:
             errors.append(str(exc))

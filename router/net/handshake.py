@@ -160,8 +160,9 @@ async def wait_first_byte(sock: trio.SocketStream,
     return FirstByte.SILENT
 
 
-async def serve_unauthenticated(stream: TLSStream, on_claim: ClaimHandler) -> None:
-    """A TLS client without a certificate: answer one token claim, then close."""
+async def serve_unauthenticated(stream: TLSStream, on_claim: ClaimHandler) -> dict[str, Any]:
+    """A TLS client without a certificate: answer one token claim, then close.
+    Returns the reply sent (or not read in time: the claim was handled all the same)."""
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT_S):
             first = await stream.receive_some()
@@ -173,3 +174,4 @@ async def serve_unauthenticated(stream: TLSStream, on_claim: ClaimHandler) -> No
     reply = await on_claim(body)
     with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
         await stream.send_all(encode_reply(reply))
+    return reply
