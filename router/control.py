@@ -137,7 +137,7 @@ class ControlServer:
             await sock.bind(str(self.path))
         finally:
             os.umask(old_umask)
-        sock.listen(64)
+        sock.listen(socket.SOMAXCONN)  # many sitectl at once queue, not fail
         try:
             with self.reserve:
                 await serve_listeners(partial(guarded, "control request", self._handle),
@@ -174,6 +174,8 @@ class ControlServer:
             req = json.loads(raw)
         except ValueError:
             raise RequestError("request is not JSON") from None
+        except RecursionError:  # '[' * 60000 is within the size cap
+            raise RequestError("request is nested too deeply") from None
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             raise RequestError("request needs an op")
         handler = HANDLERS.get(req["op"])
@@ -186,4 +188,7 @@ class ControlServer:
             result = await handler(self.router, args)
         except (ConfigError, SiteError, CertError, ValueError, TokenError, RequestError) as exc:
             return {"ok": False, "error": str(exc).replace("request: ", "")}
+        except OSError as exc:  # a site file that cannot be read or written
+            where = f"{exc.filename}: " if exc.filename else ""
+            return {"ok": False, "error": f"{where}{exc.strerror or exc}"}
         return {"ok": True, **result}

@@ -127,7 +127,11 @@ class Site:
         return load_config(self.config_path)
 
     def save_config(self, config: SiteConfig) -> None:
-        save_config(self.config_path, config)
+        try:
+            save_config(self.config_path, config)
+        except OSError as exc:  # disk full, read-only, a directory in the way
+            raise SiteError(f"cannot save {self.config_path}: {exc.strerror or exc}; "
+                            "nothing was changed") from None
 
     def ca(self) -> certs.CertificateAuthority:
         return certs.CertificateAuthority.from_pem(

@@ -1,0 +1,222 @@
+"""The careless user and the local machine: what a live change does when site.toml cannot
+be saved, values the routing record cannot carry, raw control requests with hostile
+arguments, and site files that are not what they seem. Each asserts what the user sees:
+one line and its exit code, the site directory unchanged where nothing should change,
+and the router still answering."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.config import MAX_KEYS_PER_SITE, ConfigError, parse_config
+from router.routing.core import RoutingCore
+from sitectl.client import call
+from tests.forge import tree_digest
+from tests.harness import Site, free_port, site_env
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    s = Site(tmp_path, "west", site_env(tmp_path)).init()
+    yield s
+    s.stop()
+
+
+def _one_line_error(result: Any, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sitectl: "), result.stderr
+    return str(lines[0])
+
+
+def _raw(site: Site, request: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(20)
+        s.connect(str(site.dir / "run" / "control.sock"))
+        s.sendall(request)
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply: dict[str, Any] = json.loads(buf)
+    return reply
+
+
+def _block_saves(site: Site) -> Path:
+    """Make the router's next site.toml write fail the way a full or read-only disk does
+    (as root, permissions would not stop it): a directory where its temp file goes."""
+    blocker = site.dir / f".site.toml.{site.pid}.tmp"
+    blocker.mkdir()
+    return blocker
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ---- values the routing record cannot carry
+@pytest.mark.parametrize("args", [("--priority", "-1"), ("--priority", str(2**31)),
+                                  ("--weight", str(2**31)), ("--weight", "0")])
+def test_connector_out_of_record_range_exits_2_offline_and_live(site: Site,
+                                                               args: tuple[str, str]) -> None:
+    before = tree_digest(site.dir)
+    line = _one_line_error(site.sitectl("connector", "create", "db", "127.0.0.1:5432", *args,
+                                        check=False), 2)
+    assert args[0].lstrip("-") in line
+    assert tree_digest(site.dir) == before
+    site.start()
+    _one_line_error(site.sitectl("connector", "create", "db", "127.0.0.1:5432", *args,
+                                 check=False), 2)
+    reply = _raw(site, json.dumps({"op": "connector.create", "args": {
+        "key": "db", "host": "127.0.0.1", "port": 5432,
+        args[0].lstrip("-"): int(args[1])}}).encode() + b"\n")
+    assert not reply["ok"] and args[0].lstrip("-") in reply["error"]
+    assert tree_digest(site.dir) == before
+    assert site.status()["connectors"] == []
+
+
+def test_hand_edited_priority_refused_at_start_with_one_line(site: Site) -> None:
+    cfg = site.dir / "site.toml"
+    cfg.write_text(cfg.read_text() + '\n[[connector]]\nkey = "db"\nhost = "127.0.0.1"\n'
+                   'port = 5432\npriority = -1\n')
+    result = site.sitectl("run", check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"router: {cfg}:{len(cfg.read_text().splitlines())}: [connector] priority: "
+        f"must be from 0 to {2**31 - 1}, got -1"]
+
+
+def test_summed_weights_of_one_key_are_refused_live_and_nothing_changes(site: Site) -> None:
+    site.start()
+    big = str(2**31 - 1)
+    site.sitectl("connector", "create", "db", "127.0.0.1:5432", "--weight", big)
+    before = tree_digest(site.dir)
+    line = _one_line_error(site.sitectl("connector", "create", "db", "127.0.0.1:5433",
+                                        "--weight", "1", check=False), 1)
+    assert "weights of key 'db' add up past" in line
+    assert tree_digest(site.dir) == before
+    assert [c["port"] for c in site.status()["connectors"]] == [5432]
+    # And the router still advertises and serves changes.
+    site.sitectl("connector", "create", "web", "127.0.0.1:8080")
+
+
+def test_the_key_limit_is_the_routing_cores() -> None:
+    import inspect
+
+    default = inspect.signature(RoutingCore).parameters["max_keys_per_record"].default
+    assert default == MAX_KEYS_PER_SITE
+    body = "".join(f'[[connector]]\nkey = "k{i}"\nhost = "127.0.0.1"\nport = 1\n'
+                   for i in range(MAX_KEYS_PER_SITE + 1))
+    with pytest.raises(ConfigError, match=f"more than {MAX_KEYS_PER_SITE} connector keys"):
+        parse_config(Path("site.toml"), '[site]\nname = "w"\nlink_port = 1\n' + body)
+
+
+# ---- a live change whose save fails leaves the router as site.toml says
+def test_listener_whose_save_fails_is_not_left_listening(site: Site) -> None:
+    site.start()
+    before = tree_digest(site.dir)
+    blocker = _block_saves(site)
+    port = free_port()
+    line = _one_line_error(site.sitectl("listener", "create", "db", str(port), check=False), 1)
+    assert line == (f"sitectl: cannot save {site.dir / 'site.toml'}: Is a directory; "
+                    "nothing was changed")
+    assert site.status()["listeners"] == []
+    assert not _listening(port)
+    blocker.rmdir()
+    assert tree_digest(site.dir) == before
+    site.sitectl("listener", "create", "db", str(port))  # the port was let go
+    assert _listening(port)
+
+
+def test_listener_delete_whose_save_fails_keeps_serving(site: Site) -> None:
+    site.start()
+    port = free_port()
+    site.sitectl("listener", "create", "db", str(port))
+    before = tree_digest(site.dir)
+    blocker = _block_saves(site)
+    _one_line_error(site.sitectl("listener", "delete", "db", check=False), 1)
+    assert [x["port"] for x in site.status()["listeners"]] == [port]
+    assert _listening(port)
+    blocker.rmdir()
+    assert tree_digest(site.dir) == before
+    site.sitectl("listener", "delete", "db")
+    assert not _listening(port)
+
+
+def test_connector_whose_save_fails_says_why_in_one_line(site: Site) -> None:
+    site.start()
+    before = tree_digest(site.dir)
+    blocker = _block_saves(site)
+    line = _one_line_error(site.sitectl("connector", "create", "db", "127.0.0.1:5432",
+                                        check=False), 1)
+    assert "cannot save" in line and "Is a directory" in line
+    assert site.status()["connectors"] == []
+    blocker.rmdir()
+    assert tree_digest(site.dir) == before
+
+
+def test_listener_on_a_port_in_use_or_privileged_changes_nothing(site: Site) -> None:
+    site.start()
+    before = tree_digest(site.dir)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        line = _one_line_error(site.sitectl("listener", "create", "db", str(taken),
+                                            check=False), 1)
+        assert "cannot listen on 127.0.0.1" in line and "in use" in line
+    assert tree_digest(site.dir) == before
+    assert site.status()["listeners"] == []
+
+
+# ---- hostile raw requests
+@pytest.mark.parametrize("request_bytes", [
+    b"[" * 60000 + b"\n",
+    json.dumps({"op": "listener.create", "args": {"key": "db", "port": 10**400}}).encode()
+    + b"\n",
+    json.dumps({"op": "listener.create", "args": {"key": "d\ud800b", "port": 1}}).encode()
+    + b"\n",
+    json.dumps({"op": "connector.create", "args": {"key": ["db"], "host": 1}}).encode()
+    + b"\n",
+    json.dumps({"op": "link.cost", "args": {"name": "x", "cost": 1e308}}).encode() + b"\n",
+    json.dumps({"op": "token.issue", "args": {"expires_s": 60, "uses": 10**30}}).encode()
+    + b"\n",
+    b'{"op": "status", "args": []}\n',
+    b"\xff\xfe\n",
+])
+def test_hostile_request_gets_an_error_and_the_router_lives(site: Site,
+                                                            request_bytes: bytes) -> None:
+    site.start()
+    before = tree_digest(site.dir)
+    reply = _raw(site, request_bytes)
+    assert reply["ok"] is False and isinstance(reply["error"], str) and reply["error"]
+    assert "\n" not in reply["error"]
+    assert tree_digest(site.dir) == before
+    assert site.status()["site"]
+
+
+def test_many_concurrent_requests_are_all_answered(site: Site) -> None:
+    """More sitectl at once than a listen backlog holds: each waits its turn."""
+    site.start()
+    replies: list[dict[str, Any]] = []
+
+    def ask() -> None:
+        replies.append(call(site.dir / "run" / "control.sock", "status"))
+
+    threads = [threading.Thread(target=ask) for _ in range(300)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(replies) == 300 and all(r["ok"] for r in replies)
+
