@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-from router.atomic import write_atomic
+from router.atomic import read_regular, write_atomic
 from router.protocol.frames import MAX_FLOW_ID
 from router.protocol.messages import (
     MAX_FRAME_BYTES,
@@ -326,6 +326,8 @@ def parse_config(path: Path, text: str) -> SiteConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     for top in doc:
         if top not in ("site", "limits", "listener", "connector"):
             raise ConfigError(f"{path}:{_line_of(text, None, top) or ''} unknown section [{top}]")
@@ -369,11 +371,20 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     return config
 
 
+# Far above any real site (10,000 connectors are about 1 MiB), far below what would take
+# tomllib minutes or the router's memory.
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+
+
 def load_config(path: Path) -> SiteConfig:
     try:
-        text = path.read_text()
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {exc.start}") from None
     return parse_config(path, text)
 
 

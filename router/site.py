@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
-from router.atomic import write_atomic
+from router.atomic import read_regular, write_atomic
 from router.config import (
     NAME_RE,
     ConfigError,
@@ -221,7 +221,7 @@ class Site:
         except SiteError as exc:
             raise ConfigError(str(exc)) from None
         try:
-            doc = tomllib.loads(toml_path.read_text())
+            doc = tomllib.loads(read_regular(toml_path, MAX_LINK_FILE_BYTES).decode())
             return _link_from(name, doc)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: "
@@ -231,6 +231,10 @@ class Site:
 
     def link_credentials(self, name: str) -> tuple[bytes, bytes, bytes]:
         _, ca_path, cert_path, key_path = self.link_files(name)
+        for path in (ca_path, cert_path, key_path):
+            # Opening a FIFO would block the router's event loop until a writer came.
+            if path.exists() and not path.is_file():
+                raise SiteError(f"{path} is not a regular file")
         return certs.load_pem(ca_path), certs.load_pem(cert_path), certs.load_pem(key_path)
 
     def link_names(self) -> list[str]:
@@ -255,6 +259,7 @@ class Site:
 
 
 _LINK_FIELDS = {"peer_site", "endpoints", "cost", "peer_router_id"}
+MAX_LINK_FILE_BYTES = 64 * 1024  # a link's toml is a few hundred bytes
 MAX_LINK_COST = 1_000_000
 
 
@@ -321,10 +326,21 @@ def _registry() -> Path:
     return data_home().parent / "known-sites"
 
 
+def _registry_lines() -> list[str]:
+    try:
+        data = read_regular(_registry(), MAX_REGISTRY_BYTES)
+    except OSError as exc:
+        raise SiteError(f"cannot read {_registry()}: {exc.strerror or exc}") from None
+    return data.decode(errors="replace").splitlines()
+
+
+MAX_REGISTRY_BYTES = 1024 * 1024
+
+
 def _remember(root: Path) -> None:
     registry = _registry()
     registry.parent.mkdir(parents=True, exist_ok=True)
-    known = registry.read_text().splitlines() if registry.exists() else []
+    known = _registry_lines() if registry.exists() else []
     alive = [p for p in known if (Path(p) / "site.toml").exists() and p != str(root)]
     write_atomic(registry, ("\n".join([*alive, str(root)]) + "\n").encode())
 
@@ -335,7 +351,7 @@ def claimed_ports() -> dict[int, Path]:
     ports: dict[int, Path] = {}
     paths = set(data_home().glob("*/site.toml"))
     if _registry().exists():
-        paths |= {Path(p) / "site.toml" for p in _registry().read_text().splitlines() if p}
+        paths |= {Path(p) / "site.toml" for p in _registry_lines() if p}
     for cfg in sorted(paths):
         if not cfg.exists():
             continue

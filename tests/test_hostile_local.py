@@ -7,6 +7,7 @@ and the router still answering."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -220,3 +221,48 @@ def test_many_concurrent_requests_are_all_answered(site: Site) -> None:
         t.join()
     assert len(replies) == 300 and all(r["ok"] for r in replies)
 
+
+
+# ---- site files that are not what they seem
+def _fifo(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: (p.unlink(), p.symlink_to("/dev/zero")), "not a regular file"),
+    (_fifo, "not a regular file"),
+    (lambda p: p.write_bytes(p.read_bytes() + b"#" * (9 * 1024 * 1024)), "larger than"),
+    (lambda p: p.write_bytes(p.read_bytes() + b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n"),
+     "nested too deeply"),
+    (lambda p: p.write_bytes(p.read_bytes() + b'x = "\xff"\n'), "not UTF-8"),
+])
+def test_odd_site_toml_is_one_line_for_sitectl_and_the_router(site: Site, make: Any,
+                                                              why: str) -> None:
+    make(site.dir / "site.toml")
+    before = tree_digest(site.dir)
+    for args, code in ((("connector", "list"), 1), (("connector", "create", "db", "h:1"), 1),
+                       (("status",), 1)):
+        line = _one_line_error(site.sitectl(*args, check=False, timeout=20), code)
+        assert why in line, line
+    result = site.sitectl("run", check=False, timeout=20)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and why in result.stderr
+    assert tree_digest(site.dir) == before
+
+
+@pytest.mark.parametrize("which", ["toml", "crt"])
+def test_link_file_that_is_a_fifo_does_not_freeze_the_router(site: Site, which: str) -> None:
+    site.start()
+    links = site.dir / "links"
+    links.mkdir(exist_ok=True)
+    (links / "evil.toml").write_text('peer_site = "evil"\nendpoints = ["127.0.0.1:1"]\n')
+    (links / "evil-ca.crt").write_bytes(b"x")
+    (links / "evil.key").write_bytes(b"x")
+    _fifo(links / f"evil.{which}")
+    reply = _raw(site, b'{"op": "link.add", "args": {"name": "evil"}}\n')
+    if which == "toml":
+        assert not reply["ok"] and "not a regular file" in reply["error"]
+    # The dialler meets the FIFO certificate and says so; the router keeps answering.
+    assert site.status()["site"] == "west"
+    site.sitectl("connector", "create", "db", "127.0.0.1:5432")
