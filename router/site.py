@@ -11,11 +11,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import socket
 import tempfile
+import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +42,9 @@ from router.config import (
 from router.names import InvalidName, parse_endpoint, validate_name, validate_router_id
 
 FIRST_LINK_PORT = 55671
+# An offline edit holds the edit lock for milliseconds and a starting router for about
+# a second; a live call under it is bounded by sitectl's own timeout.
+EDIT_LOCK_WAIT_S = 45.0
 ENV_SITE_DIR = "SITECTL_SITE_DIR"
 
 
@@ -113,6 +121,43 @@ class Site:
             return path
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
         return Path(f"/tmp/vanrouter-{os.getuid()}") / f"{digest}.sock"
+
+    @contextlib.contextmanager
+    def edit_lock(self, wait: float = EDIT_LOCK_WAIT_S) -> Iterator[None]:
+        """Serialize changes to the site's files: an offline edit holds it from reading
+        site.toml (and links/) to saving, a starting router from reading them until its
+        control socket answers. So an edit either reaches site.toml before a router reads
+        it, or finds the router answering and goes through it; none is lost to another
+        edit's or the router's save of what it read before."""
+        fd = self._open_edit_lock()
+        if fd is None:  # nobody can write here, so no edit can be lost either
+            yield
+            return
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SiteError(f"site {self.root} is busy (another sitectl or a "
+                                        f"starting router holds {self.run_dir}/edit.lock "
+                                        f"for over {wait:g} s); try again") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
+
+    def _open_edit_lock(self) -> int | None:
+        try:
+            self.run_dir.mkdir(mode=0o700, exist_ok=True)
+            return os.open(self.run_dir / "edit.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                           0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                return None
+            raise
 
     def exists(self) -> bool:
         return self.config_path.exists()

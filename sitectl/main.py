@@ -29,6 +29,8 @@ from router.config import (
     SiteConfig,
     connector_from,
     listener_from,
+    port_clash,
+    services_problem,
 )
 from router.names import InvalidName, validate_name
 from router.routing.signing import Ed25519Signer
@@ -312,44 +314,63 @@ def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
 
 def cmd_link_delete(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
-    if ctx.try_call("link.delete", {"name": a.name}) is None:
-        if a.name not in ctx.site.link_names():
-            raise UsageError(f"no link named {a.name!r}")
-        ctx.site.delete_link(a.name)
+    with ctx.site.edit_lock():
+        if ctx.try_call("link.delete", {"name": a.name}) is None:
+            if a.name not in ctx.site.link_names():
+                raise UsageError(f"no link named {a.name!r}")
+            ctx.site.delete_link(a.name)
     print(f"link {a.name} deleted")
     return 0
 
 
 def cmd_link_cost(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
-    if a.cost < 1:
-        raise UsageError("cost must be at least 1")
-    if ctx.try_call("link.cost", {"name": a.name, "cost": a.cost}) is None:
-        if a.name not in ctx.site.link_names():
-            raise UsageError(f"no link named {a.name!r}")
-        spec = ctx.site.load_link(a.name)
-        ca, cert, key = ctx.site.link_credentials(a.name)
-        ctx.site.save_link(replace(spec, cost=a.cost), ca_pem=ca, cert_pem=cert, key_pem=key)
+    if not 1 <= a.cost <= MAX_LINK_COST:
+        raise UsageError(f"cost must be from 1 to {MAX_LINK_COST}")
+    with ctx.site.edit_lock():
+        if ctx.try_call("link.cost", {"name": a.name, "cost": a.cost}) is None:
+            if a.name not in ctx.site.link_names():
+                raise UsageError(f"no link named {a.name!r}")
+            spec = ctx.site.load_link(a.name)
+            ca, cert, key = ctx.site.link_credentials(a.name)
+            ctx.site.save_link(replace(spec, cost=a.cost), ca_pem=ca, cert_pem=cert,
+                               key_pem=key)
     print(f"link {a.name} cost set to {a.cost}")
     return 0
 
 
+# Every change below holds the site's edit lock from the live attempt to the offline
+# save: a router starting meanwhile either reads the saved file or answers the call,
+# and two sitectl at once do not save over each other (see Site.edit_lock).
 def _offline_edit(ctx: Ctx, change: str, new: SiteConfig) -> None:
     ctx.site.save_config(new)
     print(f"{change} (router not running: saved, takes effect when it starts)")
+
+
+def _check_services(new: SiteConfig) -> None:
+    problem = services_problem(new)
+    if problem is not None:
+        kind, _, field, why = problem
+        raise UsageError(f"[{kind}] {field}: {why}")
 
 
 def cmd_listener_create(ctx: Ctx, a: argparse.Namespace) -> int:
     host, port = parse_hostport(a.address, default_host="127.0.0.1")
     fields = {"key": a.key, "host": host, "port": port, "strategy": a.strategy}
     lst = listener_from(FieldReader(Path("arguments"), "", "listener", fields))
-    if ctx.try_call("listener.create", {**fields}) is None:
+    ctx.site.require()
+    with ctx.site.edit_lock():
+        # Checked here against site.toml (what a running router has too): a clash is a
+        # bad argument (exit 2), in the words the router and the config check use.
         cfg = ctx.site.config()
-        if any(x.host == host and x.port == port for x in cfg.listeners):
-            raise UsageError(f"a listener on {host}:{port} already exists")
-        _offline_edit(ctx, f"listener {a.key} on {host}:{port}",
-                      replace(cfg, listeners=(*cfg.listeners, lst)))
-        return 0
+        clash = port_clash(cfg, lst, cfg.listeners)
+        if clash is not None:
+            raise UsageError(f"[listener] {clash[0]}: {clash[1]}")
+        _check_services(replace(cfg, listeners=(*cfg.listeners, lst)))
+        if ctx.try_call("listener.create", {**fields}) is None:
+            _offline_edit(ctx, f"listener {a.key} on {host}:{port}",
+                          replace(cfg, listeners=(*cfg.listeners, lst)))
+            return 0
     print(f"listener {a.key} on {host}:{port} ({a.strategy})")
     return 0
 
@@ -359,11 +380,14 @@ def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
     fields = {"key": a.key, "host": host, "port": port, "priority": a.priority,
               "weight": a.weight}
     con = connector_from(FieldReader(Path("arguments"), "", "connector", fields))
-    if ctx.try_call("connector.create", {**fields}) is None:
+    ctx.site.require()
+    with ctx.site.edit_lock():
         cfg = ctx.site.config()
-        _offline_edit(ctx, f"connector {a.key} -> {host}:{port}",
-                      replace(cfg, connectors=(*cfg.connectors, con)))
-        return 0
+        _check_services(replace(cfg, connectors=(*cfg.connectors, con)))
+        if ctx.try_call("connector.create", {**fields}) is None:
+            _offline_edit(ctx, f"connector {a.key} -> {host}:{port}",
+                          replace(cfg, connectors=(*cfg.connectors, con)))
+            return 0
     print(f"connector {a.key} -> {host}:{port}")
     return 0
 
@@ -379,18 +403,21 @@ def _list(ctx: Ctx, a: argparse.Namespace, kind: str) -> int:
 
 
 def _delete(ctx: Ctx, a: argparse.Namespace, kind: str) -> int:
-    cfg = ctx.site.config()
-    if ctx.try_call(f"{kind}.delete", {"key": a.key}) is None:
-        if kind == "listener":
-            if not any(x.key == a.key for x in cfg.listeners):
-                raise UsageError(f"no listener for {a.key!r}")
-            new = replace(cfg, listeners=tuple(x for x in cfg.listeners if x.key != a.key))
-        else:
-            if not any(x.key == a.key for x in cfg.connectors):
-                raise UsageError(f"no connector for {a.key!r}")
-            new = replace(cfg, connectors=tuple(x for x in cfg.connectors if x.key != a.key))
-        _offline_edit(ctx, f"{kind} {a.key} deleted", new)
-        return 0
+    ctx.site.require()
+    with ctx.site.edit_lock():
+        if ctx.try_call(f"{kind}.delete", {"key": a.key}) is None:
+            cfg = ctx.site.config()
+            if kind == "listener":
+                if not any(x.key == a.key for x in cfg.listeners):
+                    raise UsageError(f"no listener for {a.key!r}")
+                new = replace(cfg, listeners=tuple(x for x in cfg.listeners if x.key != a.key))
+            else:
+                if not any(x.key == a.key for x in cfg.connectors):
+                    raise UsageError(f"no connector for {a.key!r}")
+                new = replace(cfg, connectors=tuple(
+                    x for x in cfg.connectors if x.key != a.key))
+            _offline_edit(ctx, f"{kind} {a.key} deleted", new)
+            return 0
     print(f"{kind} {a.key} deleted")
     return 0
 

@@ -103,8 +103,11 @@ def test_summed_weights_of_one_key_are_refused_live_and_nothing_changes(site: Si
     site.sitectl("connector", "create", "db", "127.0.0.1:5432", "--weight", big)
     before = tree_digest(site.dir)
     line = _one_line_error(site.sitectl("connector", "create", "db", "127.0.0.1:5433",
-                                        "--weight", "1", check=False), 1)
+                                        "--weight", "1", check=False), 2)
     assert "weights of key 'db' add up past" in line
+    reply = _raw(site, json.dumps({"op": "connector.create", "args": {
+        "key": "db", "host": "127.0.0.1", "port": 5433}}).encode() + b"\n")
+    assert not reply["ok"] and "weights of key 'db' add up past" in reply["error"]
     assert tree_digest(site.dir) == before
     assert [c["port"] for c in site.status()["connectors"]] == [5432]
     # And the router still advertises and serves changes.
@@ -266,3 +269,70 @@ def test_link_file_that_is_a_fifo_does_not_freeze_the_router(site: Site, which: 
     # The dialler meets the FIFO certificate and says so; the router keeps answering.
     assert site.status()["site"] == "west"
     site.sitectl("connector", "create", "db", "127.0.0.1:5432")
+
+
+# ---- offline edits racing each other and a starting router
+def _concurrently(site: Site, commands: list[tuple[str, ...]]) -> list[Any]:
+    import subprocess
+
+    from tests.harness import SITECTL
+
+    procs = [subprocess.Popen([SITECTL, "--site-dir", str(site.dir), *args], env=site.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args in commands]
+    return [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
+
+
+def test_concurrent_offline_edits_are_none_lost(site: Site) -> None:
+    n = 12
+    results = _concurrently(site, [("connector", "create", f"k{i}", f"127.0.0.1:{1000 + i}")
+                                   for i in range(n)])
+    assert all(code == 0 for code, _ in results), results
+    cfg = parse_config(site.dir / "site.toml", (site.dir / "site.toml").read_text())
+    assert sorted(c.key for c in cfg.connectors) == sorted(f"k{i}" for i in range(n))
+
+
+def test_offline_edits_while_a_router_starts_are_none_lost(site: Site) -> None:
+    """Each edit lands either in site.toml before the router reads it, or through the
+    router once it answers: after the start, the router and site.toml agree on all."""
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT, wait_for
+
+    n = 8
+    site.proc = subprocess.Popen([sys.executable, "-m", "router", "--site-dir", str(site.dir)],
+                                 env=site.env, cwd=str(ROOT), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    results = _concurrently(site, [("connector", "create", f"k{i}", f"127.0.0.1:{1000 + i}")
+                                   for i in range(n)])
+    assert all(code == 0 for code, _ in results), results
+    wait_for(lambda: site.sitectl("status", check=False).returncode == 0, what="router up")
+    want = sorted(f"k{i}" for i in range(n))
+    assert sorted(c["key"] for c in site.status()["connectors"]) == want
+    cfg = parse_config(site.dir / "site.toml", (site.dir / "site.toml").read_text())
+    assert sorted(c.key for c in cfg.connectors) == want
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_listener_on_the_link_port_exits_2_running_or_not(site: Site, running: bool) -> None:
+    if running:
+        site.start()
+    before = tree_digest(site.dir)
+    line = _one_line_error(site.sitectl("listener", "create", "db", str(site.link_port),
+                                        check=False), 2)
+    assert line == f"sitectl: [listener] port: {site.link_port} is the site's link_port"
+    site.sitectl("listener", "create", "db", "0.0.0.0:" + str(free_port()))
+    line = _one_line_error(site.sitectl("listener", "create", "web", str(
+        parse_config(site.dir / "site.toml", (site.dir / "site.toml").read_text())
+        .listeners[0].port), check=False), 2)
+    assert "already exists" in line
+    assert len(parse_config(site.dir / "site.toml",
+                            (site.dir / "site.toml").read_text()).listeners) == 1
+    del before
+
+
+def test_link_cost_out_of_range_exits_2(site: Site) -> None:
+    before = tree_digest(site.dir)
+    _one_line_error(site.sitectl("link", "cost", "east", str(10**7), check=False), 2)
+    assert tree_digest(site.dir) == before
