@@ -129,6 +129,7 @@ class ControlServer:
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.router.site.check_control_dir(create=True)  # main checked it; a last look
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # stale socket from a crashed router
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -118,6 +118,7 @@ def _run_locked(site: Site, log_level: str) -> int:
             starting.enter_context(site.edit_lock())
             config = site.config()
             check_identity(site, config.name)
+            site.check_control_dir(create=True)
         except (SiteError, ConfigError) as exc:
             print(f"router: {exc}", file=sys.stderr)
             return 2

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import socket
+import stat
 import tempfile
 import time
 import tomllib
@@ -45,6 +46,7 @@ FIRST_LINK_PORT = 55671
 # An offline edit holds the edit lock for milliseconds and a starting router for about
 # a second; a live call under it is bounded by sitectl's own timeout.
 EDIT_LOCK_WAIT_S = 45.0
+SHARED_SOCKET_BASE = Path("/tmp")  # control sockets of site dirs too long for AF_UNIX
 ENV_SITE_DIR = "SITECTL_SITE_DIR"
 
 
@@ -120,7 +122,35 @@ class Site:
         if len(str(path)) < 100:
             return path
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
-        return Path(f"/tmp/vanrouter-{os.getuid()}") / f"{digest}.sock"
+        return SHARED_SOCKET_BASE / f"vanrouter-{os.getuid()}" / f"{digest}.sock"
+
+    def check_control_dir(self, *, create: bool) -> bool:
+        """When the control socket lives in /tmp (long site paths), its directory must
+        be ours: a real directory (not a symlink), owned by this user, closed to others.
+        Another local user who pre-created /tmp/vanrouter-UID could otherwise swap the
+        router's socket for theirs and answer `sitectl token issue` with their token.
+        Creates it (0700) when `create`; False if it does not exist. SiteError if unsafe."""
+        directory = self.control_path.parent
+        if directory == self.run_dir:
+            return True  # inside the site dir, which is the user's own
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            return False
+        why = None
+        if not stat.S_ISDIR(st.st_mode):
+            why = "is not a directory (a symlink?)"
+        elif st.st_uid != os.getuid():
+            why = f"belongs to uid {st.st_uid}, not to this user ({os.getuid()})"
+        elif st.st_mode & 0o077:
+            why = f"is open to other users (mode {stat.S_IMODE(st.st_mode):o})"
+        if why is not None:
+            raise SiteError(f"{directory} {why}: refusing to use a control socket there "
+                            f"(remove it, or use a shorter site directory path)")
+        return True
 
     @contextlib.contextmanager
     def edit_lock(self, wait: float = EDIT_LOCK_WAIT_S) -> Iterator[None]:

@@ -117,6 +117,8 @@ class Ctx:
             return None
 
     def _call(self, op: str, args: dict[str, Any] | None) -> dict[str, Any]:
+        if not self.site.check_control_dir(create=False):
+            raise NotRunning(str(self.site.control_path))
         try:
             return call(self.site.control_path, op, args)
         except ConnectionLost:

@@ -336,3 +336,70 @@ def test_link_cost_out_of_range_exits_2(site: Site) -> None:
     before = tree_digest(site.dir)
     _one_line_error(site.sitectl("link", "cost", "east", str(10**7), check=False), 2)
     assert tree_digest(site.dir) == before
+
+
+# ---- the control socket's directory in /tmp, for long site paths
+@pytest.fixture
+def long_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import router.site
+
+    monkeypatch.setattr(router.site, "SHARED_SOCKET_BASE", tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir(mode=0o1777)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / ("d" * 100) / "west"
+    from router.site import init_site
+
+    init_site(root, "west", host="127.0.0.1", link_port=free_port(), bind="127.0.0.1")
+    yield root
+
+
+@pytest.mark.parametrize("plant", ["symlink", "other-owner", "open-mode"])
+def test_a_planted_control_dir_is_refused_by_router_and_sitectl(
+        long_site: Path, tmp_path: Path, plant: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from router.main import run_router
+    from router.site import Site
+    from sitectl.main import main as sitectl_main
+
+    shared = Site(long_site).control_path.parent
+    assert shared.parent == tmp_path / "tmp"
+    if plant == "symlink":
+        (tmp_path / "theirs").mkdir(mode=0o777)
+        shared.symlink_to(tmp_path / "theirs")
+    else:
+        shared.mkdir(mode=0o700)
+        if plant == "other-owner":
+            os.chown(shared, 65534, 65534)
+        else:
+            shared.chmod(0o777)
+    want = {"symlink": "is not a directory", "other-owner": "belongs to uid 65534",
+            "open-mode": "is open to other users (mode 777)"}[plant]
+    assert run_router(long_site) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("router: ") and want in err[0], err
+    assert sitectl_main(["--site-dir", str(long_site), "status"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sitectl: ") and want in err[0], err
+    assert not list((tmp_path / "theirs").iterdir()) if plant == "symlink" else True
+
+
+def test_the_control_dir_is_made_private(long_site: Path) -> None:
+    from router.site import Site
+
+    site = Site(long_site)
+    assert site.check_control_dir(create=False) is False
+    assert site.check_control_dir(create=True) is True
+    st = site.control_path.parent.lstat()
+    assert st.st_uid == os.getuid() and st.st_mode & 0o777 == 0o700
+
+
+def test_a_long_site_path_works_end_to_end(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 110)
+    deep.mkdir()
+    s = Site(deep, "west", site_env(tmp_path)).init()
+    try:
+        s.start()
+        s.sitectl("connector", "create", "db", "127.0.0.1:5432")
+        assert [c["key"] for c in s.status()["connectors"]] == ["db"]
+    finally:
+        s.stop()
