@@ -27,9 +27,11 @@ import trio
 import certs
 from router.claim import ClaimError, decode_claim_body, refusal_for
 from router.config import (
+    ConfigError,
     ConnectorConfig,
     ListenerConfig,
     SiteConfig,
+    load_config,
     port_clash,
     services_problem,
 )
@@ -51,7 +53,7 @@ from router.routing import (
     choose,
     ed25519_verify,
 )
-from router.site import Site
+from router.site import Site, SiteError
 from router.tokens import GrantStore, Token, TokenError
 
 log = logging.getLogger("router")
@@ -509,6 +511,16 @@ class Router:
         return gone
 
     def _save(self, config: SiteConfig) -> None:
+        # site.toml is human-editable: if it no longer says what this router runs, a
+        # hand edit since the start would be lost under this save. Refuse instead.
+        try:
+            on_disk = load_config(self.site.config_path)
+        except ConfigError as exc:
+            raise SiteError(f"site.toml was edited since the router started and is not "
+                            f"valid now ({exc}); fix it, then restart the router") from None
+        if on_disk != self.config:
+            raise SiteError(f"{self.site.config_path} was edited since the router started; "
+                            "restart the router to apply the edit (nothing was changed)")
         self.site.save_config(config)  # raises (and changes nothing) if it cannot
         self.config = config
 

@@ -403,3 +403,22 @@ def test_a_long_site_path_works_end_to_end(tmp_path: Path) -> None:
         assert [c["key"] for c in s.status()["connectors"]] == ["db"]
     finally:
         s.stop()
+
+
+def test_a_hand_edit_while_running_is_not_saved_over(site: Site) -> None:
+    site.start()
+    site.sitectl("connector", "create", "db", "127.0.0.1:5432")  # the router's own save
+    cfg = site.dir / "site.toml"
+    cfg.write_text(cfg.read_text() + '\n[[connector]]\nkey = "hand"\nhost = "127.0.0.1"\n'
+                   'port = 7000\n')
+    before = tree_digest(site.dir)
+    line = _one_line_error(site.sitectl("connector", "create", "web", "127.0.0.1:8080",
+                                        check=False), 1)
+    assert line == (f"sitectl: {cfg} was edited since the router started; restart the "
+                    "router to apply the edit (nothing was changed)")
+    assert tree_digest(site.dir) == before
+    assert [c["key"] for c in site.status()["connectors"]] == ["db"]
+    site.stop()
+    site.start()
+    site.sitectl("connector", "create", "web", "127.0.0.1:8080")
+    assert [c["key"] for c in site.status()["connectors"]] == ["db", "hand", "web"]
