@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import stat
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -514,7 +516,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # As an exception, so every `except BaseException` cleanup runs (a token file not
+    # yet written, a link's private temp dir, a config temp file): without this,
+    # SIGTERM or a closed terminal killed sitectl with those left behind.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _terminated)
     args = build_parser().parse_args(argv)
     for attr, default in (("site_dir", None), ("site", None), ("json", False)):
         if not hasattr(args, attr):

@@ -422,3 +422,34 @@ def test_a_hand_edit_while_running_is_not_saved_over(site: Site) -> None:
     site.start()
     site.sitectl("connector", "create", "web", "127.0.0.1:8080")
     assert [c["key"] for c in site.status()["connectors"]] == ["db", "hand", "web"]
+
+
+def test_sigterm_while_a_token_is_issued_leaves_no_file(site: Site, tmp_path: Path) -> None:
+    """A router that takes the request and has not answered yet; sitectl is told to stop:
+    no empty or half-written token file stays behind."""
+    import signal
+    import subprocess
+
+    from tests.harness import SITECTL, wait_for
+
+    (site.dir / "run").mkdir(exist_ok=True)
+    got = threading.Event()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as fake:
+        fake.bind(str(site.dir / "run" / "control.sock"))
+        fake.listen()
+
+        def take() -> None:
+            conn, _ = fake.accept()
+            conn.recv(65536)
+            got.set()
+            conn.recv(1)  # until sitectl is gone
+
+        threading.Thread(target=take, daemon=True).start()
+        token = tmp_path / "west.token"
+        proc = subprocess.Popen([SITECTL, "--site-dir", str(site.dir), "token", "issue",
+                                 "-o", str(token)], env=site.env, stderr=subprocess.PIPE)
+        wait_for(got.is_set, what="the request")
+        assert token.exists()  # opened first, so a bad path costs no grant
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    assert not token.exists()
