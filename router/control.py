@@ -101,7 +101,7 @@ async def _link_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _link_cost(router: Router, args: dict[str, Any]) -> dict[str, Any]:
     cost = args.get("cost")
-    if not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
         raise RequestError("cost must be an integer from 1 to 1000000")
     router.set_link_cost(_name(args, "name"), cost)
     return {}

@@ -453,3 +453,16 @@ def test_sigterm_while_a_token_is_issued_leaves_no_file(site: Site, tmp_path: Pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 128 + signal.SIGTERM
     assert not token.exists()
+
+
+def test_ten_thousand_listeners_parse_in_linear_time() -> None:
+    import time
+
+    body = "".join(f'[[listener]]\nkey = "k{i}"\nport = {10000 + i}\n' for i in range(10_000))
+    start = time.perf_counter()
+    cfg = parse_config(Path("site.toml"), '[site]\nname = "w"\nlink_port = 1\n' + body)
+    assert len(cfg.listeners) == 10_000
+    assert time.perf_counter() - start < 5  # about 0.3 s; pairwise it was about 7 s
+    dup = body + '[[listener]]\nkey = "x"\nhost = "0.0.0.0"\nport = 19999\n'
+    with pytest.raises(ConfigError, match=r"a listener on 127\.0\.0\.1:19999 already exists"):
+        parse_config(Path("site.toml"), '[site]\nname = "w"\nlink_port = 1\n' + dup)
