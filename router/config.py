@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-from router.atomic import write_atomic
+from router.atomic import read_regular, write_atomic
 from router.protocol.frames import MAX_FLOW_ID
 from router.protocol.messages import (
     MAX_FRAME_BYTES,
@@ -27,6 +27,12 @@ from router.protocol.messages import (
     MAX_WINDOW,
     MIN_FRAME_BYTES,
 )
+from router.routing.records import MAX_PRIORITY, MAX_WEIGHT
+
+# The routing core refuses a record with more keys than this (RoutingCore's
+# max_keys_per_record, which the daemon leaves at its default), for either the keys
+# this site serves or the keys it listens for.
+MAX_KEYS_PER_SITE = 10_000
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -253,13 +259,39 @@ def listener_from(r: FieldReader) -> ListenerConfig:
 
 def connector_from(r: FieldReader) -> ConnectorConfig:
     r.check_unknown({"key", "host", "port", "priority", "weight"})
+    # The ranges a routing record carries: out of them the router could not
+    # advertise the key, and would fail at start (or at the live change) instead.
     weight = r.get("weight", int, 1)
-    if weight < 1:
-        raise r.fail("weight", f"must be at least 1, got {weight}")
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise r.fail("weight", f"must be from 1 to {MAX_WEIGHT}, got {weight}")
+    priority = r.get("priority", int, 0)
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise r.fail("priority", f"must be from 0 to {MAX_PRIORITY}, got {priority}")
     return ConnectorConfig(
         key=_routing_key(r), host=_host(r, "host"), port=r.port("port"),
-        priority=r.get("priority", int, 0), weight=weight,
+        priority=priority, weight=weight,
     )
+
+
+def services_problem(config: SiteConfig) -> tuple[str, int, str, str] | None:
+    """(kind, index, field, why) when the listeners and connectors together are more
+    than one routing record can advertise, else None. Shared by parse_config and the
+    live changes (which check before anything is bound or saved)."""
+    weights: dict[str, int] = {}
+    for i, con in enumerate(config.connectors):
+        # Several connectors of one key are advertised as one, with their summed weight.
+        weights[con.key] = weights.get(con.key, 0) + con.weight
+        if weights[con.key] > MAX_WEIGHT:
+            return ("connector", i, "weight",
+                    f"the weights of key {con.key!r} add up past {MAX_WEIGHT}")
+        if len(weights) > MAX_KEYS_PER_SITE:
+            return "connector", i, "key", f"more than {MAX_KEYS_PER_SITE} connector keys"
+    keys: set[str] = set()
+    for i, lst in enumerate(config.listeners):
+        keys.add(lst.key)
+        if len(keys) > MAX_KEYS_PER_SITE:
+            return "listener", i, "key", f"more than {MAX_KEYS_PER_SITE} listener keys"
+    return None
 
 
 def _array(path: Path, text: str, doc: Mapping[str, Any], kind: str) -> list[FieldReader]:
@@ -294,6 +326,8 @@ def parse_config(path: Path, text: str) -> SiteConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses per nested array or inline table
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     for top in doc:
         if top not in ("site", "limits", "listener", "connector"):
             raise ConfigError(f"{path}:{_line_of(text, None, top) or ''} unknown section [{top}]")
@@ -310,7 +344,8 @@ def parse_config(path: Path, text: str) -> SiteConfig:
         raise ConfigError(f"{path}: [limits] must be a table")
     listener_readers = _array(path, text, doc, "listener")
     listeners = [listener_from(lr) for lr in listener_readers]
-    connectors = [connector_from(cr) for cr in _array(path, text, doc, "connector")]
+    connector_readers = _array(path, text, doc, "connector")
+    connectors = [connector_from(cr) for cr in connector_readers]
     config = SiteConfig(
         name=name,
         host=_host(r, "host", "127.0.0.1"),
@@ -324,18 +359,36 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     )
     if config.metrics_port == config.link_port:
         raise r.fail("metrics_port", f"{config.metrics_port} is the site's link_port")
-    for i, (lst, lr) in enumerate(zip(listeners, listener_readers, strict=True)):
-        clash = port_clash(config, lst, config.listeners[:i])
+    # Only listeners on the same port can clash: grouped, 10,000 listeners parse in
+    # linear time (comparing each with all before it took ~7 s, on every live change).
+    by_port: dict[int, list[ListenerConfig]] = {}
+    for lst, lr in zip(listeners, listener_readers, strict=True):
+        clash = port_clash(config, lst, tuple(by_port.get(lst.port, ())))
         if clash is not None:
             raise lr.fail(*clash)
+        by_port.setdefault(lst.port, []).append(lst)
+    problem = services_problem(config)
+    if problem is not None:
+        kind, index, key, why = problem
+        readers = listener_readers if kind == "listener" else connector_readers
+        raise readers[index].fail(key, why)
     return config
+
+
+# Far above any real site (10,000 connectors are about 1 MiB), far below what would take
+# tomllib minutes or the router's memory.
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
 
 def load_config(path: Path) -> SiteConfig:
     try:
-        text = path.read_text()
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {exc.start}") from None
     return parse_config(path, text)
 
 

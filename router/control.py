@@ -101,7 +101,7 @@ async def _link_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _link_cost(router: Router, args: dict[str, Any]) -> dict[str, Any]:
     cost = args.get("cost")
-    if not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
         raise RequestError("cost must be an integer from 1 to 1000000")
     router.set_link_cost(_name(args, "name"), cost)
     return {}
@@ -129,6 +129,7 @@ class ControlServer:
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.router.site.check_control_dir(create=True)  # main checked it; a last look
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # stale socket from a crashed router
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -137,7 +138,7 @@ class ControlServer:
             await sock.bind(str(self.path))
         finally:
             os.umask(old_umask)
-        sock.listen(64)
+        sock.listen(socket.SOMAXCONN)  # many sitectl at once queue, not fail
         try:
             with self.reserve:
                 await serve_listeners(partial(guarded, "control request", self._handle),
@@ -174,6 +175,8 @@ class ControlServer:
             req = json.loads(raw)
         except ValueError:
             raise RequestError("request is not JSON") from None
+        except RecursionError:  # '[' * 60000 is within the size cap
+            raise RequestError("request is nested too deeply") from None
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             raise RequestError("request needs an op")
         handler = HANDLERS.get(req["op"])
@@ -186,4 +189,7 @@ class ControlServer:
             result = await handler(self.router, args)
         except (ConfigError, SiteError, CertError, ValueError, TokenError, RequestError) as exc:
             return {"ok": False, "error": str(exc).replace("request: ", "")}
+        except OSError as exc:  # a site file that cannot be read or written
+            where = f"{exc.filename}: " if exc.filename else ""
+            return {"ok": False, "error": f"{where}{exc.strerror or exc}"}
         return {"ok": True, **result}

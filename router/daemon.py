@@ -26,7 +26,15 @@ import trio
 
 import certs
 from router.claim import ClaimError, decode_claim_body, refusal_for
-from router.config import ConnectorConfig, ListenerConfig, SiteConfig, port_clash
+from router.config import (
+    ConfigError,
+    ConnectorConfig,
+    ListenerConfig,
+    SiteConfig,
+    load_config,
+    port_clash,
+    services_problem,
+)
 from router.control import ControlServer
 from router.links import LinkManager
 from router.net.accept import FdReserve, serve_listeners
@@ -45,7 +53,7 @@ from router.routing import (
     choose,
     ed25519_verify,
 )
-from router.site import Site
+from router.site import Site, SiteError
 from router.tokens import GrantStore, Token, TokenError
 
 log = logging.getLogger("router")
@@ -447,31 +455,53 @@ class Router:
                     await target.aclose()
 
     # ---- changes from the control socket
+    # Each change is checked whole, then made live and saved so that a failure of
+    # either leaves both as they were: what runs is what site.toml says.
     async def add_listener(self, lst: ListenerConfig) -> None:
+        self._check_listener(lst)
+        self._check_services(replace(self.config, listeners=(*self.config.listeners, lst)))
+        await self._start_listener(lst)
+        try:
+            self._check_listener(lst)  # another request may have changed the config
+            self._save(replace(self.config, listeners=(*self.config.listeners, lst)))
+        except BaseException:
+            scope = self._listeners.pop((lst.host, lst.port), None)
+            if scope is not None:
+                scope.cancel()  # its accept loop closes the sockets
+            raise
+        self._advertise_keys()
+
+    def _check_listener(self, lst: ListenerConfig) -> None:
         clash = port_clash(self.config, lst, self.config.listeners)
         if clash is not None:  # the rule and the words that site.toml's check uses
             field, why = clash
             raise ValueError(f"[listener] {field}: {why}")
-        await self._start_listener(lst)
-        self._save(replace(self.config, listeners=(*self.config.listeners, lst)))
-        self._advertise_keys()
+
+    @staticmethod
+    def _check_services(config: SiteConfig) -> None:
+        problem = services_problem(config)
+        if problem is not None:
+            kind, _, field, why = problem
+            raise ValueError(f"[{kind}] {field}: {why}")
 
     def delete_listener(self, key: str) -> list[ListenerConfig]:
         gone = [lst for lst in self.config.listeners if lst.key == key]
         if not gone:
             raise ValueError(f"no listener for {key!r}")
-        for lst in gone:
+        self._save(replace(self.config, listeners=tuple(
+            lst for lst in self.config.listeners if lst.key != key)))
+        for lst in gone:  # saved: now stop them
             self.listener_errors.pop((lst.host, lst.port), None)
             scope = self._listeners.pop((lst.host, lst.port), None)
             if scope is not None:
                 scope.cancel()
-        self._save(replace(self.config, listeners=tuple(
-            lst for lst in self.config.listeners if lst.key != key)))
         self._advertise_keys()
         return gone
 
     def add_connector(self, con: ConnectorConfig) -> None:
-        self._save(replace(self.config, connectors=(*self.config.connectors, con)))
+        new = replace(self.config, connectors=(*self.config.connectors, con))
+        self._check_services(new)
+        self._save(new)
         self._advertise_keys()
 
     def delete_connector(self, key: str) -> list[ConnectorConfig]:
@@ -484,7 +514,17 @@ class Router:
         return gone
 
     def _save(self, config: SiteConfig) -> None:
-        self.site.save_config(config)
+        # site.toml is human-editable: if it no longer says what this router runs, a
+        # hand edit since the start would be lost under this save. Refuse instead.
+        try:
+            on_disk = load_config(self.site.config_path)
+        except ConfigError as exc:
+            raise SiteError(f"site.toml was edited since the router started and is not "
+                            f"valid now ({exc}); fix it, then restart the router") from None
+        if on_disk != self.config:
+            raise SiteError(f"{self.site.config_path} was edited since the router started; "
+                            "restart the router to apply the edit (nothing was changed)")
+        self.site.save_config(config)  # raises (and changes nothing) if it cannot
         self.config = config
 
     def add_link(self, name: str) -> None:

@@ -9,12 +9,13 @@ import logging
 import os
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 import certs
-from router.config import ConfigError, FieldReader
+from router.config import ConfigError, FieldReader, SiteConfig
 from router.site import Site, SiteError, resolve_site_dir
 from router.tokens import TokenError
 
@@ -109,20 +110,42 @@ def run_router(root: Path, *, log_level: str = "info") -> int:
 
 
 def _run_locked(site: Site, log_level: str) -> int:
+    # The edit lock is held from reading the config until the control socket answers
+    # (router.run reports started): a sitectl edit meanwhile waits, then goes through
+    # the router, instead of being saved offline where this router never sees it.
+    with contextlib.ExitStack() as starting:
+        try:
+            starting.enter_context(site.edit_lock())
+            config = site.config()
+            check_identity(site, config.name)
+            site.check_control_dir(create=True)
+        except (SiteError, ConfigError) as exc:
+            print(f"router: {exc}", file=sys.stderr)
+            return 2
+        return _run_trio(site, config, log_level, starting)
+
+
+class _Ready:
+    """A task_status for router.run that ends the startup's edit lock when the router
+    is ready (no nursery.start: its exception group would hide the one-line errors)."""
+
+    def __init__(self, on_ready: Callable[[], None]) -> None:
+        self._on_ready = on_ready
+
+    def started(self, value: None = None) -> None:
+        self._on_ready()
+
+
+def _run_trio(site: Site, config: SiteConfig, log_level: str,
+              starting: contextlib.ExitStack) -> int:
     from router.daemon import Router
 
-    try:
-        config = site.config()
-        check_identity(site, config.name)
-    except (SiteError, ConfigError) as exc:
-        print(f"router: {exc}", file=sys.stderr)
-        return 2
     setup_logging(config.name, log_level)
     raise_fd_limit()
 
     async def main() -> None:
         router = Router(site, config)
-        await router.run()
+        await router.run(task_status=_Ready(starting.close))
 
     try:
         trio.run(main)

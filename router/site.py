@@ -11,11 +11,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import socket
+import stat
 import tempfile
+import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
-from router.atomic import write_atomic
+from router.atomic import read_regular, write_atomic
 from router.config import (
     NAME_RE,
     ConfigError,
@@ -37,6 +43,10 @@ from router.config import (
 from router.names import InvalidName, parse_endpoint, validate_name, validate_router_id
 
 FIRST_LINK_PORT = 55671
+# An offline edit holds the edit lock for milliseconds and a starting router for about
+# a second; a live call under it is bounded by sitectl's own timeout.
+EDIT_LOCK_WAIT_S = 45.0
+SHARED_SOCKET_BASE = Path("/tmp")  # control sockets of site dirs too long for AF_UNIX
 ENV_SITE_DIR = "SITECTL_SITE_DIR"
 
 
@@ -112,7 +122,72 @@ class Site:
         if len(str(path)) < 100:
             return path
         digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:16]
-        return Path(f"/tmp/vanrouter-{os.getuid()}") / f"{digest}.sock"
+        return SHARED_SOCKET_BASE / f"vanrouter-{os.getuid()}" / f"{digest}.sock"
+
+    def check_control_dir(self, *, create: bool) -> bool:
+        """When the control socket lives in /tmp (long site paths), its directory must
+        be ours: a real directory (not a symlink), owned by this user, closed to others.
+        Another local user who pre-created /tmp/vanrouter-UID could otherwise swap the
+        router's socket for theirs and answer `sitectl token issue` with their token.
+        Creates it (0700) when `create`; False if it does not exist. SiteError if unsafe."""
+        directory = self.control_path.parent
+        if directory == self.run_dir:
+            return True  # inside the site dir, which is the user's own
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+        try:
+            st = os.lstat(directory)
+        except FileNotFoundError:
+            return False
+        why = None
+        if not stat.S_ISDIR(st.st_mode):
+            why = "is not a directory (a symlink?)"
+        elif st.st_uid != os.getuid():
+            why = f"belongs to uid {st.st_uid}, not to this user ({os.getuid()})"
+        elif st.st_mode & 0o077:
+            why = f"is open to other users (mode {stat.S_IMODE(st.st_mode):o})"
+        if why is not None:
+            raise SiteError(f"{directory} {why}: refusing to use a control socket there "
+                            f"(remove it, or use a shorter site directory path)")
+        return True
+
+    @contextlib.contextmanager
+    def edit_lock(self, wait: float = EDIT_LOCK_WAIT_S) -> Iterator[None]:
+        """Serialize changes to the site's files: an offline edit holds it from reading
+        site.toml (and links/) to saving, a starting router from reading them until its
+        control socket answers. So an edit either reaches site.toml before a router reads
+        it, or finds the router answering and goes through it; none is lost to another
+        edit's or the router's save of what it read before."""
+        fd = self._open_edit_lock()
+        if fd is None:  # nobody can write here, so no edit can be lost either
+            yield
+            return
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SiteError(f"site {self.root} is busy (another sitectl or a "
+                                        f"starting router holds {self.run_dir}/edit.lock "
+                                        f"for over {wait:g} s); try again") from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)  # drops the lock
+
+    def _open_edit_lock(self) -> int | None:
+        try:
+            self.run_dir.mkdir(mode=0o700, exist_ok=True)
+            return os.open(self.run_dir / "edit.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                           0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                return None
+            raise
 
     def exists(self) -> bool:
         return self.config_path.exists()
@@ -127,7 +202,11 @@ class Site:
         return load_config(self.config_path)
 
     def save_config(self, config: SiteConfig) -> None:
-        save_config(self.config_path, config)
+        try:
+            save_config(self.config_path, config)
+        except OSError as exc:  # disk full, read-only, a directory in the way
+            raise SiteError(f"cannot save {self.config_path}: {exc.strerror or exc}; "
+                            "nothing was changed") from None
 
     def ca(self) -> certs.CertificateAuthority:
         return certs.CertificateAuthority.from_pem(
@@ -217,7 +296,7 @@ class Site:
         except SiteError as exc:
             raise ConfigError(str(exc)) from None
         try:
-            doc = tomllib.loads(toml_path.read_text())
+            doc = tomllib.loads(read_regular(toml_path, MAX_LINK_FILE_BYTES).decode())
             return _link_from(name, doc)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: "
@@ -227,6 +306,10 @@ class Site:
 
     def link_credentials(self, name: str) -> tuple[bytes, bytes, bytes]:
         _, ca_path, cert_path, key_path = self.link_files(name)
+        for path in (ca_path, cert_path, key_path):
+            # Opening a FIFO would block the router's event loop until a writer came.
+            if path.exists() and not path.is_file():
+                raise SiteError(f"{path} is not a regular file")
         return certs.load_pem(ca_path), certs.load_pem(cert_path), certs.load_pem(key_path)
 
     def link_names(self) -> list[str]:
@@ -251,6 +334,7 @@ class Site:
 
 
 _LINK_FIELDS = {"peer_site", "endpoints", "cost", "peer_router_id"}
+MAX_LINK_FILE_BYTES = 64 * 1024  # a link's toml is a few hundred bytes
 MAX_LINK_COST = 1_000_000
 
 
@@ -317,10 +401,21 @@ def _registry() -> Path:
     return data_home().parent / "known-sites"
 
 
+def _registry_lines() -> list[str]:
+    try:
+        data = read_regular(_registry(), MAX_REGISTRY_BYTES)
+    except OSError as exc:
+        raise SiteError(f"cannot read {_registry()}: {exc.strerror or exc}") from None
+    return data.decode(errors="replace").splitlines()
+
+
+MAX_REGISTRY_BYTES = 1024 * 1024
+
+
 def _remember(root: Path) -> None:
     registry = _registry()
     registry.parent.mkdir(parents=True, exist_ok=True)
-    known = registry.read_text().splitlines() if registry.exists() else []
+    known = _registry_lines() if registry.exists() else []
     alive = [p for p in known if (Path(p) / "site.toml").exists() and p != str(root)]
     write_atomic(registry, ("\n".join([*alive, str(root)]) + "\n").encode())
 
@@ -331,7 +426,7 @@ def claimed_ports() -> dict[int, Path]:
     ports: dict[int, Path] = {}
     paths = set(data_home().glob("*/site.toml"))
     if _registry().exists():
-        paths |= {Path(p) / "site.toml" for p in _registry().read_text().splitlines() if p}
+        paths |= {Path(p) / "site.toml" for p in _registry_lines() if p}
     for cfg in sorted(paths):
         if not cfg.exists():
             continue

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +30,8 @@ class ConnectionLost(RequestFailed):
 def call(path: Path, op: str, args: dict[str, Any] | None = None,
          timeout: float = 30.0) -> dict[str, Any]:
     request = json.dumps({"op": op, "args": args or {}}).encode() + b"\n"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    sock = _connect(path, timeout)
     try:
-        try:
-            sock.connect(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise NotRunning(str(path)) from None
-        except OSError as exc:  # e.g. EAGAIN: its backlog is full
-            raise RequestFailed(
-                f"cannot connect to the router's control socket: {exc.strerror or exc}"
-            ) from None
         sock.sendall(request)
         buf = bytearray()
         while not buf.endswith(b"\n"):
@@ -58,6 +51,34 @@ def call(path: Path, op: str, args: dict[str, Any] | None = None,
         reply = json.loads(buf)
     except ValueError:
         raise RequestFailed("router sent an unreadable reply") from None
+    if not isinstance(reply, dict):
+        raise RequestFailed("router sent an unreadable reply")
     if not reply.get("ok"):
         raise RequestFailed(str(reply.get("error", "unknown error")))
     return dict(reply)
+
+
+BUSY_RETRY_S = 5.0  # how long a full backlog (many sitectl at once) is waited out
+
+
+def _connect(path: Path, timeout: float) -> socket.socket:
+    deadline = time.monotonic() + BUSY_RETRY_S
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            raise NotRunning(str(path)) from None
+        except OSError as exc:
+            sock.close()
+            # A Unix socket's full backlog says EAGAIN at once: the router is busy
+            # answering others, not gone; wait briefly for room.
+            if exc.errno == errno.EAGAIN and time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            raise RequestFailed(
+                f"cannot connect to the router's control socket: {exc.strerror or exc}"
+            ) from None

@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 import re
+import signal
 import stat
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -37,6 +39,8 @@ from router.config import (
     SiteConfig,
     connector_from,
     listener_from,
+    port_clash,
+    services_problem,
 )
 from router.names import InvalidName, validate_name
 from router.routing.signing import Ed25519Signer
@@ -123,6 +127,8 @@ class Ctx:
             return None
 
     def _call(self, op: str, args: dict[str, Any] | None) -> dict[str, Any]:
+        if not self.site.check_control_dir(create=False):
+            raise NotRunning(str(self.site.control_path))
         try:
             return call(self.site.control_path, op, args)
         except ConnectionLost:
@@ -327,44 +333,63 @@ def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
 
 def cmd_link_delete(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
-    if ctx.try_call("link.delete", {"name": a.name}) is None:
-        if a.name not in ctx.site.link_names():
-            raise UsageError(f"no link named {a.name!r}")
-        ctx.site.delete_link(a.name)
+    with ctx.site.edit_lock():
+        if ctx.try_call("link.delete", {"name": a.name}) is None:
+            if a.name not in ctx.site.link_names():
+                raise UsageError(f"no link named {a.name!r}")
+            ctx.site.delete_link(a.name)
     print(f"link {a.name} deleted")
     return 0
 
 
 def cmd_link_cost(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
-    if a.cost < 1:
-        raise UsageError("cost must be at least 1")
-    if ctx.try_call("link.cost", {"name": a.name, "cost": a.cost}) is None:
-        if a.name not in ctx.site.link_names():
-            raise UsageError(f"no link named {a.name!r}")
-        spec = ctx.site.load_link(a.name)
-        ca, cert, key = ctx.site.link_credentials(a.name)
-        ctx.site.save_link(replace(spec, cost=a.cost), ca_pem=ca, cert_pem=cert, key_pem=key)
+    if not 1 <= a.cost <= MAX_LINK_COST:
+        raise UsageError(f"cost must be from 1 to {MAX_LINK_COST}")
+    with ctx.site.edit_lock():
+        if ctx.try_call("link.cost", {"name": a.name, "cost": a.cost}) is None:
+            if a.name not in ctx.site.link_names():
+                raise UsageError(f"no link named {a.name!r}")
+            spec = ctx.site.load_link(a.name)
+            ca, cert, key = ctx.site.link_credentials(a.name)
+            ctx.site.save_link(replace(spec, cost=a.cost), ca_pem=ca, cert_pem=cert,
+                               key_pem=key)
     print(f"link {a.name} cost set to {a.cost}")
     return 0
 
 
+# Every change below holds the site's edit lock from the live attempt to the offline
+# save: a router starting meanwhile either reads the saved file or answers the call,
+# and two sitectl at once do not save over each other (see Site.edit_lock).
 def _offline_edit(ctx: Ctx, change: str, new: SiteConfig) -> None:
     ctx.site.save_config(new)
     print(f"{change} (router not running: saved, takes effect when it starts)")
+
+
+def _check_services(new: SiteConfig) -> None:
+    problem = services_problem(new)
+    if problem is not None:
+        kind, _, field, why = problem
+        raise UsageError(f"[{kind}] {field}: {why}")
 
 
 def cmd_listener_create(ctx: Ctx, a: argparse.Namespace) -> int:
     host, port = parse_hostport(a.address, default_host="127.0.0.1")
     fields = {"key": a.key, "host": host, "port": port, "strategy": a.strategy}
     lst = listener_from(FieldReader(Path("arguments"), "", "listener", fields))
-    if ctx.try_call("listener.create", {**fields}) is None:
+    ctx.site.require()
+    with ctx.site.edit_lock():
+        # Checked here against site.toml (what a running router has too): a clash is a
+        # bad argument (exit 2), in the words the router and the config check use.
         cfg = ctx.site.config()
-        if any(x.host == host and x.port == port for x in cfg.listeners):
-            raise UsageError(f"a listener on {host}:{port} already exists")
-        _offline_edit(ctx, f"listener {a.key} on {host}:{port}",
-                      replace(cfg, listeners=(*cfg.listeners, lst)))
-        return 0
+        clash = port_clash(cfg, lst, cfg.listeners)
+        if clash is not None:
+            raise UsageError(f"[listener] {clash[0]}: {clash[1]}")
+        _check_services(replace(cfg, listeners=(*cfg.listeners, lst)))
+        if ctx.try_call("listener.create", {**fields}) is None:
+            _offline_edit(ctx, f"listener {a.key} on {host}:{port}",
+                          replace(cfg, listeners=(*cfg.listeners, lst)))
+            return 0
     print(f"listener {a.key} on {host}:{port} ({a.strategy})")
     return 0
 
@@ -374,11 +399,14 @@ def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
     fields = {"key": a.key, "host": host, "port": port, "priority": a.priority,
               "weight": a.weight}
     con = connector_from(FieldReader(Path("arguments"), "", "connector", fields))
-    if ctx.try_call("connector.create", {**fields}) is None:
+    ctx.site.require()
+    with ctx.site.edit_lock():
         cfg = ctx.site.config()
-        _offline_edit(ctx, f"connector {a.key} -> {host}:{port}",
-                      replace(cfg, connectors=(*cfg.connectors, con)))
-        return 0
+        _check_services(replace(cfg, connectors=(*cfg.connectors, con)))
+        if ctx.try_call("connector.create", {**fields}) is None:
+            _offline_edit(ctx, f"connector {a.key} -> {host}:{port}",
+                          replace(cfg, connectors=(*cfg.connectors, con)))
+            return 0
     print(f"connector {a.key} -> {host}:{port}")
     return 0
 
@@ -394,18 +422,21 @@ def _list(ctx: Ctx, a: argparse.Namespace, kind: str) -> int:
 
 
 def _delete(ctx: Ctx, a: argparse.Namespace, kind: str) -> int:
-    cfg = ctx.site.config()
-    if ctx.try_call(f"{kind}.delete", {"key": a.key}) is None:
-        if kind == "listener":
-            if not any(x.key == a.key for x in cfg.listeners):
-                raise UsageError(f"no listener for {a.key!r}")
-            new = replace(cfg, listeners=tuple(x for x in cfg.listeners if x.key != a.key))
-        else:
-            if not any(x.key == a.key for x in cfg.connectors):
-                raise UsageError(f"no connector for {a.key!r}")
-            new = replace(cfg, connectors=tuple(x for x in cfg.connectors if x.key != a.key))
-        _offline_edit(ctx, f"{kind} {a.key} deleted", new)
-        return 0
+    ctx.site.require()
+    with ctx.site.edit_lock():
+        if ctx.try_call(f"{kind}.delete", {"key": a.key}) is None:
+            cfg = ctx.site.config()
+            if kind == "listener":
+                if not any(x.key == a.key for x in cfg.listeners):
+                    raise UsageError(f"no listener for {a.key!r}")
+                new = replace(cfg, listeners=tuple(x for x in cfg.listeners if x.key != a.key))
+            else:
+                if not any(x.key == a.key for x in cfg.connectors):
+                    raise UsageError(f"no connector for {a.key!r}")
+                new = replace(cfg, connectors=tuple(
+                    x for x in cfg.connectors if x.key != a.key))
+            _offline_edit(ctx, f"{kind} {a.key} deleted", new)
+            return 0
     print(f"{kind} {a.key} deleted")
     return 0
 
@@ -500,7 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # As an exception, so every `except BaseException` cleanup runs (a token file not
+    # yet written, a link's private temp dir, a config temp file): without this,
+    # SIGTERM or a closed terminal killed sitectl with those left behind.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _terminated)
     args = build_parser().parse_args(argv)
     for attr, default in (("site_dir", None), ("site", None), ("json", False)):
         if not hasattr(args, attr):

@@ -191,12 +191,14 @@ def test_listener_create_applies_the_same_port_rules(site: Site) -> None:
     config = site.dir / "site.toml"
     before = config.read_bytes()
     offline = site.sitectl("listener", "create", "x", str(site.link_port), check=False)
-    assert offline.returncode == 1 and offline.stderr.count("\n") == 1, offline.stderr
+    # A clash is a bad argument, exit 2, running or not (it was 1: reported as a save
+    # failure offline, as the router's refusal live).
+    assert offline.returncode == 2 and offline.stderr.count("\n") == 1, offline.stderr
     assert f"[listener] port: {site.link_port} is the site's link_port" in offline.stderr
     site.start()
     try:
         online = site.sitectl("listener", "create", "x", str(site.link_port), check=False)
-        assert online.returncode == 1 and online.stderr.count("\n") == 1, online.stderr
+        assert online.returncode == 2 and online.stderr.count("\n") == 1, online.stderr
         assert f"[listener] port: {site.link_port} is the site's link_port" in online.stderr
         taken = site.sitectl("listener", "create", "x", "15432", check=False)
         assert "[listener] port: a listener on 127.0.0.1:15432 already exists" in taken.stderr
