@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -19,11 +20,37 @@ BIN = Path(sys.executable).parent
 SITECTL = str(BIN / "sitectl")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# A port=0 bind hands out a port from the kernel's ephemeral range, and any outgoing
+# connection (a test client, a router dialling) may take it before the router that was
+# given it binds it: "Address already in use" under load. So ports come from just below
+# that range, which no outgoing connection uses, and none is handed out twice.
+_PORTS_TOP = _ephemeral_low()
+_PORTS = range(max(1024, _PORTS_TOP - 12000), _PORTS_TOP)
+_given: set[int] = set()
+_rng = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port nothing listens on now that no other caller in this run was given."""
+    for _ in range(1000):
+        port = _rng.choice(_PORTS)
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))  # free on every address: routers bind 0.0.0.0
+            except OSError:
+                continue
+        _given.add(port)
         return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1}")
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
