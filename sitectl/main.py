@@ -281,8 +281,13 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
     # Only the verified certificate is stored, and the issuer's router id is pinned.
     spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost,
                     peer_router_id=result.issuer_router_id)
-    ctx.site.save_link(spec, ca_pem=token.ca_pem, cert_pem=result.cert_pem, key_pem=key_pem)
-    if ctx.try_call("link.add", {"name": name}) is None:
+    # Under the edit lock: a router starting meanwhile either reads links/ after the save
+    # or answers link.add, so the new link is dialled now, not only after a restart.
+    with ctx.site.edit_lock():
+        ctx.site.save_link(spec, ca_pem=token.ca_pem, cert_pem=result.cert_pem,
+                           key_pem=key_pem)
+        added = ctx.try_call("link.add", {"name": name})
+    if added is None:
         print(f"link {name} to site {token.site} saved; it comes up when the router starts")
         return 0
     state = _wait_link_up(ctx, name, a.wait)
