@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -19,29 +17,19 @@ from router.protocol import FrameType, LinkLimits
 from router.protocol.frames import HEADER
 from router.routing import Ed25519Signer, encode_message, router_id_for
 from router.routing.records import RECORD_DOMAIN
-from tests.harness import Site, free_port, link, site_env, wait_for
-from tests.services import EchoServer
-from tests.test_peer_flood import authenticated_peer
+from tests.harness import Site, wait_for
+from tests.peers import LinkedPair, authenticated_peer
 
 FAKE_ROUTERS = 400  # of ~1 MB each once decoded: 400 MB unbounded
 KEYS_PER_RECORD = 6000  # what one 64 KiB ROUTING frame holds
 RSS_GROWTH_BOUND_KIB = 160 * 1024  # max_db_bytes (64 MiB) on each side of a flood, plus slack
 
 
-class Sites:
-    def __init__(self, workdir: Path) -> None:
-        env = site_env(workdir)
-        self.west = Site(workdir, "west", env).init().start()
-        self.east = Site(workdir, "east", env).init().start()
-        link(self.west, self.east, workdir)
-
-
 @pytest.fixture(scope="module")
-def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sites]:
-    s = Sites(tmp_path_factory.mktemp("hostile-peer"))
-    yield s
-    s.east.stop()
-    s.west.stop()
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LinkedPair]:
+    pair = LinkedPair(tmp_path_factory.mktemp("hostile-peer"))
+    yield pair
+    pair.stop()
 
 
 def routing_frame(site: str = "fake", keys: tuple[str, ...] = (), peer: str = "") -> bytes:
@@ -57,21 +45,7 @@ def routing_frame(site: str = "fake", keys: tuple[str, ...] = (), peer: str = ""
     return HEADER.pack(FrameType.ROUTING, 0, 0, len(payload)) + payload
 
 
-def assert_network_works(sites: Sites, key: str) -> None:
-    assert sites.east.link_up("west")
-    echo, port = EchoServer(), free_port()
-    try:
-        sites.west.sitectl("connector", "create", key, f"127.0.0.1:{echo.port}")
-        sites.east.sitectl("listener", "create", key, str(port))
-        wait_for(lambda: sites.east.key_reachable(key), what=f"{key} reachable")
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-            sock.sendall(b"still here")
-            assert sock.recv(100) == b"still here"
-    finally:
-        echo.close()
-
-
-async def test_fake_router_flood_is_bounded(sites: Sites) -> None:
+async def test_fake_router_flood_is_bounded(sites: LinkedPair) -> None:
     keys = tuple(f"k{i:05d}" for i in range(KEYS_PER_RECORD))
     frames = [routing_frame(keys=keys, peer="rfaker") for _ in range(FAKE_ROUTERS)]
     base = {s.name: s.rss_kib() for s in (sites.west, sites.east)}
@@ -93,7 +67,7 @@ async def test_fake_router_flood_is_bounded(sites: Sites) -> None:
     finally:
         with trio.move_on_after(1):
             await stream.transport.aclose()
-    assert_network_works(sites, "after-flood")
+    sites.assert_serves("after-flood")
 
 
 async def log_shows(site: Site, text: str, timeout: float = 15.0) -> None:
@@ -113,7 +87,7 @@ def frame(ftype: FrameType, flow_id: int, body: bytes) -> bytes:
     return HEADER.pack(ftype, 0, flow_id, len(body)) + body
 
 
-async def test_escape_sequences_from_a_peer_reach_no_terminal_and_no_log(sites: Sites) -> None:
+async def test_escape_sequences_from_a_peer_reach_no_terminal_and_no_log(sites: LinkedPair) -> None:
     """Names, keys and reasons a peer sends end up in `sitectl status` and the log: an
     escape sequence or a newline in one would rewrite the user's terminal or forge lines."""
     west = sites.west
@@ -158,4 +132,4 @@ async def test_escape_sequences_from_a_peer_reach_no_terminal_and_no_log(sites: 
         in log, west.log_tail()
     shown = west.sitectl("status", "--network").stdout
     assert "\x1b" not in shown and "red" not in shown
-    assert_network_works(sites, "after-escapes")
+    sites.assert_serves("after-escapes")
