@@ -112,3 +112,13 @@ async def test_dialer_refuses_another_router_than_pinned(ca: CertificateAuthorit
                          server=hello("west", OTHER_ID), client=hello("east", EAST_ID),
                          expect_router_id=WEST_ID)
     assert out["dialer"] == f"expected router {WEST_ID}, found {OTHER_ID}"
+
+
+@pytest.mark.parametrize("bad_site", ["../east", "a/b", ".east", "e" * 64])
+async def test_hello_site_must_be_a_site_name(ca: CertificateAuthority, bad_site: str) -> None:
+    """The HELLO's site meets the same name rule as tokens, claims, the CLI and config,
+    before it is compared with the certificate."""
+    out = await bring_up(ca, ca.issue("west"), client_cert(ca, "east", EAST_ID),
+                         server=hello("west", WEST_ID), client=hello(bad_site, EAST_ID))
+    assert isinstance(out["acceptor"], str)
+    assert out["acceptor"].startswith("peer HELLO refused: "), out["acceptor"]

@@ -20,6 +20,7 @@ import trio
 import certs
 from router.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES, encode_reply
 from router.config import Limits
+from router.names import InvalidName, validate_name
 from router.net.link import LinkLost, exchange_hello
 from router.net.tls import TLSStream
 from router.protocol import PREFACE, Event, Hello, LinkConnection, LinkLimits, Role
@@ -76,6 +77,11 @@ async def start_link(
         # TLS 1.3: the server checks our certificate after the client's handshake
         # ends, so its verdict arrives as an alert on the first read.
         raise HandshakeError(_alert_text(exc)) from None
+    try:
+        # The one site-name rule, as for tokens, claims, the CLI and config.
+        validate_name(peer.site, "peer site name")
+    except InvalidName as exc:
+        raise HandshakeError(f"peer HELLO refused: {exc}") from None
     der = stream.peer_certificate_der()
     try:
         cert_site = certs.peer_common_name(der) if der else None
