@@ -1,5 +1,5 @@
 import sys
 
-from router.main import main
+from router.daemon.main import main
 
 sys.exit(main())

@@ -9,9 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-# A module reference, not `from router.config import NAME_RE`: config may import this
-# module in turn, and the attribute is only read when a name is checked.
-import router.config as _config
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # sites, links, routing keys
 
 ROUTER_ID_RE = re.compile(r"r[0-9a-f]{16}")  # router_id_for(): "r" + 16 hex digits
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
@@ -32,7 +30,7 @@ def validate_name(text: object, what: str = "site name") -> str:
     if not isinstance(text, str):
         raise InvalidName(f"{what} must be a string, got {type(text).__name__}")
     # fullmatch: `$` in NAME_RE also matches before a trailing newline.
-    if not _config.NAME_RE.fullmatch(text):
+    if not NAME_RE.fullmatch(text):
         raise InvalidName(f"{shown(text)} is not a valid {what} (1-63 letters, digits, '.', "
                           "'_' or '-', starting with a letter or digit)")
     return text

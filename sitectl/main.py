@@ -21,16 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from certs.errors import CertError
-from router.claim import (
-    REDEEM_ALL_TIMEOUT_S,
-    REDEEM_TIMEOUT_S,
-    ClaimError,
-    ClaimRefused,
-    ClaimResult,
-    Deadline,
-    redeem,
-)
-from router.config import (
+from router.names import InvalidName, validate_name
+from router.protocol.claim import ClaimError, ClaimRefused
+from router.routing.signing import Ed25519Signer
+from router.site.config import (
     ARGUMENTS,
     ConfigError,
     ConnectorConfig,
@@ -42,9 +36,7 @@ from router.config import (
     port_clash,
     services_problem,
 )
-from router.names import InvalidName, validate_name
-from router.routing.signing import Ed25519Signer
-from router.site import (
+from router.site.directory import (
     MAX_LINK_COST,
     LinkSpec,
     Site,
@@ -53,8 +45,9 @@ from router.site import (
     init_site,
     resolve_site_dir,
 )
-from router.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
+from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
 from sitectl.client import ConnectionLost, NotRunning, RequestFailed, call
+from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem
 from sitectl.render import render_links, render_network, render_status
 
 EPILOG = """example:
@@ -162,7 +155,7 @@ def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
 
 
 def cmd_run(ctx: Ctx, a: argparse.Namespace) -> int:
-    from router.main import run_router
+    from router.daemon.main import run_router
 
     ctx.site.require()
     return run_router(ctx.root, log_level=a.log_level)

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from router.main import raise_fd_limit
+from router.daemon.main import raise_fd_limit
 from router.net.accept import LOG_INTERVAL_S, PAUSE_S, FdReserve, accept_loop, serve_listeners
 
 

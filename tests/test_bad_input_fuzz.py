@@ -12,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certs import CertificateAuthority, make_csr
-from router.claim import ClaimError, check_reply, decode_claim_body, decode_reply
-from router.config import ConfigError, parse_config
+from router.protocol.claim import ClaimError, decode_claim_body, decode_reply
 from router.routing import RoutingError
 from router.routing.records import RouterRecord, decode_message
-from router.tokens import Token, TokenError
+from router.site.config import ConfigError, parse_config
+from router.site.tokens import Token, TokenError
+from sitectl.redeem import check_reply
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -16,11 +16,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import certs
 from certs import CertificateAuthority
-from router.claim import (
+from router.protocol.claim import (
     Claim,
     ClaimError,
     ClaimRefused,
-    check_reply,
     claim_transcript,
     decode_claim_body,
     decode_reply,
@@ -28,6 +27,7 @@ from router.claim import (
     refusal_for,
 )
 from router.routing.signing import Ed25519Signer, router_id_for
+from sitectl.redeem import check_reply
 from tests.forge import forge_leaf, public_key_of
 
 OUR_ID = "r0123456789abcdef"

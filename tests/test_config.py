@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import (
+from router.site.config import (
     ConfigError,
     ConnectorConfig,
     Limits,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, Limits, parse_config
+from router.site.config import ConfigError, Limits, parse_config
 from tests.harness import ROOT, Site, site_env
 
 BASE = """\

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from router.site import Site as RouterSite
+from router.site.directory import Site as RouterSite
 from tests.harness import Site, free_port, link, site_env, wait_for
 from tests.services import HashServer, transfer
 

@@ -18,18 +18,18 @@ import msgpack
 import pytest
 
 import certs
-from router.claim import (
+from router.protocol.claim import (
     CLAIM_MAGIC,
     CLAIM_VERSION,
     ClaimRefused,
     claim_transcript,
     decode_reply,
-    redeem,
 )
 from router.routing.signing import Ed25519Signer, router_id_for
-from router.site import Site as SiteDir
-from router.tokens import Token
+from router.site.directory import Site as SiteDir
+from router.site.tokens import Token
 from sitectl.client import call
+from sitectl.redeem import redeem
 from tests.forge import tree_digest
 from tests.harness import Site, link, site_env, wait_for
 

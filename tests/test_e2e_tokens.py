@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import certs
-from router.tokens import Token
+from router.site.tokens import Token
 from tests.harness import SITECTL, Site, free_port, link, site_env, wait_for
 
 

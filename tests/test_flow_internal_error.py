@@ -13,9 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from router.config import ConnectorConfig, ListenerConfig
-from router.daemon import Router
-from router.site import init_site
+from router.daemon.router import Router
+from router.site.config import ConnectorConfig, ListenerConfig
+from router.site.directory import init_site
 from tests.harness import free_port
 
 

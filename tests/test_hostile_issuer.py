@@ -20,10 +20,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import certs
 from certs import CertificateAuthority
-from router.claim import Claim, ClaimError, decode_claim_body, encode_reply
+from router.protocol.claim import Claim, ClaimError, decode_claim_body, encode_reply
 from router.routing.signing import Ed25519Signer, router_id_for
-from router.site import Site as RouterSite
-from router.tokens import Token
+from router.site.directory import Site as RouterSite
+from router.site.tokens import Token
 from tests.forge import forge_leaf, public_key_of_csr, tree_digest
 from tests.harness import Site, site_env
 

@@ -17,9 +17,10 @@ import pytest
 
 import certs
 from certs import CertificateAuthority
-from router.claim import REDEEM_TIMEOUT_S, ClaimError, Deadline, encode_reply, redeem
+from router.protocol.claim import ClaimError, encode_reply
 from router.routing.signing import Ed25519Signer
-from router.tokens import Token
+from router.site.tokens import Token
+from sitectl.redeem import REDEEM_TIMEOUT_S, Deadline, redeem
 from tests.forge import tree_digest
 from tests.harness import Site, site_env
 

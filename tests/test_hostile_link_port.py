@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 import pytest
 
 import certs
-from router.claim import ClaimRefused, redeem
-from router.links import HANDSHAKE_BURST_PER_SOURCE, HANDSHAKES_PER_SOURCE_PER_S
 from router.net.admission import Refusal
+from router.net.links import HANDSHAKE_BURST_PER_SOURCE, HANDSHAKES_PER_SOURCE_PER_S
+from router.protocol.claim import ClaimRefused
 from router.routing.signing import Ed25519Signer
+from sitectl.redeem import redeem
 from tests.conftest import Pair
 from tests.harness import wait_for
 

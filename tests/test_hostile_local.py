@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from router.config import MAX_KEYS_PER_SITE, ConfigError, parse_config
 from router.routing.core import RoutingCore
+from router.site.config import MAX_KEYS_PER_SITE, ConfigError, parse_config
 from sitectl.client import call
 from tests.forge import tree_digest
 from tests.harness import Site, free_port, site_env
@@ -341,13 +341,13 @@ def test_link_cost_out_of_range_exits_2(site: Site) -> None:
 # ---- the control socket's directory in /tmp, for long site paths
 @pytest.fixture
 def long_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    import router.site
+    import router.site.directory
 
-    monkeypatch.setattr(router.site, "SHARED_SOCKET_BASE", tmp_path / "tmp")
+    monkeypatch.setattr(router.site.directory, "SHARED_SOCKET_BASE", tmp_path / "tmp")
     (tmp_path / "tmp").mkdir(mode=0o1777)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     root = tmp_path / ("d" * 100) / "west"
-    from router.site import init_site
+    from router.site.directory import init_site
 
     init_site(root, "west", host="127.0.0.1", link_port=free_port(), bind="127.0.0.1")
     yield root
@@ -357,8 +357,8 @@ def long_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 def test_a_planted_control_dir_is_refused_by_router_and_sitectl(
         long_site: Path, tmp_path: Path, plant: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    from router.main import run_router
-    from router.site import Site
+    from router.daemon.main import run_router
+    from router.site.directory import Site
     from sitectl.main import main as sitectl_main
 
     shared = Site(long_site).control_path.parent
@@ -384,7 +384,7 @@ def test_a_planted_control_dir_is_refused_by_router_and_sitectl(
 
 
 def test_the_control_dir_is_made_private(long_site: Path) -> None:
-    from router.site import Site
+    from router.site.directory import Site
 
     site = Site(long_site)
     assert site.check_control_dir(create=False) is False

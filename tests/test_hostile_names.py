@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import certs
-from router.config import ConfigError
 from router.names import InvalidName, parse_endpoint, validate_name, validate_router_id
-from router.site import LinkSpec, Site, SiteError
+from router.site.config import ConfigError
+from router.site.directory import LinkSpec, Site, SiteError
 from tests.harness import Site as Process
 from tests.harness import site_env
 from tests.test_hostile_tokens import one_line_error, tree_digest

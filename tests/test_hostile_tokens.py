@@ -21,8 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import certs
-from router.site import Site as SiteDir
-from router.tokens import MAX_TOKEN_BYTES, GrantStore, Token, TokenError
+from router.site.directory import Site as SiteDir
+from router.site.tokens import MAX_TOKEN_BYTES, GrantStore, Token, TokenError
 from tests.forge import tree_digest
 from tests.harness import Site, site_env
 

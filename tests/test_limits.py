@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from router.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES
-from router.links import PENDING_PER_SOURCE
 from router.net.handshake import HandshakeError, read_claim
+from router.net.links import PENDING_PER_SOURCE
+from router.protocol.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES
 from router.routing import KeyAdvert, NullSigner, RoutingCore, null_verify
 from router.routing.forward import MAX_HOPS, ForwardRefused, next_hop_for_open
 from tests.conftest import Pair

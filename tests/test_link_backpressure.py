@@ -16,13 +16,13 @@ import re
 import trio
 
 import certs
-from router.config import Limits
-from router.net.flow import FlowCounters, SocketFlow
+from router.adaptors.tcp import FlowCounters, SocketFlow
 from router.net.handshake import start_link, tls_handshake
 from router.net.link import Link, OpenCallback, exchange_hello
 from router.net.tls import TLSStream
 from router.protocol import PREFACE, FrameType, Hello, LinkConnection, LinkLimits, Open, Role
 from router.protocol.frames import HEADER, HEADER_SIZE
+from router.site.config import Limits
 
 FLOWS_EACH_WAY = 12
 BYTES_EACH_WAY = 2 * 1024 * 1024

@@ -14,11 +14,11 @@ import trio.testing
 
 import certs
 from certs import CertificateAuthority, KeyPair, Role
-from router.config import Limits
 from router.net.handshake import HandshakeError, start_link, tls_handshake
 from router.net.tls import TLSStream
 from router.protocol import Hello
 from router.protocol import Role as LinkRole
+from router.site.config import Limits
 
 WEST_ID, EAST_ID, OTHER_ID = "r" + "a" * 16, "r" + "b" * 16, "r" + "c" * 16
 

@@ -7,11 +7,11 @@ import trio
 import trio.testing
 
 import certs
-from router.config import Limits
 from router.net.handshake import HandshakeError, start_link, tls_handshake
 from router.net.link import Link
 from router.net.tls import TLSStream
 from router.protocol import Hello, Open, Role
+from router.site.config import Limits
 
 
 class Recorder:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import certs
-from router.tokens import GrantStore, Token, TokenError
+from router.site.tokens import GrantStore, Token, TokenError
 
 NOW = 1_800_000_000.0
 

@@ -19,7 +19,7 @@ from typing import NoReturn, Protocol
 
 import trio
 
-from router.net.flow import abort_socket
+from router.adaptors.tcp import abort_socket
 from router.net.logthrottle import LogThrottle
 
 log = logging.getLogger("router.accept")

@@ -18,12 +18,12 @@ from typing import Any
 import trio
 
 import certs
-from router.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES, encode_reply
-from router.config import Limits
 from router.names import InvalidName, validate_name
 from router.net.link import LinkLost, exchange_hello
 from router.net.tls import TLSStream
 from router.protocol import PREFACE, Event, Hello, LinkConnection, LinkLimits, Role
+from router.protocol.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES, encode_reply
+from router.site.config import Limits
 
 log = logging.getLogger("router.handshake")
 

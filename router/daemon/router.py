@@ -25,25 +25,16 @@ from typing import Any
 import trio
 
 import certs
-from router.claim import ClaimError, decode_claim_body, refusal_for
-from router.config import (
-    ConfigError,
-    ConnectorConfig,
-    ListenerConfig,
-    SiteConfig,
-    load_config,
-    port_clash,
-    services_problem,
-)
-from router.control import ControlServer
-from router.links import LinkManager
+from router.adaptors.tcp import FlowCounters, FlowRefusedError, SocketFlow, abort_socket, peer_name
+from router.daemon.control import ControlServer
+from router.flows.transit import open_transit, splice_sockets
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import connect_reason, guarded
-from router.net.flow import FlowCounters, FlowRefusedError, SocketFlow, abort_socket, peer_name
 from router.net.link import Link
+from router.net.links import LinkManager
 from router.net.logthrottle import KeyedLogThrottle
-from router.net.transit import open_transit, splice_sockets
 from router.protocol import FlowError, Hello, Open
+from router.protocol.claim import ClaimError, decode_claim_body, refusal_for
 from router.routing import (
     Candidate,
     Ed25519Signer,
@@ -53,8 +44,17 @@ from router.routing import (
     choose,
     ed25519_verify,
 )
-from router.site import Site, SiteError
-from router.tokens import GrantStore, Token, TokenError
+from router.site.config import (
+    ConfigError,
+    ConnectorConfig,
+    ListenerConfig,
+    SiteConfig,
+    load_config,
+    port_clash,
+    services_problem,
+)
+from router.site.directory import Site, SiteError
+from router.site.tokens import GrantStore, Token, TokenError
 
 log = logging.getLogger("router")
 
@@ -154,7 +154,7 @@ class Router:
             await root.start(control.serve)
             if cfg.metrics_port:
                 # Imported only when wanted: prometheus_client adds ~10 MiB of RSS.
-                from router.metrics import make_registry, serve_metrics
+                from router.daemon.metrics import make_registry, serve_metrics
 
                 await root.start(serve_metrics, make_registry(self), "127.0.0.1",
                                  cfg.metrics_port, self.fd_reserve)
@@ -206,7 +206,7 @@ class Router:
                 await trio.sleep(0.02)
 
     def _write_pid(self) -> None:
-        # Information for people and tools only; the site lock (router.main) is what
+        # Information for people and tools only; the site lock (router.daemon.main) is what
         # keeps a second router out.
         self.site.run_dir.mkdir(mode=0o700, exist_ok=True)
         self.site.pid_path.write_text(f"{os.getpid()}\n")

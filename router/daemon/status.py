@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from router.daemon import Router
+    from router.daemon.router import Router
 
 
 def _ago(epoch: float) -> float:
     return round(time.time() - epoch, 1)
 
 
-def site_status(router: Router) -> dict[str, Any]:
-    cfg = router.config
+def site_status(r: Router) -> dict[str, Any]:
+    cfg = r.config
     links: list[dict[str, Any]] = []
-    for name, dial in sorted(router.links.dials.items()):
+    for name, dial in sorted(r.links.dials.items()):
         link = dial.link
         links.append({
             "name": name, "peer_site": dial.spec.peer_site, "direction": "out",
@@ -30,7 +30,7 @@ def site_status(router: Router) -> dict[str, Any]:
             "flows": len(link.flows) if link else 0,
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
         })
-    for link in router.links.accepted:
+    for link in r.links.accepted:
         links.append({
             "name": link.name, "peer_site": link.peer_site, "direction": "in", "state": "up",
             "since": time.time() - (trio.current_time() - link.since), "cost": link.cost,
@@ -40,35 +40,35 @@ def site_status(router: Router) -> dict[str, Any]:
     keys: dict[str, dict[str, Any]] = {}
     wanted = {lst.key for lst in cfg.listeners} | {con.key for con in cfg.connectors}
     for key in sorted(wanted):
-        cands = router.routing.candidates(key)
+        cands = r.routing.candidates(key)
         keys[key] = {
             "reachable": bool(cands),
             "served_by": [c.site for c in cands],
         }
     return {
         "site": cfg.name,
-        "router_id": router.router_id,
-        "link_endpoint": ", ".join(f"{h}:{p}" for h, p in router.endpoints()),
+        "router_id": r.router_id,
+        "link_endpoint": ", ".join(f"{h}:{p}" for h, p in r.endpoints()),
         "pid": os.getpid(),
-        "uptime_s": _ago(router.started),
+        "uptime_s": _ago(r.started),
         "links": links,
         "listeners": [dataclasses.asdict(lst) | {
             "reachable": keys[lst.key]["reachable"],
-            "error": router.listener_errors.get((lst.host, lst.port)),
+            "error": r.listener_errors.get((lst.host, lst.port)),
         } for lst in cfg.listeners],
         "connectors": [dataclasses.asdict(con) for con in cfg.connectors],
         "keys": keys,
         "flows": {
-            "active": router.counters.active, "opened": router.counters.opened,
-            "refused": router.counters.refused, "bytes_in": router.counters.bytes_in,
-            "bytes_out": router.counters.bytes_out,
+            "active": r.counters.active, "opened": r.counters.opened,
+            "refused": r.counters.refused, "bytes_in": r.counters.bytes_in,
+            "bytes_out": r.counters.bytes_out,
         },
     }
 
 
-def network_status(router: Router) -> dict[str, Any]:
+def network_status(r: Router) -> dict[str, Any]:
     """Every site known, its links, and every routing key with its servers and path."""
-    routing = router.routing
+    routing = r.routing
     names = {r.router_id: r.site for r in routing.records()}
     sites = []
     keys: dict[str, dict[str, Any]] = {}

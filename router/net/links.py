@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from router.adaptors.tcp import peer_name
 from router.net.accept import serve_listeners
 from router.net.admission import HandshakeRate, HandshakeSlots, WaitingRoom, source_key
 from router.net.errors import connect_reason, guarded
-from router.net.flow import peer_name
 from router.net.handshake import (
     FIRST_BYTE_TIMEOUT_S,
     HANDSHAKE_TIMEOUT_S,
@@ -31,12 +31,12 @@ from router.net.link import Link
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
-from router.site import LinkSpec
+from router.site.directory import LinkSpec
 
 if TYPE_CHECKING:
-    from router.daemon import Router
+    from router.daemon.router import Router
 
-log = logging.getLogger("router.links")
+log = logging.getLogger("router.net.links")
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim at once
 PENDING_PER_SOURCE = MAX_PENDING_HANDSHAKES // 16  # of those, from one address

@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from certs import CertError
-from router.config import ConfigError, FieldReader, connector_from, listener_from
+from router.daemon.status import network_status, site_status
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
-from router.site import SiteError
-from router.status import network_status, site_status
-from router.tokens import TokenError, finite_number
+from router.site.config import ConfigError, FieldReader, connector_from, listener_from
+from router.site.directory import SiteError
+from router.site.tokens import TokenError, finite_number
 
 if TYPE_CHECKING:
-    from router.daemon import Router
+    from router.daemon.router import Router
 
-log = logging.getLogger("router.control")
+log = logging.getLogger("router.daemon.control")
 
 Handler = Callable[["Router", dict[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import tomli_w
 
-from router.atomic import read_regular, write_atomic
+from router.names import NAME_RE
 from router.protocol.frames import MAX_FLOW_ID
 from router.protocol.messages import (
     MAX_FRAME_BYTES,
@@ -28,6 +28,7 @@ from router.protocol.messages import (
     MIN_FRAME_BYTES,
 )
 from router.routing.records import MAX_PRIORITY, MAX_WEIGHT
+from router.site.atomic import read_regular, write_atomic
 
 # The routing core refuses a record with more keys than this (RoutingCore's
 # max_keys_per_record, which the daemon leaves at its default), for either the keys
@@ -35,7 +36,6 @@ from router.routing.records import MAX_PRIORITY, MAX_WEIGHT
 MAX_KEYS_PER_SITE = 10_000
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 STRATEGIES = ("balanced", "priority", "weighted")
 METRICS_HOST = "127.0.0.1"  # the metrics endpoint is for local scrapers only
 

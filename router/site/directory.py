@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
-from router.atomic import read_regular, write_atomic
-from router.config import (
-    NAME_RE,
+from router.names import NAME_RE, InvalidName, parse_endpoint, validate_name, validate_router_id
+from router.site.atomic import read_regular, write_atomic
+from router.site.config import (
     ConfigError,
     SiteConfig,
     dump_config,
@@ -40,7 +40,6 @@ from router.config import (
     parse_config,
     save_config,
 )
-from router.names import InvalidName, parse_endpoint, validate_name, validate_router_id
 
 FIRST_LINK_PORT = 55671
 # An offline edit holds the edit lock for milliseconds and a starting router for about

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import certs
-from router.atomic import write_atomic
 from router.names import InvalidName, parse_endpoint, shown, validate_name
+from router.site.atomic import write_atomic
 
 TOKEN_TYPE = "vanrouter-link-token"
 TOKEN_VERSION = 1

@@ -22,9 +22,9 @@ from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
 
 if TYPE_CHECKING:
-    from router.daemon import Router
+    from router.daemon.router import Router
 
-log = logging.getLogger("router.metrics")
+log = logging.getLogger("router.daemon.metrics")
 MAX_REQUEST_BYTES = 8192
 
 

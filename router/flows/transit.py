@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from router.net.flow import READ_CHUNK, abort_socket
+from router.adaptors.tcp import READ_CHUNK, abort_socket
 from router.net.link import Link
 from router.protocol import FlowError, Open
 from router.routing.forward import ForwardRefused, next_hop_for_open
 
 if TYPE_CHECKING:
-    from router.daemon import Router
+    from router.daemon.router import Router
 
 class TransitHalf:
     """One side of a splice; `peer` is the other side. Implements FlowHandler."""

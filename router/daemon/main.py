@@ -15,9 +15,9 @@ from pathlib import Path
 import trio
 
 import certs
-from router.config import ConfigError, FieldReader, SiteConfig
-from router.site import Site, SiteError, resolve_site_dir
-from router.tokens import TokenError
+from router.site.config import ConfigError, FieldReader, SiteConfig
+from router.site.directory import Site, SiteError, resolve_site_dir
+from router.site.tokens import TokenError
 
 log = logging.getLogger("router")
 
@@ -138,7 +138,7 @@ class _Ready:
 
 def _run_trio(site: Site, config: SiteConfig, log_level: str,
               starting: contextlib.ExitStack) -> int:
-    from router.daemon import Router
+    from router.daemon.router import Router
 
     setup_logging(config.name, log_level)
     raise_fd_limit()

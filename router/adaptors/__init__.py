@@ -1,0 +1,1 @@
+"""Adaptors: how a local protocol (TCP now) meets a flow."""

@@ -1,0 +1,1 @@
+"""The daemon: assembly of the router, its control socket, status, metrics, entry point."""

@@ -1,0 +1,1 @@
+"""Flows across the network: opening them (Forwarder), counting them (FlowTable), transit."""
