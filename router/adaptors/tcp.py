@@ -1,253 +1,269 @@
-"""One end of a flow: a local TCP socket bridged to (link, flow id).
+"""The TCP adaptor: listeners that accept clients, connectors that reach targets.
 
-Two tasks per flow: socket -> link (reads only as much as the peer's credit allows,
-so a slow far end stops us reading, and the kernel pushes back on the client), and
-link -> socket (credit is granted back only after bytes were written to the socket).
-The link's reader never blocks on a flow: it appends to a buffer that the credit
-window bounds.
+A listener's client becomes a flow through `Forwarder.open`; an OPEN for a key this
+site serves becomes a connection to one of the key's targets (rotating over several).
+When the serving site is this one, the two sockets are spliced here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
-import struct
-from collections import deque
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import trio
 
-from router.net.link import Link
-from router.protocol import FlowError
-from router.routing.forward import ROUTE_REFUSAL
+from router.adaptors.socketflow import SocketFlow
+from router.adaptors.stream import StreamFlow
+from router.flows.forwarder import Forwarder, NoRoute, NoTarget
+from router.flows.table import FlowEntry, FlowTable, Outcome
+from router.net.accept import FdReserve, serve_listeners
+from router.net.errors import connect_reason, guarded
+from router.net.logthrottle import KeyedLogThrottle
+from router.net.side import FlowSide
+from router.net.sockets import READ_CHUNK, abort_socket, peer_name
+from router.protocol import FlowCode, Open
+from router.site.config import ConnectorConfig, ListenerConfig
 
-log = logging.getLogger("router.flow")
+log = logging.getLogger(__name__)
 
-# Below glibc's 128 KiB mmap threshold: socket.recv(n) allocates n bytes up front, even
-# when it then finds nothing to read, and above the threshold every call costs an
-# mmap/munmap pair (measured: 14 us vs 1.3 us per call).
-READ_CHUNK = 124 * 1024
-_LINGER_RST = struct.pack("ii", 1, 0)
-
-
-class FlowRefusedError(Exception):
-    """The OPEN did not succeed; the message carries the reason. `path_failed` is true
-    when the path rather than the serving site failed (a link died under the OPEN,
-    or a transit router refused for routing reasons): the same site may work again."""
-
-    def __init__(self, reason: str, *, path_failed: bool = False) -> None:
-        super().__init__(reason)
-        self.path_failed = path_failed
+# Turned-away clients and refused OPENs come in floods when a backend or the fd table is
+# exhausted: one line per routing key per interval, with a count of the rest.
+REFUSAL_LOG_INTERVAL_S = 10.0
+Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 
-def peer_name(sock: trio.SocketStream) -> str:
-    """host:port of the other end, for logs and OPEN messages."""
-    try:
-        host, port = sock.socket.getpeername()[:2]
-    except OSError:
-        return "?"
-    return f"{host}:{port}"
+async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
+    return await trio.open_tcp_stream(host, port)
 
 
-def abort_socket(stream: trio.SocketStream) -> None:
-    """Make the next close send RST: the client must see a reset, not a clean EOF."""
-    with contextlib.suppress(OSError):
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+End = SocketFlow | StreamFlow
 
 
-class SocketFlow:
-    """Implements link.FlowHandler for a flow whose local end is a TCP socket."""
+def _end_for(stream: trio.abc.Stream) -> type[End]:
+    """A socket gets the pump with the fd fast paths; any other stream the plain one."""
+    return SocketFlow if isinstance(stream, trio.SocketStream) else StreamFlow
 
-    def __init__(self, link: Link, *, counters: FlowCounters) -> None:
-        self.link = link
-        self.flow_id = 0
-        self._inbox: deque[bytes] = deque()
-        self._remote_fin = False
-        self.reset_reason: str | None = None
-        self._answer: trio.Event = trio.Event()
-        self.refusal: str | None = None
-        self._path_failed = False
-        self._data_ready = trio.Event()
-        self._credit_ready = trio.Event()
-        self._scope = trio.CancelScope()
-        self.counters = counters
-        self._fd: int | None = None  # the local socket, once attached
-        self._writing = False
 
-    # ---- FlowHandler: called by the link reader, must not block
-    def on_accepted(self, window: int) -> None:
-        self._answer.set()
+async def _pump(end: End, stream: trio.abc.Stream) -> None:
+    if isinstance(end, SocketFlow):
+        assert isinstance(stream, trio.SocketStream)
+        await end.run(stream)
+    else:
+        await end.run(stream)
 
-    def on_refused(self, reason: str) -> None:
-        self.refusal = reason
-        self._path_failed = reason.startswith(ROUTE_REFUSAL)
-        self._answer.set()
 
-    def on_data(self, data: bytes) -> None:
-        if self._fd is not None and not self._inbox and not self._writing:
-            # Fast path: hand the bytes to the kernel now, without waking our writer
-            # task; one task switch less per message.
+async def _close_abortively(stream: trio.abc.Stream) -> None:
+    abort_socket(stream)
+    with trio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+class TcpConnectors:
+    """The site's connectors: serve incoming OPENs by connecting to a local target."""
+
+    def __init__(self, *, site: str, table: FlowTable, window: int, connect_timeout: float,
+                 connect: Connect = _open_tcp) -> None:
+        self.site = site
+        self._table = table
+        self._window = window
+        self._connect_timeout = connect_timeout
+        self._connect = connect
+        self._targets: Sequence[ConnectorConfig] = ()
+        self._turn: Counter[str] = Counter()
+        self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
+
+    def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None:
+        self._targets = tuple(connectors)
+
+    async def connect(self, key: str) -> trio.abc.Stream:
+        """A connection to a local target for `key`, rotating over several; NoTarget
+        with each target's reason if none answers."""
+        targets = [c for c in self._targets if c.key == key]
+        if not targets:
+            raise NoTarget(f"site {self.site} has no connector for {key!r}")
+        start = self._turn[key]
+        self._turn[key] += 1
+        errors = []
+        for i in range(len(targets)):
+            con = targets[(start + i) % len(targets)]
             try:
-                n = os.write(self._fd, data)
-            except OSError:  # would block, or broken: the writer task deals with it
-                n = 0
-            if n:
-                self.link.conn.grant_credit(self.flow_id, n)
-                self.link.kick()
-                self.counters.bytes_in += n
-                if n == len(data):
-                    return
-                data = data[n:]
-        self._inbox.append(data)
-        self._data_ready.set()
+                with trio.fail_after(self._connect_timeout):
+                    return await self._connect(con.host, con.port)
+            except (OSError, trio.TooSlowError) as exc:
+                errors.append(f"{con.host}:{con.port}: {connect_reason(exc)}")
+        raise NoTarget(f"site {self.site} cannot reach {key!r} target {'; '.join(errors)}")
 
-    def on_credit(self) -> None:
-        self._credit_ready.set()
+    def serve_open(self, side: FlowSide, open_msg: Open) -> None:
+        """An OPEN for a key this site serves (from the link reader: must not block)."""
+        entry = self._table.begin(open_msg.routing_key, "connector",
+                                  client=open_msg.client_addr, trace=open_msg.trace)
+        end = _Pending(side)
+        side.attach(end)
+        self._table.spawn(guarded, f"flow for {open_msg.routing_key}", self._serve,
+                          end, entry, open_msg)
 
-    def on_fin(self) -> None:
-        self._remote_fin = True
-        self._data_ready.set()
-
-    def on_reset(self, reason: str) -> None:
-        if self.reset_reason is None:
-            self.reset_reason = reason
-        if self.refusal is None:  # reset before any answer: the link under it died
-            self.refusal = reason
-            self._path_failed = True
-        self._answer.set()
-        self._scope.cancel()
-
-    # ---- setup
-    async def wait_answer(self, timeout: float) -> None:
-        """Wait for ACCEPT; raise FlowRefusedError with the reason otherwise."""
-        with trio.move_on_after(timeout):
-            await self._answer.wait()
-        if not self._answer.is_set():
-            self.link.conn.reset_flow(self.flow_id, "open timed out")
-            self.link.release(self.flow_id)
-            self.link.kick()
-            raise FlowRefusedError(f"no answer from {self.link.peer_site} within {timeout:g} s")
-        if self.refusal is not None:
-            raise FlowRefusedError(self.refusal, path_failed=self._path_failed)
-
-    # ---- the pump
-    async def run(self, sock: trio.SocketStream) -> None:
-        """Pump until both directions finished or the flow is reset; closes `sock`."""
-        self._fd = sock.socket.fileno()
-        failure: str | None = None
+    async def _serve(self, pending: _Pending, entry: FlowEntry, open_msg: Open) -> None:
+        side = pending.side
+        outcome: Outcome = "error"
+        target: trio.abc.Stream | None = None
+        pumped = False
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._socket_to_link, sock)
-                    nursery.start_soon(self._link_to_socket, sock)
-        except trio.Cancelled:
-            failure = "flow cancelled: router shutting down"
-            raise
+            try:
+                target = await self.connect(open_msg.routing_key)
+            except NoTarget as exc:
+                if pending.reset_reason is None:
+                    self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
+                                          trio.current_time(), "refused flow for %s from %s: %s",
+                                          open_msg.routing_key, open_msg.origin_site, exc)
+                    side.refuse(FlowCode.NO_TARGET, str(exc))
+                outcome = "refused"
+                return
+            if pending.reset_reason is not None:  # the opener gave up meanwhile
+                outcome = "reset"
+                return
+            end = _end_for(target)(side, entry)
+            side.attach(end)
+            if not side.accept(self._window):
+                outcome = "reset"  # the flow ended meanwhile
+                return
+            pumped = True
+            await _pump(end, target)  # closes it
+            outcome = "reset" if end.reset_reason is not None else "ok"
         except BaseException:
-            failure = "internal error in this router"
+            if not pumped:  # an internal error: the opener must not wait for an answer
+                side.reset(FlowCode.INTERNAL, "serving router failed")
             raise
         finally:
-            self._fd = None
-            if self.reset_reason is None and failure is not None:
-                # Both ends must see a reset, never an EOF that looks like a whole transfer.
-                self.reset_reason = failure
-                if self.link.closed_reason is None:
-                    self.link.conn.reset_flow(self.flow_id, failure)
-                    self.link.kick()
-            if self.reset_reason is not None:
-                abort_socket(sock)
-                log.debug("flow %d reset: %s", self.flow_id, self.reset_reason)
-            self.link.release(self.flow_id)
-            with trio.CancelScope(shield=True):
-                await sock.aclose()
+            self._table.end(entry, outcome)
+            if target is not None and not pumped:
+                await _close_abortively(target)
 
-    def _reset(self, reason: str) -> None:
-        """Our local socket failed: tell the far end and stop both directions."""
-        if self.reset_reason is None:
-            self.reset_reason = reason
-            self.link.conn.reset_flow(self.flow_id, reason)
-            self.link.kick()
-        self._scope.cancel()
 
-    async def _socket_to_link(self, sock: trio.SocketStream) -> None:
-        conn, link, fid = self.link.conn, self.link, self.flow_id
-        fd = sock.socket.fileno()
-        more = False  # did the last read fill its buffer (so more is likely waiting)?
-        while True:
-            credit = conn.credit(fid)
-            while credit <= 0:
-                self._credit_ready = trio.Event()
-                await self._credit_ready.wait()
-                credit = conn.credit(fid)
-            # Small messages: wait first, then read once (no read that finds nothing).
-            # Bulk: read first, with a checkpoint so other tasks still get their turn.
-            if more:
-                await trio.lowlevel.checkpoint()
+class _Pending:
+    """The flow's handler until the target answers: only a reset can matter."""
+
+    def __init__(self, side: FlowSide) -> None:
+        self.side = side
+        self.reset_reason: str | None = None
+
+    def on_reset(self, code: FlowCode, reason: str) -> None:
+        self.reset_reason = reason
+
+    def on_accepted(self, window: int) -> None: ...
+    def on_refused(self, code: FlowCode, reason: str) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_credit(self) -> None: ...
+    def on_fin(self) -> None: ...
+
+
+class TcpListeners:
+    """The site's listeners: one accept loop per listener, each client one flow."""
+
+    def __init__(self, *, forwarder: Forwarder, connectors: TcpConnectors, table: FlowTable,
+                 reserve: FdReserve) -> None:
+        self._forwarder = forwarder
+        self._connectors = connectors
+        self._table = table
+        self._reserve = reserve
+        self._scopes: dict[tuple[str, int], trio.CancelScope] = {}
+        self.errors: dict[tuple[str, int], str] = {}  # why a configured listener is down
+        self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
+
+    async def start(self, lst: ListenerConfig, nursery: trio.Nursery) -> None:
+        """Listen (ValueError saying why if the port cannot be had), then accept in
+        `nursery` until `stop`."""
+        try:
+            sockets = await trio.open_tcp_listeners(lst.port, host=lst.host)
+        except OSError as exc:
+            raise ValueError(f"cannot listen on {lst.host}:{lst.port}: {exc.strerror}") from exc
+        scope = trio.CancelScope()
+        self._scopes[(lst.host, lst.port)] = scope
+        nursery.start_soon(self._accept, lst, sockets, scope)
+
+    def stop(self, lst: ListenerConfig) -> None:
+        self.errors.pop((lst.host, lst.port), None)
+        scope = self._scopes.pop((lst.host, lst.port), None)
+        if scope is not None:
+            scope.cancel()  # its accept loop closes the sockets
+
+    def stop_all(self) -> None:
+        for scope in self._scopes.values():
+            scope.cancel()
+
+    async def _accept(self, lst: ListenerConfig, sockets: list[trio.SocketListener],
+                      scope: trio.CancelScope) -> None:
+        with scope:
+            await serve_listeners(partial(guarded, f"client of {lst.key}", self.serve_client,
+                                          lst),
+                                  sockets, name=f"listener {lst.key}",
+                                  handler_nursery=self._table.nursery, reserve=self._reserve)
+
+    async def serve_client(self, lst: ListenerConfig, client: trio.abc.Stream) -> None:
+        """Find a serving site and pump. Whatever else ends this (no site, an internal
+        error, shutdown) resets and closes the client: it must neither mistake it for
+        a clean end nor leak the fd. An error is logged once, by `guarded` around us."""
+        entry = self._table.begin(lst.key, "listener", client=peer_name(client))
+        kind = _end_for(client)
+
+        def make_end(side: FlowSide) -> End:
+            return kind(side, entry)
+
+        outcome: Outcome = "error"
+        served = False
+        try:
+            try:
+                route = await self._forwarder.open(entry, lst.strategy, make_end=make_end,
+                                                   connect_local=self._connectors.connect)
+            except NoRoute as exc:
+                outcome = "refused"
+                self._refusal_log.log(lst.key, log, logging.WARNING, trio.current_time(),
+                                      "listener %s: closing client: %s", lst.key, exc)
+                return
+            served = True  # the pump closes the client
+            if route.end is not None:
+                await _pump(route.end, client)
+                outcome = "reset" if route.end.reset_reason is not None else "ok"
             else:
-                await trio.lowlevel.wait_readable(fd)
-            want = min(credit, READ_CHUNK)
-            try:
-                data = os.read(fd, want)
-            except BlockingIOError:
-                more = False
-                continue
-            except OSError as exc:
-                self._reset(f"connection reset by local peer: {exc.strerror or exc}")
-                return
-            more = len(data) == want
-            if not data:
-                try:
-                    conn.send_fin(fid)
-                except FlowError:
-                    return  # reset meanwhile; on_reset cancels us
-                link.kick()
-                return
-            try:
-                conn.send_data(fid, data)
-            except FlowError as exc:
-                self._reset(f"flow error: {exc}")
-                return
-            self.counters.bytes_out += len(data)
-            link.kick()
-            if conn.outgoing_bytes > link.buffer_limit:
-                await link.wait_drained()
+                assert route.target is not None
+                outcome = "ok" if await splice(client, route.target) else "reset"
+        finally:
+            self._table.end(entry, outcome)
+            if not served:
+                await _close_abortively(client)
 
-    async def _link_to_socket(self, sock: trio.SocketStream) -> None:
-        conn, link, fid, inbox = self.link.conn, self.link, self.flow_id, self._inbox
-        while True:
-            while not inbox and not self._remote_fin:
-                self._data_ready = trio.Event()
-                await self._data_ready.wait()
-            if inbox:
-                data = inbox.popleft() if len(inbox) == 1 else b"".join(inbox)
-                inbox.clear()
-                self._writing = True
-                try:
-                    await sock.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    self._reset(f"connection reset by local peer: {exc}")
-                    return
-                finally:
-                    self._writing = False
-                self.counters.bytes_in += len(data)
-                conn.grant_credit(fid, len(data))
-                link.kick()
-                continue
-            # Peer half-closed and everything it sent was delivered.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await sock.send_eof()
+
+async def splice(a: trio.abc.Stream, b: trio.abc.Stream) -> bool:
+    """Listener and connector on the same site: pump two streams, half-close aware;
+    True if both directions ended cleanly.
+
+    An end passes on as it happened: EOF as a half-close, a reset (or anything else
+    that stops the pumps early) as a reset of both sockets, so a cut-off transfer
+    never looks complete, as across sites where the flow's RESET does the same."""
+    finished = 0
+
+    async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+        nonlocal finished
+        try:
+            while data := await src.receive_some(READ_CHUNK):
+                await dst.send_all(data)
+            if isinstance(dst, trio.abc.HalfCloseableStream):
+                await dst.send_eof()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            nursery.cancel_scope.cancel()
             return
+        finished += 1
 
-
-class FlowCounters:
-    """Bytes moved by flows, for status and metrics."""
-
-    __slots__ = ("active", "bytes_in", "bytes_out", "opened", "refused")
-
-    def __init__(self) -> None:
-        self.active = 0
-        self.opened = 0
-        self.refused = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, a, b)
+            nursery.start_soon(pump, b, a)
+    finally:
+        if finished < 2:
+            abort_socket(a)
+            abort_socket(b)
+        with trio.CancelScope(shield=True):
+            await a.aclose()
+            await b.aclose()
+    return finished == 2

@@ -14,27 +14,37 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from certs import CertError
+from router.daemon.admin import SiteAdmin
+from router.daemon.issuer import TokenIssuer
 from router.daemon.status import network_status, site_status
+from router.daemon.view import RouterView
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
 from router.site.config import ConfigError, FieldReader, connector_from, listener_from
-from router.site.directory import SiteError
+from router.site.directory import Site, SiteError
 from router.site.tokens import TokenError, finite_number
 
-if TYPE_CHECKING:
-    from router.daemon.router import Router
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("router.daemon.control")
 
-Handler = Callable[["Router", dict[str, Any]], Awaitable[dict[str, Any]]]
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """What requests act on: the router's state, its site administration, its tokens."""
+
+    view: RouterView
+    admin: SiteAdmin
+    issuer: TokenIssuer
+
+
+Handler = Callable[[Targets, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 class RequestError(Exception):
@@ -52,58 +62,58 @@ def _name(args: dict[str, Any], field: str) -> str:
     return value
 
 
-async def _status(router: Router, args: dict[str, Any]) -> dict[str, Any]:
-    result = site_status(router)
+async def _status(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    result = site_status(t.view)
     if args.get("network"):
-        result["network"] = network_status(router)
+        result["network"] = network_status(t.view)
     return result
 
 
-async def _listener_create(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+async def _listener_create(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     lst = listener_from(_fields(args, "listener"))
-    await router.add_listener(lst)
+    await t.admin.add_listener(lst)
     return {"listener": asdict(lst)}
 
 
-async def _listener_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
-    return {"deleted": [asdict(x) for x in router.delete_listener(_name(args, "key"))]}
+async def _listener_delete(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    return {"deleted": [asdict(x) for x in t.admin.delete_listener(_name(args, "key"))]}
 
 
-async def _connector_create(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+async def _connector_create(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     con = connector_from(_fields(args, "connector"))
-    router.add_connector(con)
+    t.admin.add_connector(con)
     return {"connector": asdict(con)}
 
 
-async def _connector_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
-    return {"deleted": [asdict(x) for x in router.delete_connector(_name(args, "key"))]}
+async def _connector_delete(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    return {"deleted": [asdict(x) for x in t.admin.delete_connector(_name(args, "key"))]}
 
 
-async def _token_issue(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+async def _token_issue(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     # JSON allows Infinity, NaN and 1e999, and a bool is an int: refused here, before
     # any grant exists; the grant store checks the ranges.
     expires, uses = finite_number(args.get("expires_s")), args.get("uses")
     if expires is None or isinstance(uses, bool) or not isinstance(uses, int):
         raise RequestError("token.issue needs expires_s (a finite number) and uses (an integer)")
-    token = router.issue_token(expires_s=expires, uses=uses)
+    token = t.issuer.issue_token(expires_s=expires, uses=uses)
     return {"token": token.decode()}
 
 
-async def _link_add(router: Router, args: dict[str, Any]) -> dict[str, Any]:
-    router.add_link(_name(args, "name"))
+async def _link_add(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    t.admin.add_link(_name(args, "name"))
     return {}
 
 
-async def _link_delete(router: Router, args: dict[str, Any]) -> dict[str, Any]:
-    router.delete_link(_name(args, "name"))
+async def _link_delete(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    t.admin.delete_link(_name(args, "name"))
     return {}
 
 
-async def _link_cost(router: Router, args: dict[str, Any]) -> dict[str, Any]:
+async def _link_cost(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     cost = args.get("cost")
     if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
         raise RequestError("cost must be an integer from 1 to 1000000")
-    router.set_link_cost(_name(args, "name"), cost)
+    t.admin.set_link_cost(_name(args, "name"), cost)
     return {}
 
 
@@ -121,15 +131,17 @@ HANDLERS: dict[str, Handler] = {
 
 
 class ControlServer:
-    def __init__(self, router: Router, path: Path) -> None:
-        self.router = router
-        self.path = path
+    def __init__(self, view: RouterView, admin: SiteAdmin, issuer: TokenIssuer,
+                 site: Site) -> None:
+        self.targets = Targets(view, admin, issuer)
+        self.site = site
+        self.path = site.control_path
         # Its own spare: `sitectl status` should work when the router is out of fds.
         self.reserve = FdReserve()
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.router.site.check_control_dir(create=True)  # main checked it; a last look
+        self.site.check_control_dir(create=True)  # main checked it; a last look
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # stale socket from a crashed router
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -150,7 +162,7 @@ class ControlServer:
                 self.path.unlink()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        limit = self.router.config.limits.max_control_request_bytes
+        limit = self.targets.view.config.limits.max_control_request_bytes
         async with stream:
             buf = bytearray()
             try:
@@ -186,7 +198,7 @@ class ControlServer:
         if not isinstance(args, dict):
             raise RequestError("request args must be an object")
         try:
-            result = await handler(self.router, args)
+            result = await handler(self.targets, args)
         except (ConfigError, SiteError, CertError, ValueError, TokenError, RequestError) as exc:
             return {"ok": False, "error": str(exc).replace("request: ", "")}
         except OSError as exc:  # a site file that cannot be read or written

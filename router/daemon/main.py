@@ -144,7 +144,7 @@ def _run_trio(site: Site, config: SiteConfig, log_level: str,
     raise_fd_limit()
 
     async def main() -> None:
-        router = Router(site, config)
+        router = Router.from_site(site, config)
         await router.run(task_status=_Ready(starting.close))
 
     try:

@@ -11,30 +11,27 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from router.daemon.view import RouterView
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
 
-if TYPE_CHECKING:
-    from router.daemon.router import Router
-
-log = logging.getLogger("router.daemon.metrics")
+log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8192
 
 
 class RouterCollector(Collector):
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: RouterView) -> None:
         self.router = router
 
     def collect(self) -> Iterator[Metric]:
         r = self.router
-        c = r.counters
+        c = r.flows
         yield GaugeMetricFamily("vanrouter_flows_active", "Flows open now", value=c.active)
         yield CounterMetricFamily("vanrouter_flows_opened", "Flows started here", value=c.opened)
         yield CounterMetricFamily("vanrouter_flows_refused",
@@ -67,7 +64,7 @@ class RouterCollector(Collector):
                                 value=len(r.routing.records()))
 
 
-def make_registry(router: Router) -> CollectorRegistry:
+def make_registry(router: RouterView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouterCollector(router))
     return registry

@@ -5,19 +5,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-if TYPE_CHECKING:
-    from router.daemon.router import Router
+from router.daemon.view import RouterView
 
 
 def _ago(epoch: float) -> float:
     return round(time.time() - epoch, 1)
 
 
-def site_status(r: Router) -> dict[str, Any]:
+def site_status(r: RouterView) -> dict[str, Any]:
     cfg = r.config
     links: list[dict[str, Any]] = []
     for name, dial in sorted(r.links.dials.items()):
@@ -54,19 +53,15 @@ def site_status(r: Router) -> dict[str, Any]:
         "links": links,
         "listeners": [dataclasses.asdict(lst) | {
             "reachable": keys[lst.key]["reachable"],
-            "error": r.listener_errors.get((lst.host, lst.port)),
+            "error": r.listeners.errors.get((lst.host, lst.port)),
         } for lst in cfg.listeners],
         "connectors": [dataclasses.asdict(con) for con in cfg.connectors],
         "keys": keys,
-        "flows": {
-            "active": r.counters.active, "opened": r.counters.opened,
-            "refused": r.counters.refused, "bytes_in": r.counters.bytes_in,
-            "bytes_out": r.counters.bytes_out,
-        },
+        "flows": r.flows.counters(),
     }
 
 
-def network_status(r: Router) -> dict[str, Any]:
+def network_status(r: RouterView) -> dict[str, Any]:
     """Every site known, its links, and every routing key with its servers and path."""
     routing = r.routing
     names = {r.router_id: r.site for r in routing.records()}

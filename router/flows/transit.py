@@ -9,26 +9,22 @@ held here are bounded by the window.
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import trio
-
-from router.adaptors.tcp import READ_CHUNK, abort_socket
 from router.net.link import Link
-from router.protocol import FlowError, Open
+from router.net.side import FlowSide
+from router.protocol import FlowCode, FlowError, Open
+from router.routing import RoutingCore
 from router.routing.forward import ForwardRefused, next_hop_for_open
 
-if TYPE_CHECKING:
-    from router.daemon.router import Router
 
 class TransitHalf:
     """One side of a splice; `peer` is the other side. Implements FlowHandler."""
 
-    def __init__(self, link: Link, flow_id: int) -> None:
-        self.link = link
-        self.flow_id = flow_id
+    def __init__(self, side: FlowSide) -> None:
+        self.side = side
         self.peer: TransitHalf = self
         self._pending: deque[bytes] = deque()
         self._fin_pending = False
@@ -45,18 +41,15 @@ class TransitHalf:
             self._pending.append(data[sent:])
 
     def _send_now(self, data: bytes) -> int:
-        conn = self.link.conn
-        n = min(conn.credit(self.flow_id), len(data))
+        n = min(self.side.credit(), len(data))
         if n <= 0:
             return 0
         try:
-            conn.send_data(self.flow_id, data[:n] if n < len(data) else data)
+            self.side.send(data[:n] if n < len(data) else data)
         except FlowError:
             return 0
-        self.link.kick()
         # Bytes left this router: the upstream hop may send that much more.
-        self.peer.link.conn.grant_credit(self.peer.flow_id, n)
-        self.peer.link.kick()
+        self.peer.side.grant(n)
         return n
 
     def _flush(self) -> None:
@@ -70,29 +63,20 @@ class TransitHalf:
         if self._fin_pending:
             self._fin_pending = False
             self._fin_sent = True
-            with contextlib.suppress(FlowError):
-                self.link.conn.send_fin(self.flow_id)
-            self.link.kick()
+            self.side.fin()
             self._release_if_done()
 
     def _release_if_done(self) -> None:
         if self._fin_sent and self._fin_received:
-            self.link.release(self.flow_id)
+            self.side.release()
 
     # -- FlowHandler (events about this half's own flow)
     def on_accepted(self, window: int) -> None:
-        up = self.peer
-        # The opener may have given up meanwhile (FlowError): its RESET reaches us next.
-        with contextlib.suppress(FlowError):
-            up.link.conn.accept_flow(up.flow_id, window)
-        up.link.kick()
+        # The opener may have given up meanwhile: its RESET reaches us next.
+        self.peer.side.accept(window)
 
-    def on_refused(self, reason: str) -> None:
-        up = self.peer
-        up.link.release(up.flow_id)
-        with contextlib.suppress(FlowError):
-            up.link.conn.refuse_flow(up.flow_id, reason)
-        up.link.kick()
+    def on_refused(self, code: FlowCode, reason: str) -> None:
+        self.peer.side.refuse(code, reason)
 
     def on_data(self, data: bytes) -> None:
         self.peer._push(data)
@@ -108,70 +92,39 @@ class TransitHalf:
         if not other._pending:
             other._flush()
 
-    def on_reset(self, reason: str) -> None:
-        other = self.peer
-        other.link.release(other.flow_id)
-        other.link.conn.reset_flow(other.flow_id, reason)
-        other.link.kick()
+    def on_reset(self, code: FlowCode, reason: str) -> None:
+        self.peer.side.reset(code, reason)
 
 
-def open_transit(router: Router, link: Link, flow_id: int, open_msg: Open) -> None:
-    """Forward an OPEN toward its destination, or refuse it with the reason."""
-    conn = link.conn
-    next_link: Link | None = None
-    try:
-        hop = next_hop_for_open(router.routing, open_msg.dest_router, open_msg.trace,
-                                router.name)
-        next_link = router.links.link_for(hop)
-        if next_link is None:
-            raise ForwardRefused(f"site {router.name} has no link to the next hop")
-    except ForwardRefused as exc:
-        conn.refuse_flow(flow_id, str(exc))
-        link.kick()
-        return
-    up = TransitHalf(link, flow_id)
-    fwd = Open(routing_key=open_msg.routing_key, origin_site=open_msg.origin_site,
-               origin_router=open_msg.origin_router, dest_router=open_msg.dest_router,
-               client_addr=open_msg.client_addr, trace=(*open_msg.trace, router.router_id),
-               window=router.config.limits.flow_window_bytes)
-    down = TransitHalf(next_link, 0)
-    up.peer, down.peer = down, up
-    try:
-        down.flow_id = next_link.open_flow(fwd, down)
-    except FlowError as exc:
-        conn.refuse_flow(flow_id, f"site {router.name}: {exc}")
-        link.kick()
-        return
-    link.flows[flow_id] = up
+@dataclass(frozen=True, slots=True)
+class Transit:
+    """Forwards OPENs that are for another router, or refuses them (code ROUTE)."""
 
+    routing: RoutingCore
+    link_for: Callable[[str], Link | None]
+    site: str
+    window: int
 
-async def splice_sockets(a: trio.SocketStream, b: trio.SocketStream) -> None:
-    """Listener and connector on the same site: pump two sockets, half-close aware.
-
-    An end passes on as it happened: EOF as a half-close, a reset (or anything else
-    that stops the pumps early) as a reset of both sockets, so a cut-off transfer
-    never looks complete, as across sites where the flow's RESET does the same."""
-    finished = 0
-
-    async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
-        nonlocal finished
+    def open(self, link: Link, flow_id: int, open_msg: Open) -> None:
+        incoming = FlowSide(link, flow_id)
         try:
-            while data := await src.receive_some(READ_CHUNK):
-                await dst.send_all(data)
-            await dst.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            nursery.cancel_scope.cancel()
+            hop = next_hop_for_open(self.routing, open_msg.dest_router, open_msg.trace,
+                                    self.site)
+            next_link = self.link_for(hop)
+            if next_link is None:
+                raise ForwardRefused(f"site {self.site} has no link to the next hop")
+        except ForwardRefused as exc:
+            incoming.refuse(FlowCode.ROUTE, str(exc))
             return
-        finished += 1
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, a, b)
-            nursery.start_soon(pump, b, a)
-    finally:
-        if finished < 2:
-            abort_socket(a)
-            abort_socket(b)
-        with trio.CancelScope(shield=True):
-            await a.aclose()
-            await b.aclose()
+        up, down = TransitHalf(incoming), TransitHalf(FlowSide(next_link))
+        up.peer, down.peer = down, up
+        fwd = Open(routing_key=open_msg.routing_key, origin_site=open_msg.origin_site,
+                   origin_router=open_msg.origin_router, dest_router=open_msg.dest_router,
+                   client_addr=open_msg.client_addr,
+                   trace=(*open_msg.trace, self.routing.router_id), window=self.window)
+        try:
+            down.side.open(fwd, down)
+        except FlowError as exc:
+            incoming.refuse(FlowCode.CAPACITY, f"site {self.site}: {exc}")
+            return
+        incoming.attach(up)

@@ -19,8 +19,8 @@ from typing import NoReturn, Protocol
 
 import trio
 
-from router.adaptors.tcp import abort_socket
 from router.net.logthrottle import LogThrottle
+from router.net.sockets import abort_socket
 
 log = logging.getLogger("router.accept")
 

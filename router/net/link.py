@@ -19,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
 
 import trio
 
+from router.errors import VanError
 from router.net.errors import NETWORK_ERRORS, only
 from router.net.tls import TLSStream
 from router.protocol import (
@@ -30,6 +31,7 @@ from router.protocol import (
     DataReceived,
     Event,
     FlowAccepted,
+    FlowCode,
     FlowError,
     FlowFinished,
     FlowOpened,
@@ -46,7 +48,7 @@ from router.protocol import (
     RoutingReceived,
 )
 
-log = logging.getLogger("router.link")
+log = logging.getLogger(__name__)
 
 # Unsent control bytes, in multiples of the connection's read-pause threshold, past
 # which the link is ended at once. Reading stops at 1x, so only commands from our own
@@ -54,19 +56,20 @@ log = logging.getLogger("router.link")
 CONTROL_CAP_FACTOR = 4
 
 
-class LinkLost(Exception):
+class LinkLost(VanError):
     """The link ended; the message says why (peer closed, keepalive, protocol error)."""
 
 
 class FlowHandler(Protocol):
     def on_accepted(self, window: int) -> None: ...
-    def on_refused(self, reason: str) -> None: ...
+    def on_refused(self, code: FlowCode, reason: str) -> None: ...
     def on_data(self, data: bytes) -> None: ...
     def on_credit(self) -> None: ...
     def on_fin(self) -> None: ...
-    def on_reset(self, reason: str) -> None: ...
+    def on_reset(self, code: FlowCode, reason: str) -> None: ...
 
 
+Direction = Literal["in", "out"]  # who dialled: the peer ("in") or we ("out")
 OpenCallback = Callable[["Link", int, Open], None]
 RoutingCallback = Callable[["Link", bytes], None]
 
@@ -103,7 +106,7 @@ class Link:
         self,
         *,
         name: str,
-        direction: str,
+        direction: Direction,
         stream: TLSStream,
         conn: LinkConnection,
         peer: Hello,
@@ -216,7 +219,7 @@ class Link:
             self.closed_reason = reason
             self._drained.set()
             for handler in list(self.flows.values()):
-                handler.on_reset(f"link to {self.peer_site} lost: {reason}")
+                handler.on_reset(FlowCode.LINK_LOST, f"link to {self.peer_site} lost: {reason}")
             self.flows.clear()
             # No checkpoint from here until the caller's bookkeeping (routing told the
             # neighbour is gone) has run: flows woken by the resets above then retry on
@@ -304,7 +307,7 @@ class Link:
             elif isinstance(event, FlowRefused):
                 handler = flows.pop(event.flow_id, None)
                 if handler is not None:
-                    handler.on_refused(event.reason)
+                    handler.on_refused(event.code, event.reason)
             elif isinstance(event, FlowFinished):
                 handler = flows.get(event.flow_id)
                 if handler is not None:
@@ -312,7 +315,7 @@ class Link:
             elif isinstance(event, FlowReset):
                 handler = flows.pop(event.flow_id, None)
                 if handler is not None:
-                    handler.on_reset(event.reason)
+                    handler.on_reset(event.code, event.reason)
             elif isinstance(event, RoutingReceived):
                 self._on_routing(self, event.payload)
             elif isinstance(event, PongReceived):
@@ -342,4 +345,4 @@ def _describe(exc: BaseException) -> str:
     return f"connection lost: {exc}" if str(exc) else "connection lost"
 
 
-__all__ = ["FlowError", "FlowHandler", "Link", "LinkLost", "exchange_hello"]
+__all__ = ["Direction", "FlowError", "FlowHandler", "Link", "LinkLost", "exchange_hello"]

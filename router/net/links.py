@@ -1,20 +1,22 @@
-"""The router's links: accepting on the link port, dialling configured links with
-backoff, and keeping the routing core told which neighbours are up."""
+"""The link table: accepting on the link port, dialling configured links with
+backoff, the registry of live links, and telling a `NeighbourEvents` (the routing
+agent) which neighbours are up and what routing messages they sent."""
 
 from __future__ import annotations
 
 import logging
 import random
 import re
+import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Literal, Protocol
 
 import trio
 
-from router.adaptors.tcp import peer_name
-from router.net.accept import serve_listeners
+from router.net.accept import FdReserve, serve_listeners
 from router.net.admission import HandshakeRate, HandshakeSlots, WaitingRoom, source_key
 from router.net.errors import connect_reason, guarded
 from router.net.handshake import (
@@ -27,16 +29,15 @@ from router.net.handshake import (
     tls_handshake,
     wait_first_byte,
 )
-from router.net.link import Link
+from router.net.link import Direction, Link, OpenCallback
 from router.net.logthrottle import KeyedLogThrottle
+from router.net.sockets import peer_name
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
+from router.site.config import Limits
 from router.site.directory import LinkSpec
 
-if TYPE_CHECKING:
-    from router.daemon.router import Router
-
-log = logging.getLogger("router.net.links")
+log = logging.getLogger(__name__)
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim at once
 PENDING_PER_SOURCE = MAX_PENDING_HANDSHAKES // 16  # of those, from one address
@@ -48,6 +49,30 @@ HANDSHAKES_PER_SOURCE_PER_S = 10.0
 MAX_WAITING_FOR_FIRST_BYTE = 1024
 REFUSAL_LOG_INTERVAL_S = 10.0  # per kind of refusal
 _DIGITS = re.compile(r"\d+")
+DialPhase = Literal["connecting", "up", "down"]
+Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
+ClaimHandler = Callable[[bytes], Awaitable[dict[str, object]]]
+
+
+class LinkIdentity(Protocol):
+    """Who we are on a link: the HELLO and the TLS contexts."""
+
+    def hello(self) -> Hello: ...
+    def server_context(self) -> ssl.SSLContext: ...
+    def client_context(self, link_name: str) -> ssl.SSLContext: ...
+
+
+class NeighbourEvents(Protocol):
+    """Told when a neighbour comes, goes or changes cost, and what it sends."""
+
+    def neighbour_up(self, link: Link) -> None: ...
+    def neighbour_down(self, link: Link) -> None: ...
+    def neighbour_cost(self, link: Link) -> None: ...
+    def on_routing(self, link: Link, payload: bytes) -> None: ...
+
+
+async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
+    return await trio.open_tcp_stream(host, port)
 
 
 @dataclass(slots=True)
@@ -57,16 +82,24 @@ class DialState:
     spec: LinkSpec
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     link: Link | None = None
-    state: str = "connecting"
+    state: DialPhase = "connecting"
     since: float = field(default_factory=time.time)
     last_error: str | None = None
     attempts: int = 0
     deleted: bool = False
 
 
-class LinkManager:
-    def __init__(self, router: Router) -> None:
-        self.router = router
+class LinkTable:
+    def __init__(self, *, identity: LinkIdentity, limits: Limits, events: NeighbourEvents,
+                 on_open: OpenCallback, on_claim: ClaimHandler, reserve: FdReserve,
+                 connect: Connect = _open_tcp) -> None:
+        self._identity = identity
+        self._limits = limits
+        self._events = events
+        self._on_open = on_open
+        self._on_claim = on_claim
+        self._reserve = reserve
+        self._connect = connect
         self.dials: dict[str, DialState] = {}
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
@@ -76,6 +109,7 @@ class LinkManager:
         self._rate = HandshakeRate(HANDSHAKES_PER_SOURCE_PER_S, HANDSHAKE_BURST_PER_SOURCE)
         self._waiting: WaitingRoom[trio.CancelScope] = WaitingRoom(MAX_WAITING_FOR_FIRST_BYTE)
         self._refusals = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
+        self._changed = trio.Event()  # set when a link ends
 
     # ---- neighbour bookkeeping
     def link_for(self, peer_id: str) -> Link | None:
@@ -85,11 +119,31 @@ class LinkManager:
     def all_links(self) -> list[Link]:
         return [link for links in self.by_peer.values() for link in links]
 
+    def send_routing(self, peer_id: str, payload: bytes) -> None:
+        link = self.link_for(peer_id)
+        if link is not None and link.closed_reason is None:
+            link.conn.send_routing(payload)
+            link.kick()
+
+    def linked_sites(self) -> set[str]:
+        """Sites we have a live link with (either direction) or are configured to dial."""
+        live = {link.peer_site for link in self.all_links()}
+        return live | {dial.spec.peer_site for dial in self.dials.values()}
+
+    def close_all(self, reason: str) -> None:
+        for link in self.all_links():
+            link.close(reason)
+
+    async def wait_all_closed(self) -> None:
+        while self.by_peer:
+            self._changed = trio.Event()
+            await self._changed.wait()
+
     async def _run_link(self, link: Link, early: list[Event]) -> None:
         peers = self.by_peer.setdefault(link.peer_id, [])
         peers.append(link)
         if len(peers) == 1:
-            self.router.neighbour_up(link)
+            self._events.neighbour_up(link)
         log.info("link %s up: %s site %s (%s)", link.name, link.direction, link.peer_site,
                  link.peer_id)
         try:
@@ -98,22 +152,22 @@ class LinkManager:
             peers.remove(link)
             if not peers:
                 del self.by_peer[link.peer_id]
-                self.router.neighbour_down(link)
+                self._events.neighbour_down(link)
             elif peers[0].cost != link.cost:
-                self.router.neighbour_cost(peers[0])
+                self._events.neighbour_cost(peers[0])
+            self._changed.set()
 
-    def _make_link(self, name: str, direction: str, stream: TLSStream, conn: LinkConnection,
-                   peer: Hello, cost: int) -> Link:
-        limits = self.router.config.limits
+    def _make_link(self, name: str, direction: Direction, stream: TLSStream,
+                   conn: LinkConnection, peer: Hello, cost: int) -> Link:
         return Link(name=name, direction=direction, stream=stream, conn=conn, peer=peer,
-                    cost=cost, buffer_limit=limits.link_buffer_bytes,
-                    on_open=self.router.on_flow_open, on_routing=self.router.on_routing)
+                    cost=cost, buffer_limit=self._limits.link_buffer_bytes,
+                    on_open=self._on_open, on_routing=self._events.on_routing)
 
     # ---- accepting
     async def serve(self, listeners: list[trio.SocketListener],
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_listeners(partial(guarded, "incoming link", self._handle_incoming),
-                              listeners, name="link port", reserve=self.router.fd_reserve,
+                              listeners, name="link port", reserve=self._reserve,
                               task_status=task_status)
 
     async def _first_byte(self, sock: trio.SocketStream) -> FirstByte:
@@ -135,15 +189,18 @@ class LinkManager:
                            what, peer_addr, reason)
 
     async def _handle_incoming(self, sock: trio.SocketStream) -> None:
-        router = self.router
         peer_addr = peer_name(sock)
         first = await self._first_byte(sock)
         if first is FirstByte.SILENT:
             self._refusals.log("silent", log, logging.INFO, trio.current_time(),
                                "closed connection from %s: nothing sent in %g s", peer_addr,
                                FIRST_BYTE_TIMEOUT_S)
-        if first is not FirstByte.ARRIVED:
-            return
+        if first is FirstByte.ARRIVED:
+            await self.accept_stream(sock, peer_addr)
+
+    async def accept_stream(self, sock: trio.abc.Stream, peer_addr: str) -> None:
+        """Serve one incoming connection that has sent its first byte: admission, TLS,
+        then a link or a token claim, until it ends. Closes `sock`."""
         # Unauthenticated peers must not be able to hold unbounded sockets and memory,
         # nor one address all of them, nor take the router's CPU with handshakes.
         source = source_key(peer_addr.rpartition(":")[0])
@@ -156,7 +213,7 @@ class LinkManager:
         if refusal is not None:
             self._refuse(peer_addr, f"{refusal.value} ({self._slots.pending} pending)")
             return
-        stream = TLSStream(sock, router.server_ssl_context(), server_side=True)
+        stream = TLSStream(sock, self._identity.server_context(), server_side=True)
         try:
             with trio.CancelScope() as slot:
                 evicted = self._slots.acquire(source, slot)
@@ -166,14 +223,14 @@ class LinkManager:
                     with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                         await tls_handshake(stream)
                         if stream.peer_certificate_der() is None:
-                            reply = await serve_unauthenticated(stream, router.on_claim)
+                            reply = await serve_unauthenticated(stream, self._on_claim)
                             if reply.get("ok") is not True:
                                 self._refuse(peer_addr, str(reply.get("error")),
                                              what="token claim")
                             return
                         conn, peer, early = await start_link(
-                            stream, role=Role.ACCEPTOR, hello=router.hello(),
-                            limits=router.config.limits, expect_site=None)
+                            stream, role=Role.ACCEPTOR, hello=self._identity.hello(),
+                            limits=self._limits, expect_site=None)
                 except trio.TooSlowError:
                     self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
                     return
@@ -219,10 +276,10 @@ class LinkManager:
         state.spec = replace(state.spec, cost=cost)  # keeps the pinned peer_router_id
         if state.link is not None:
             state.link.cost = cost
-            self.router.neighbour_cost(state.link)
+            self._events.neighbour_cost(state.link)
 
     async def _dial_loop(self, state: DialState) -> None:
-        limits = self.router.config.limits
+        limits = self._limits
         delay = limits.redial_min_s
         with state.cancel:
             while not state.deleted:
@@ -243,22 +300,22 @@ class LinkManager:
 
     async def _dial_once(self, state: DialState) -> float | None:
         """One attempt over every endpoint; returns how long the link was up."""
-        spec, router = state.spec, self.router
+        spec = state.spec
         for host, port in spec.endpoints:
             try:
-                with trio.fail_after(router.config.limits.connect_timeout_s):
-                    sock = await trio.open_tcp_stream(host, port)
+                with trio.fail_after(self._limits.connect_timeout_s):
+                    sock = await self._connect(host, port)
             except (OSError, trio.TooSlowError) as exc:
                 state.last_error = f"cannot connect to {host}:{port}: {connect_reason(exc)}"
                 continue
-            stream = TLSStream(sock, router.client_ssl_context(spec.name),
+            stream = TLSStream(sock, self._identity.client_context(spec.name),
                                server_side=False, server_hostname=spec.peer_site)
             try:
                 try:
                     await tls_handshake(stream)
                     conn, peer, early = await start_link(
-                        stream, role=Role.DIALER, hello=router.hello(),
-                        limits=router.config.limits, expect_site=spec.peer_site,
+                        stream, role=Role.DIALER, hello=self._identity.hello(),
+                        limits=self._limits, expect_site=spec.peer_site,
                         expect_router_id=spec.peer_router_id)
                 except (HandshakeError, ProtocolError) as exc:
                     state.last_error = f"{host}:{port}: {exc}"

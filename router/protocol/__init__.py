@@ -1,7 +1,7 @@
 """The link protocol between routers, sans-IO: bytes in, events out, bytes to send."""
 
 from .connection import LinkConnection, LinkLimits, Role
-from .errors import ErrorCode, FlowError, ProtocolError, RouterError
+from .errors import ErrorCode, FlowCode, FlowError, ProtocolError
 from .events import (
     CreditGranted,
     DataReceived,
@@ -29,6 +29,7 @@ __all__ = [
     "ErrorCode",
     "Event",
     "FlowAccepted",
+    "FlowCode",
     "FlowError",
     "FlowFinished",
     "FlowOpened",
@@ -48,7 +49,6 @@ __all__ = [
     "Refuse",
     "Reset",
     "Role",
-    "RouterError",
     "RoutingReceived",
     "printable",
 ]

@@ -11,7 +11,7 @@ import math
 import struct
 from collections.abc import Callable
 
-from .errors import ErrorCode, FlowError, ProtocolError
+from .errors import ErrorCode, FlowCode, FlowError, ProtocolError
 from .events import (
     CreditGranted,
     DataReceived,
@@ -312,7 +312,8 @@ class LinkConnection:
         if version != VERSION:
             raise ProtocolError(
                 ErrorCode.VERSION,
-                f"unsupported protocol version {version}; this router speaks {VERSION}",
+                f"peer speaks link protocol version {version}, this router speaks {VERSION}: "
+                "run the same vanrouter release on both sites",
             )
         self._preface_seen = True
         return len(PREFACE)
@@ -379,7 +380,8 @@ class LinkConnection:
         if self._closing or len(self._flows) >= self._limits.max_flows:
             # Flow counts race between the ends; refusing keeps the link up.
             reason = "link is closing" if self._closing else "too many flows on this link"
-            self._queue(FrameType.REFUSE, flow_id, Refuse(reason=reason).to_wire())
+            refuse = Refuse(code=FlowCode.CAPACITY, reason=reason)
+            self._queue(FrameType.REFUSE, flow_id, refuse.to_wire())
             return None
         flow = Flow(flow_id, FlowState.IDLE, request.window, 0)
         flow.on_peer(FlowInput.RECV_OPEN, "OPEN")
@@ -402,7 +404,7 @@ class LinkConnection:
             return None
         flow.on_peer(FlowInput.RECV_REFUSE, "REFUSE")
         del self._flows[flow_id]
-        return FlowRefused(flow_id=flow_id, reason=refuse.reason)
+        return FlowRefused(flow_id=flow_id, code=refuse.code, reason=refuse.reason)
 
     def _on_credit(self, flow_id: int, body: bytes, now: float) -> Event | None:
         if len(body) != CREDIT_BODY.size:
@@ -441,7 +443,7 @@ class LinkConnection:
             return None
         flow.on_peer(FlowInput.RECV_RESET, "RESET")
         del self._flows[flow_id]
-        return FlowReset(flow_id=flow_id, reason=reset.reason)
+        return FlowReset(flow_id=flow_id, code=reset.code, reason=reset.reason)
 
     def _on_ping(self, flow_id: int, body: bytes, now: float) -> Event | None:
         if len(body) != PING_BODY_SIZE:
@@ -503,11 +505,12 @@ class LinkConnection:
         flow.recv_allowance = flow.window = window
         self._queue(FrameType.ACCEPT, flow_id, accept.to_wire())
 
-    def refuse_flow(self, flow_id: int, reason: str) -> None:
+    def refuse_flow(self, flow_id: int, code: FlowCode, reason: str) -> None:
         flow = self._local_flow(flow_id)
         flow.on_local(FlowInput.SEND_REFUSE)
         del self._flows[flow_id]
-        self._queue(FrameType.REFUSE, flow_id, Refuse(reason=truncate_reason(reason)).to_wire())
+        refuse = Refuse(code=code, reason=truncate_reason(reason))
+        self._queue(FrameType.REFUSE, flow_id, refuse.to_wire())
 
     def send_data(self, flow_id: int, data: bytes | bytearray | memoryview) -> None:
         """Queue DATA frames; the whole of ``data`` must fit in the flow's credit."""
@@ -555,12 +558,13 @@ class LinkConnection:
             del self._flows[flow_id]
         self._queue(FrameType.FIN, flow_id, b"")
 
-    def reset_flow(self, flow_id: int, reason: str) -> None:
+    def reset_flow(self, flow_id: int, code: FlowCode, reason: str) -> None:
         flow = self._flows.pop(flow_id, None)
         if flow is None:
             return
         flow.on_local(FlowInput.SEND_RESET)
-        self._queue(FrameType.RESET, flow_id, Reset(reason=truncate_reason(reason)).to_wire())
+        reset = Reset(code=code, reason=truncate_reason(reason))
+        self._queue(FrameType.RESET, flow_id, reset.to_wire())
 
     def send_routing(self, payload: bytes) -> None:
         if len(payload) > self._limits.max_control_bytes:

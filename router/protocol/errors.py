@@ -6,13 +6,43 @@ A ``ProtocolError`` means the peer broke the protocol and the link must go; a
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, IntEnum
 
-__all__ = ["ErrorCode", "FlowError", "ProtocolError", "RouterError"]
+from router.errors import VanError
+
+__all__ = ["ErrorCode", "FlowCode", "FlowError", "ProtocolError"]
 
 
-class RouterError(Exception):
-    """Base of every error the router raises on purpose."""
+class FlowCode(IntEnum):
+    """Why a flow was refused or reset, carried on the wire with the reason text.
+
+    A REFUSE always means the serving side never started the flow, so an opener may
+    try elsewhere; the code says where: ROUTE and LINK_LOST are the path (routes are
+    changing, the same site may work again), NO_TARGET and CAPACITY the site.
+    """
+
+    UNKNOWN = 0  # a code this router does not know (a newer peer): treat as the site's
+    ROUTE = 1  # a router on the path could not forward the OPEN
+    NO_TARGET = 2  # the serving site has no connector for the key, or cannot reach it
+    TIMEOUT = 3  # no answer to the OPEN in time
+    LINK_LOST = 4  # a link under the flow went down
+    CAPACITY = 5  # the link is closing or holds its maximum of flows
+    SHUTDOWN = 6  # a router on the path is shutting down
+    INTERNAL = 7  # an internal error in a router on the path
+    PEER_RESET = 8  # the local end (client or target) reset or failed
+    CANCELLED = 9  # the opener gave up
+
+    @classmethod
+    def of(cls, value: int) -> FlowCode:
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def path_failed(self) -> bool:
+        """The path, not the serving site, failed: the same site may work again."""
+        return self in (FlowCode.ROUTE, FlowCode.LINK_LOST)
 
 
 class ErrorCode(Enum):
@@ -32,7 +62,7 @@ class ErrorCode(Enum):
     LINK_CLOSED = "link_closed"
 
 
-class ProtocolError(RouterError):
+class ProtocolError(VanError):
     """The peer violated the link protocol; ``str(err)`` says how."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
@@ -44,5 +74,5 @@ class ProtocolError(RouterError):
         return f"ProtocolError({self.code.name}, {self.message!r})"
 
 
-class FlowError(RouterError):
+class FlowError(Exception):
     """Local misuse of a flow: unknown id, wrong state, or sending beyond credit."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .errors import FlowCode
 from .messages import Hello, Open
 
 __all__ = [
@@ -51,6 +52,7 @@ class FlowAccepted:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlowRefused:
     flow_id: int
+    code: FlowCode
     reason: str
 
 
@@ -78,6 +80,7 @@ class FlowFinished:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlowReset:
     flow_id: int
+    code: FlowCode
     reason: str
 
 

@@ -19,7 +19,7 @@ __all__ = [
 ]
 
 MAGIC = b"VANL"
-VERSION = 1
+VERSION = 2  # 2: REFUSE and RESET carry a FlowCode
 PREFACE = MAGIC + bytes([VERSION])
 
 # type (u8), flags (u8, must be 0), flow_id (u32), payload length (u32)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Self
 
 import msgpack
 
-from .errors import ErrorCode, ProtocolError
+from .errors import ErrorCode, FlowCode, ProtocolError
 
 __all__ = [
     "MAX_NAME_CHARS",
@@ -32,6 +32,7 @@ __all__ = [
 
 MAX_NAME_CHARS = 256  # router ids, site names, routing keys, addresses
 MAX_REASON_CHARS = 1024  # human-readable reasons in REFUSE/RESET/GOAWAY
+MAX_CODE = 0xFFFF  # REFUSE/RESET codes: FlowCode, room for more
 MAX_TRACE_HOPS = 64  # routers an OPEN may have passed through
 MAX_WINDOW = 2**31 - 1  # credit windows are signed-31-bit like HTTP/2's
 MIN_FRAME_BYTES = 1024  # below this, framing overhead would dominate
@@ -261,12 +262,42 @@ class _Reasoned:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Refuse(_Reasoned):
+class _Coded:
+    """REFUSE and RESET: a code a program can act on, and the reason for people."""
+
+    code: FlowCode
+    reason: str
+    KIND: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.code, FlowCode):
+            raise ValueError(f"code must be a FlowCode, got {type(self.code).__name__}")
+        _check_reason(self.reason)
+        object.__setattr__(self, "reason", truncate_reason(printable(self.reason)))
+
+    def to_wire(self) -> bytes:
+        return _pack({"code": int(self.code), "reason": self.reason})
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        f = _unpack(cls.KIND, data, ("code", "reason"))
+        code = f["code"]
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= MAX_CODE:
+            raise _invalid(cls.KIND, ValueError(f"code must be an integer from 0 to {MAX_CODE}"))
+        f["code"] = FlowCode.of(code)  # a code from a newer peer reads as UNKNOWN
+        try:
+            return cls(**f)
+        except ValueError as exc:
+            raise _invalid(cls.KIND, exc) from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refuse(_Coded):
     KIND: ClassVar[str] = "REFUSE"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Reset(_Reasoned):
+class Reset(_Coded):
     KIND: ClassVar[str] = "RESET"
 
 

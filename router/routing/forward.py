@@ -12,18 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .core import RoutingCore
+from .errors import RoutingError
 
 MAX_HOPS = 32
-# Refusals for path reasons start with this, so the listener can tell "routes are
-# changing, try this site again" from "the site refused" (a REFUSE has only a reason).
-ROUTE_REFUSAL = "route: "
 
 
-class ForwardRefused(Exception):
-    """The OPEN cannot go on from here; the message says why."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(ROUTE_REFUSAL + why)
+class ForwardRefused(RoutingError):
+    """The OPEN cannot go on from here; the message says why. The caller refuses the
+    OPEN with code ROUTE, so the listener knows to try the same site again."""
 
 
 def next_hop_for_open(core: RoutingCore, dest: str, trace: Sequence[str], site: str) -> str:

@@ -1,0 +1,101 @@
+"""A flow whose local end is any trio stream (a memory stream in tests, TLS later).
+
+The same two directions as `SocketFlow`, without its file-descriptor fast paths:
+socket -> link within the peer's credit, link -> stream with credit granted back
+only for bytes the stream took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+import trio
+
+from router.flows.end import FlowEnd
+from router.flows.table import FlowEntry
+from router.net.side import FlowSide
+from router.net.sockets import READ_CHUNK
+from router.protocol import FlowCode, FlowError
+
+
+class StreamFlow(FlowEnd):
+    def __init__(self, side: FlowSide, entry: FlowEntry) -> None:
+        super().__init__(side)
+        self.entry = entry
+        self._inbox: deque[bytes] = deque()
+        self._remote_fin = False
+        self._data_ready = trio.Event()
+        self._credit_ready = trio.Event()
+
+    def on_data(self, data: bytes) -> None:
+        self._inbox.append(data)
+        self._data_ready.set()
+
+    def on_credit(self) -> None:
+        self._credit_ready.set()
+
+    def on_fin(self) -> None:
+        self._remote_fin = True
+        self._data_ready.set()
+
+    async def run(self, stream: trio.abc.Stream) -> None:
+        """Pump until both directions finished or the flow is reset; closes `stream`."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._stream_to_link, stream)
+                    nursery.start_soon(self._link_to_stream, stream)
+        except trio.Cancelled:
+            self.reset(FlowCode.SHUTDOWN, "flow cancelled: router shutting down")
+            raise
+        except BaseException:
+            self.reset(FlowCode.INTERNAL, "internal error in this router")
+            raise
+        finally:
+            self.side.release()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _stream_to_link(self, stream: trio.abc.Stream) -> None:
+        while True:
+            while self.side.credit() <= 0:
+                self._credit_ready = trio.Event()
+                await self._credit_ready.wait()
+            try:
+                data = await stream.receive_some(min(self.side.credit(), READ_CHUNK))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self.reset(FlowCode.PEER_RESET, f"local stream failed: {exc}")
+                return
+            if not data:
+                self.side.fin()
+                return
+            try:
+                self.side.send(data)
+            except FlowError as exc:
+                self.reset(FlowCode.INTERNAL, f"flow error: {exc}")
+                return
+            self.entry.bytes_out += len(data)
+            await self.side.link.wait_drained()
+
+    async def _link_to_stream(self, stream: trio.abc.Stream) -> None:
+        inbox = self._inbox
+        while True:
+            while not inbox and not self._remote_fin:
+                self._data_ready = trio.Event()
+                await self._data_ready.wait()
+            if inbox:
+                data = b"".join(inbox)
+                inbox.clear()
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self.reset(FlowCode.PEER_RESET, f"local stream failed: {exc}")
+                    return
+                self.entry.bytes_in += len(data)
+                self.side.grant(len(data))
+                continue
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await stream.send_eof()
+            return

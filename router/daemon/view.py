@@ -1,0 +1,29 @@
+"""What status, metrics and the control socket read of a running router."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from router.adaptors.tcp import TcpListeners
+from router.flows.table import FlowTable
+from router.net.links import LinkTable
+from router.routing import RoutingCore
+from router.site.config import SiteConfig
+
+
+class RouterView(Protocol):
+    @property
+    def config(self) -> SiteConfig: ...
+    @property
+    def router_id(self) -> str: ...
+    @property
+    def started(self) -> float: ...
+    @property
+    def routing(self) -> RoutingCore: ...
+    @property
+    def links(self) -> LinkTable: ...
+    @property
+    def flows(self) -> FlowTable: ...
+    @property
+    def listeners(self) -> TcpListeners: ...
+    def endpoints(self) -> tuple[tuple[str, int], ...]: ...

@@ -1,0 +1,82 @@
+"""What every local end of a flow shares: waiting for the OPEN's answer, and a reset.
+
+An end is the link's handler for its flow (`FlowHandler`); the adaptors subclass
+`FlowEnd` with the data path for their kind of local peer (a TCP socket, any trio
+stream, an HTTP exchange next).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from router.errors import VanError
+from router.net.side import FlowSide
+from router.protocol import FlowCode
+
+
+class FlowRefusedError(VanError):
+    """The OPEN did not succeed; `code` says why. `path_failed`: the path, not the
+    serving site, failed (a router on it could not forward, a link under it died, or
+    the flow was reset before any answer), so the same site may work again."""
+
+    def __init__(self, code: FlowCode, reason: str, *, path_failed: bool = False) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.path_failed = path_failed or code.path_failed
+
+
+class FlowEnd:
+    """Base of a flow's local end: the OPEN's answer and the flow's reset."""
+
+    def __init__(self, side: FlowSide) -> None:
+        self.side = side
+        self.reset_reason: str | None = None
+        self.refusal: FlowRefusedError | None = None
+        self._answer = trio.Event()
+        self._scope = trio.CancelScope()  # the data path runs in it; a reset cancels it
+
+    # ---- FlowHandler: called by the link reader, must not block
+    def on_accepted(self, window: int) -> None:
+        self._answer.set()
+
+    def on_refused(self, code: FlowCode, reason: str) -> None:
+        self.refusal = FlowRefusedError(code, reason)
+        self._answer.set()
+
+    def on_reset(self, code: FlowCode, reason: str) -> None:
+        if self.reset_reason is None:
+            self.reset_reason = reason
+        if self.refusal is None and not self._answer.is_set():
+            # Reset before any answer: the path failed under the OPEN.
+            self.refusal = FlowRefusedError(code, reason, path_failed=True)
+        self._answer.set()
+        self._scope.cancel()
+
+    def on_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def on_credit(self) -> None:
+        raise NotImplementedError
+
+    def on_fin(self) -> None:
+        raise NotImplementedError
+
+    # ---- setup
+    async def wait_answer(self, timeout: float) -> None:
+        """Wait for ACCEPT; raise FlowRefusedError with the code and reason otherwise."""
+        with trio.move_on_after(timeout):
+            await self._answer.wait()
+        if not self._answer.is_set():
+            self.side.reset(FlowCode.TIMEOUT, "open timed out")
+            raise FlowRefusedError(
+                FlowCode.TIMEOUT,
+                f"no answer from {self.side.peer_site} within {timeout:g} s")
+        if self.refusal is not None:
+            raise self.refusal
+
+    def reset(self, code: FlowCode, reason: str) -> None:
+        """Our local end failed: tell the far end and stop the data path."""
+        if self.reset_reason is None:
+            self.reset_reason = reason
+            self.side.reset(code, reason)
+        self._scope.cancel()

@@ -1,0 +1,136 @@
+"""Every flow end of this router, registered while it lives, counted when it ends.
+
+An end registers (routing key, role, client, trace) when it starts, notes the
+serving router once it has one, adds its bytes as they move and reports its
+outcome when it ends. This is the one place for the counters that status and
+metrics show, for the outstanding flows per serving router that the "balanced"
+strategy reads, and (next) for flow records. The table also owns the nursery the
+flows' tasks run in, so that draining is one wait on one condition (`wait_idle`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import trio
+
+Role = Literal["listener", "connector"]  # the end where the client is, or the target
+Outcome = Literal["ok", "refused", "reset", "error"]
+
+
+@dataclass(slots=True, eq=False)
+class FlowEntry:
+    """One flow end while it lives; the bytes are counted by its data path."""
+
+    id: int
+    key: str
+    role: Role
+    client: str
+    trace: tuple[str, ...]
+    start: float = field(default_factory=time.time)
+    server_router: str | None = None  # the router serving it, once chosen
+    bytes_in: int = 0  # link -> local socket
+    bytes_out: int = 0  # local socket -> link
+
+
+class FlowTable:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._active: dict[int, FlowEntry] = {}
+        self._outstanding: Counter[str] = Counter()
+        self.opened = 0  # client connections accepted by our listeners
+        self.refused = 0  # of those, closed for want of a serving site
+        self.outcomes: Counter[Outcome] = Counter()
+        self._done_in = 0  # bytes of flows that ended
+        self._done_out = 0
+        self._idle = trio.Event()
+        self._idle.set()
+        self._nursery: trio.Nursery | None = None
+
+    # ---- registration
+    def begin(self, key: str, role: Role, *, client: str = "?",
+              trace: tuple[str, ...] = ()) -> FlowEntry:
+        entry = FlowEntry(id=next(self._ids), key=key, role=role, client=client, trace=trace)
+        self._active[entry.id] = entry
+        if role == "listener":
+            self.opened += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        return entry
+
+    def serving(self, entry: FlowEntry, router_id: str) -> None:
+        """The flow is being served by `router_id` (counted until it ends)."""
+        entry.server_router = router_id
+        self._outstanding[router_id] += 1
+
+    def end(self, entry: FlowEntry, outcome: Outcome) -> None:
+        if self._active.pop(entry.id, None) is None:
+            return  # ended twice: count once
+        if entry.server_router is not None:
+            self._outstanding[entry.server_router] -= 1
+            if not self._outstanding[entry.server_router]:
+                del self._outstanding[entry.server_router]
+        self._done_in += entry.bytes_in
+        self._done_out += entry.bytes_out
+        self.outcomes[outcome] += 1
+        if outcome == "refused" and entry.role == "listener":
+            self.refused += 1
+        if not self._active:
+            self._idle.set()
+
+    # ---- what status, metrics and the strategies read
+    @property
+    def outstanding(self) -> Mapping[str, int]:
+        return self._outstanding
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def entries(self) -> Iterator[FlowEntry]:
+        return iter(self._active.values())
+
+    @property
+    def bytes_in(self) -> int:
+        return self._done_in + sum(e.bytes_in for e in self._active.values())
+
+    @property
+    def bytes_out(self) -> int:
+        return self._done_out + sum(e.bytes_out for e in self._active.values())
+
+    def counters(self) -> dict[str, int]:
+        return {"active": self.active, "opened": self.opened, "refused": self.refused,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out}
+
+    # ---- the flows' tasks
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Host the flows' tasks until cancelled (after `drain`)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "flow table not running"
+        return self._nursery
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        self.nursery.start_soon(fn, *args)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for every flow to end; True if they all did."""
+        with trio.move_on_after(timeout):
+            await self._idle.wait()
+        return self._idle.is_set()
+
+    def cancel(self) -> None:
+        """End every flow task still running (each resets its flow)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
