@@ -1,0 +1,102 @@
+"""Several sites on loopback: flows across transit routers, failover between sites."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import Site, free_port, link, site_env, wait_for
+from tests.support.services import HashServer, transfer
+
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Site]]:
+    """a - b - c - d, each linked to the next (the later one redeems)."""
+    work = tmp_path_factory.mktemp("line")
+    env = site_env(work)
+    sites = [Site(work, name, env).init().start() for name in "abcd"]
+    for left, right in itertools.pairwise(sites):
+        link(left, right, work)
+    yield sites
+    for site in sites:
+        site.stop()
+
+
+def test_flow_across_two_transit_routers(line: list[Site]) -> None:
+    a, _, _, d = line
+    server = HashServer()
+    a.sitectl("connector", "create", "far", f"127.0.0.1:{server.port}")
+    port = free_port()
+    d.sitectl("listener", "create", "far", str(port))
+    wait_for(lambda: d.key_reachable("far"), what="far reachable from d")
+    result = transfer(port, 1, 20 * MB, 20 * MB)
+    assert server.results[1].received_hash == result.sent_hash
+    assert result.received_hash == server.results[1].sent_hash
+    net = d.status(network=True)["network"]
+    assert net["keys"]["far"]["path"] == ["d", "c", "b", "a"]
+    assert {s["site"] for s in net["sites"]} == {"a", "b", "c", "d"}
+
+
+def test_refusal_fails_over_to_another_site(tmp_path: Path) -> None:
+    env = site_env(tmp_path)
+    hub, left, right = (Site(tmp_path, n, env).init().start() for n in ("hub", "left", "right"))
+    try:
+        link(hub, left, tmp_path)
+        link(hub, right, tmp_path)
+        server = HashServer()
+        dead = free_port()
+        left.sitectl("connector", "create", "svc", f"127.0.0.1:{dead}", "--priority", "0")
+        right.sitectl("connector", "create", "svc", f"127.0.0.1:{server.port}",
+                      "--priority", "5")
+        port = free_port()
+        hub.sitectl("listener", "create", "svc", str(port), "--strategy", "priority")
+        wait_for(lambda: len(hub.status()["keys"].get("svc", {}).get("served_by", [])) == 2,
+                 what="both servers known")
+        result = transfer(port, 7, MB, MB)  # left refuses (target down), right serves
+        assert server.results[7].received_hash == result.sent_hash
+        assert "cannot reach 'svc'" in left.log_tail(20)
+    finally:
+        for s in (hub, left, right):
+            s.stop()
+
+
+def test_live_cost_change_moves_the_path_without_dropping_links(tmp_path: Path) -> None:
+    """A triangle: src reaches dst directly (cost 1) or via mid; raising the direct
+    link's cost moves the path through mid, and no link goes down."""
+    env = site_env(tmp_path)
+    src, mid, dst = (Site(tmp_path, n, env).init().start() for n in ("src", "mid", "dst"))
+    try:
+        link(dst, src, tmp_path)  # src dials dst: src owns this link's cost
+        link(mid, src, tmp_path)
+        link(dst, mid, tmp_path)
+        server = HashServer()
+        dst.sitectl("connector", "create", "svc", f"127.0.0.1:{server.port}")
+        port = free_port()
+        src.sitectl("listener", "create", "svc", str(port))
+
+        def path() -> list[str] | None:
+            result: list[str] | None = src.status(network=True)["network"]["keys"].get(
+                "svc", {}).get("path")
+            return result
+
+        wait_for(lambda: path() == ["src", "dst"], what="direct path")
+        since = {lk["name"]: lk["since"] for lk in src.status()["links"]}
+        src.sitectl("link", "cost", "dst", "10")
+        wait_for(lambda: path() == ["src", "mid", "dst"], what="path via mid")
+        # The accepting side adopted the new cost; nothing was torn down.
+        wait_for(lambda: any(lk["peer"] == "src" and lk["cost"] == 10 for s in
+                             src.status(network=True)["network"]["sites"] if s["site"] == "dst"
+                             for lk in s["links"]), what="dst's record shows cost 10")
+        assert {lk["name"]: lk["since"] for lk in src.status()["links"]} == since
+        result = transfer(port, 3, MB, MB)
+        assert server.results[3].received_hash == result.sent_hash
+        refused = dst.sitectl("link", "cost", "in:src", "3", check=False)
+        assert refused.returncode != 0 and "dialled by site src" in refused.stderr
+    finally:
+        for s in (src, mid, dst):
+            s.stop()

@@ -1,0 +1,1 @@
+"""Shared helpers for the tests, the benchmarks and the demo."""
