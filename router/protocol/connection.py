@@ -312,8 +312,7 @@ class LinkConnection:
         if version != VERSION:
             raise ProtocolError(
                 ErrorCode.VERSION,
-                f"peer speaks link protocol version {version}, this router speaks {VERSION}: "
-                "run the same vanrouter release on both sites",
+                f"unsupported protocol version {version}; this router speaks {VERSION}",
             )
         self._preface_seen = True
         return len(PREFACE)

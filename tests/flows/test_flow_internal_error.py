@@ -51,17 +51,17 @@ async def test_internal_error_resets_the_client_and_leaks_nothing(
                      connectors=(ConnectorConfig(key="db", host="127.0.0.1",
                                                  port=backend_port),))
     site.save_config(config)
-    router = Router(site, config)
+    router = Router.from_site(site, config)
     calls = 0
 
-    async def broken_connect(key: str) -> trio.SocketStream | str:
+    async def broken_connect(key: str) -> trio.abc.Stream:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("injected bug")
         return await trio.open_tcp_stream("127.0.0.1", backend_port)
 
-    monkeypatch.setattr(router, "_connect_local", broken_connect)
+    monkeypatch.setattr(router.connectors, "connect", broken_connect)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.run)
         baseline = fd_count()
@@ -73,7 +73,7 @@ async def test_internal_error_resets_the_client_and_leaks_nothing(
             return [r.getMessage() for r in caplog.records if "internal error" in r.getMessage()]
 
         with trio.fail_after(5):
-            while fd_count() > baseline or router.counters.active or not errors():
+            while fd_count() > baseline or router.flows.active or not errors():
                 await trio.sleep(0.01)
         await trio.testing.wait_all_tasks_blocked()
         assert len(errors()) == 1, [r.getMessage() for r in caplog.records]

@@ -16,11 +16,22 @@ import re
 import trio
 
 import certs
-from router.adaptors.tcp import FlowCounters, SocketFlow
+from router.adaptors.socketflow import SocketFlow
+from router.flows.table import FlowTable
 from router.net.handshake import start_link, tls_handshake
 from router.net.link import Link, OpenCallback, exchange_hello
+from router.net.side import FlowSide
 from router.net.tls import TLSStream
-from router.protocol import PREFACE, FrameType, Hello, LinkConnection, LinkLimits, Open, Role
+from router.protocol import (
+    PREFACE,
+    FlowCode,
+    FrameType,
+    Hello,
+    LinkConnection,
+    LinkLimits,
+    Open,
+    Role,
+)
 from router.protocol.frames import HEADER, HEADER_SIZE
 from router.site.config import Limits
 
@@ -112,14 +123,13 @@ def make_link(name: str, stream: TLSStream, conn: LinkConnection, peer: Hello,
 
 async def linked(nursery: trio.Nursery, hashes: Hashes) -> dict[str, Link]:
     streams = await tls_streams()
-    counters = FlowCounters()
+    table = FlowTable()
 
     def on_open(link: Link, flow_id: int, msg: Open) -> None:
-        flow = SocketFlow(link, counters=counters)
-        flow.flow_id = flow_id
-        link.flows[flow_id] = flow
-        link.conn.accept_flow(flow_id, LIMITS.flow_window_bytes)
-        link.kick()
+        side = FlowSide(link, flow_id)
+        flow = SocketFlow(side, table.begin(msg.routing_key, "connector"))
+        side.attach(flow)
+        side.accept(LIMITS.flow_window_bytes)
         inner, outer = local_pair()
         nursery.start_soon(flow.run, inner)
         nursery.start_soon(hashes.record, (msg.origin_site, int(msg.routing_key), "acceptor"),
@@ -141,8 +151,8 @@ async def linked(nursery: trio.Nursery, hashes: Hashes) -> dict[str, Link]:
 
 async def open_and_pump(link: Link, n: int, hashes: Hashes) -> None:
     me = link.conn.hello
-    flow = SocketFlow(link, counters=FlowCounters())
-    flow.flow_id = link.open_flow(Open(
+    flow = SocketFlow(FlowSide(link), FlowTable().begin(str(n), "listener"))
+    flow.side.open(Open(
         routing_key=str(n), origin_site=me.site, origin_router=me.router_id,
         dest_router=link.peer_id, client_addr="test", trace=(me.router_id,),
         window=LIMITS.flow_window_bytes), flow)
@@ -178,7 +188,7 @@ PINGS = 100_000
 
 
 def refuse_all(link: Link, flow_id: int, msg: Open) -> None:
-    link.conn.refuse_flow(flow_id, "no flows in this test")
+    link.conn.refuse_flow(flow_id, FlowCode.NO_TARGET, "no flows in this test")
 
 
 async def count_pongs(stream: TLSStream, want: int) -> list[int]:
@@ -240,12 +250,12 @@ class ResetRecorder:
         self.reason: str | None = None
 
     def on_accepted(self, window: int) -> None: ...
-    def on_refused(self, reason: str) -> None: ...
+    def on_refused(self, code: FlowCode, reason: str) -> None: ...
     def on_data(self, data: bytes) -> None: ...
     def on_credit(self) -> None: ...
     def on_fin(self) -> None: ...
 
-    def on_reset(self, reason: str) -> None:
+    def on_reset(self, code: FlowCode, reason: str) -> None:
         self.reason = reason
 
 

@@ -10,7 +10,7 @@ import certs
 from router.net.handshake import HandshakeError, start_link, tls_handshake
 from router.net.link import Link
 from router.net.tls import TLSStream
-from router.protocol import Hello, Open, Role
+from router.protocol import FlowCode, Hello, Open, Role
 from router.site.config import Limits
 
 
@@ -27,7 +27,7 @@ class Recorder:
     def on_accepted(self, window: int) -> None:
         self.accepted.set()
 
-    def on_refused(self, reason: str) -> None:
+    def on_refused(self, code: FlowCode, reason: str) -> None:
         self.reset = reason
 
     def on_data(self, data: bytes) -> None:
@@ -39,7 +39,7 @@ class Recorder:
     def on_fin(self) -> None:
         self.finished.set()
 
-    def on_reset(self, reason: str) -> None:
+    def on_reset(self, code: FlowCode, reason: str) -> None:
         self.reset = reason
         self.got_reset.set()
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from router.protocol import (
     DataReceived,
     Event,
+    FlowCode,
     FlowOpened,
     FrameType,
     LinkConnection,
@@ -125,7 +126,8 @@ def test_open_flood_past_max_flows_queues_bounded_refusals() -> None:
     events = conn.receive_data(wire, T0)
     assert events == [FlowOpened(flow_id=1, open=request()), FlowOpened(flow_id=3, open=request())]
     assert conn.read_paused
-    refusal = len(frame(FrameType.REFUSE, 5, Refuse(reason="too many flows on this link")
+    refusal = len(frame(FrameType.REFUSE, 5, Refuse(code=FlowCode.CAPACITY,
+                                                    reason="too many flows on this link")
                         .to_wire()))
     assert conn.unsent_control_bytes <= BUDGET + refusal
     bodies, more, _ = resume(conn, FrameType.REFUSE, BUDGET + refusal)

@@ -12,6 +12,7 @@ from router.protocol import (
     VERSION,
     Accept,
     ErrorCode,
+    FlowCode,
     FlowError,
     FrameType,
     GoAway,
@@ -180,7 +181,7 @@ def test_open_reusing_flow_id() -> None:
     raises(conn, frame(FrameType.OPEN, 5, request().to_wire()), ErrorCode.BAD_FLOW_ID)
     conn = ready()
     conn.receive_data(frame(FrameType.OPEN, 5, request().to_wire()), T0)
-    conn.reset_flow(5, "x")
+    conn.reset_flow(5, FlowCode.PEER_RESET, "x")
     raises(conn, frame(FrameType.OPEN, 3, request().to_wire()), ErrorCode.BAD_FLOW_ID)
 
 
@@ -190,7 +191,7 @@ def test_frames_for_never_opened_flows() -> None:
         frame(FrameType.FIN, 9),
         frame(FrameType.CREDIT, 9, b"\0\0\0\1"),
         frame(FrameType.ACCEPT, 2, Accept(window=1).to_wire()),
-        frame(FrameType.RESET, 9, Reset(reason="r").to_wire()),
+        frame(FrameType.RESET, 9, Reset(code=FlowCode.PEER_RESET, reason="r").to_wire()),
     ):
         raises(ready(), body_frame, ErrorCode.BAD_FLOW_ID)
 
@@ -289,7 +290,7 @@ def test_local_misuse_raises_flow_error() -> None:
     with pytest.raises(FlowError):
         conn.accept_flow(1, 5)  # already accepted
     with pytest.raises(FlowError):
-        conn.refuse_flow(1, "too late")
+        conn.refuse_flow(1, FlowCode.NO_TARGET, "too late")
     with pytest.raises(FlowError):
         conn.send_fin(77)
     with pytest.raises(FlowError):
@@ -309,7 +310,7 @@ def test_opener_cannot_send_before_accept() -> None:
         conn.send_fin(fid)
     with pytest.raises(FlowError):
         conn.send_data(fid, b"")  # the state is checked even with nothing to send
-    conn.reset_flow(fid, "abandoned")
+    conn.reset_flow(fid, FlowCode.PEER_RESET, "abandoned")
     assert conn.flow_ids() == []
 
 
@@ -418,7 +419,7 @@ def test_messages_round_trip() -> None:
         hello("r"),
         request(),
         Accept(window=0),
-        Reset(reason="x" * 1024),
+        Reset(code=FlowCode.PEER_RESET, reason="x" * 1024),
         GoAway(reason=""),
     ]
     for msg in msgs:
@@ -429,4 +430,4 @@ def test_local_construction_validates() -> None:
     with pytest.raises(ValueError):
         Accept(window=-5)
     with pytest.raises(ValueError):
-        Reset(reason="x" * 1025)
+        Reset(code=FlowCode.PEER_RESET, reason="x" * 1025)

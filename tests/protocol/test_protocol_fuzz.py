@@ -13,6 +13,7 @@ from router.protocol import (
     PREFACE,
     DataReceived,
     Event,
+    FlowCode,
     FlowOpened,
     FrameType,
     Hello,
@@ -76,7 +77,7 @@ def recorded_dialer_stream() -> bytes:
     d.ping(T0)
     exchange()
     d.send_fin(f1)
-    d.reset_flow(f3, "done")
+    d.reset_flow(f3, FlowCode.PEER_RESET, "done")
     d.close("bye")
     exchange()
     return bytes(wire)

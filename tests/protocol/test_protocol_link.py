@@ -12,6 +12,7 @@ from router.protocol import (
     DataReceived,
     Event,
     FlowAccepted,
+    FlowCode,
     FlowError,
     FlowFinished,
     FlowOpened,
@@ -159,10 +160,11 @@ def test_refuse() -> None:
     d, a = handshake()
     d.open_flow(request("nothing-here"))
     pump(d, a)
-    a.refuse_flow(1, "no service nothing-here")
+    a.refuse_flow(1, FlowCode.NO_TARGET, "no service nothing-here")
     assert a.flow_ids() == []
     at_d, _ = pump(d, a)
-    assert at_d == [FlowRefused(flow_id=1, reason="no service nothing-here")]
+    assert at_d == [FlowRefused(flow_id=1, code=FlowCode.NO_TARGET,
+                                reason="no service nothing-here")]
     assert d.flow_ids() == []
 
 
@@ -174,12 +176,13 @@ def test_reset_by_either_side() -> None:
     a.accept_flow(1, 10)
     a.accept_flow(3, 10)
     pump(d, a)
-    d.reset_flow(1, "client went away")
-    a.reset_flow(3, "backend refused connection")
-    d.reset_flow(99, "unknown ids are ignored")
+    d.reset_flow(1, FlowCode.PEER_RESET, "client went away")
+    a.reset_flow(3, FlowCode.PEER_RESET, "backend refused connection")
+    d.reset_flow(99, FlowCode.PEER_RESET, "unknown ids are ignored")
     at_d, at_a = pump(d, a)
-    assert at_a == [FlowReset(flow_id=1, reason="client went away")]
-    assert at_d == [FlowReset(flow_id=3, reason="backend refused connection")]
+    assert at_a == [FlowReset(flow_id=1, code=FlowCode.PEER_RESET, reason="client went away")]
+    assert at_d == [FlowReset(flow_id=3, code=FlowCode.PEER_RESET,
+                              reason="backend refused connection")]
     assert d.flow_ids() == a.flow_ids() == []
 
 
@@ -190,19 +193,20 @@ def test_data_after_our_reset_is_ignored() -> None:
     a.accept_flow(1, 100)
     pump(d, a)
     # The acceptor gives up while the dialer, not yet told, keeps sending.
-    a.reset_flow(1, "gone")
+    a.reset_flow(1, FlowCode.PEER_RESET, "gone")
     reset_bytes = a.data_to_send()
     d.send_data(1, b"in flight")
     d.grant_credit(1, 0)
     d.send_fin(1)
     assert a.receive_data(d.data_to_send(), T0) == []
-    assert d.receive_data(reset_bytes, T0) == [FlowReset(flow_id=1, reason="gone")]
+    assert d.receive_data(reset_bytes, T0) == [FlowReset(flow_id=1, code=FlowCode.PEER_RESET,
+                                                         reason="gone")]
     # ... and the same for a flow opened by the peer and closed by us.
     a.open_flow(request())
     pump(d, a)
     d.accept_flow(2, 10)
     pump(d, a)
-    d.reset_flow(2, "bye")
+    d.reset_flow(2, FlowCode.PEER_RESET, "bye")
     a.send_data(2, b"late")
     assert d.receive_data(a.data_to_send(), T0) == []
 
@@ -274,7 +278,7 @@ def test_open_while_closing_is_refused() -> None:
     assert at_a == []
     assert at_d == [
         LinkClosedByPeer(reason="draining"),
-        FlowRefused(flow_id=1, reason="link is closing"),
+        FlowRefused(flow_id=1, code=FlowCode.CAPACITY, reason="link is closing"),
     ]
 
 
@@ -289,7 +293,7 @@ def test_max_flows() -> None:
     # The limit counts flows in both directions: the acceptor is full as well.
     with pytest.raises(FlowError):
         a.open_flow(request())
-    d.reset_flow(1, "done")
+    d.reset_flow(1, FlowCode.PEER_RESET, "done")
     assert d.open_flow(request()) == 5
 
 
@@ -301,7 +305,8 @@ def test_peer_over_max_flows_gets_refusal() -> None:
     d.open_flow(request())
     at_d, at_a = pump(d, a)
     assert at_a == [FlowOpened(flow_id=1, open=request())]
-    assert at_d == [FlowRefused(flow_id=3, reason="too many flows on this link")]
+    assert at_d == [FlowRefused(flow_id=3, code=FlowCode.CAPACITY,
+                                reason="too many flows on this link")]
 
 
 # ---------------------------------------------------------------- keepalive
@@ -411,11 +416,11 @@ class Peer:
                 case FlowOpened(flow_id=fid, open=req):
                     self.log[fid].append(ev)
                     if req.routing_key == "refuse-me":
-                        self.conn.refuse_flow(fid, "refused")
+                        self.conn.refuse_flow(fid, FlowCode.NO_TARGET, "refused")
                         continue
                     self.conn.accept_flow(fid, 700)
                     if req.routing_key == "reset-me":
-                        self.conn.reset_flow(fid, "reset")
+                        self.conn.reset_flow(fid, FlowCode.PEER_RESET, "reset")
                         continue
                     self.plan(fid, req.routing_key.encode() * 500)
                     self.pump_out(fid)
@@ -465,8 +470,9 @@ def test_conversation_is_independent_of_chunking(chunk: int) -> None:
     reference_d, reference_a = converse(1 << 30)
     assert d.log == reference_d.log
     assert a.log == reference_a.log
-    assert d.log[7] == [FlowAccepted(flow_id=7, window=700), FlowReset(flow_id=7, reason="reset")]
-    assert d.log[5] == [FlowRefused(flow_id=5, reason="refused")]
+    assert d.log[7] == [FlowAccepted(flow_id=7, window=700),
+                        FlowReset(flow_id=7, code=FlowCode.PEER_RESET, reason="reset")]
+    assert d.log[5] == [FlowRefused(flow_id=5, code=FlowCode.NO_TARGET, reason="refused")]
     assert a.log[2] == [FlowAccepted(flow_id=2, window=700), FlowFinished(flow_id=2)]
 
 
