@@ -26,6 +26,7 @@ from router.daemon.admin import SiteAdmin
 from router.daemon.issuer import TokenIssuer
 from router.daemon.status import network_status, site_status
 from router.daemon.view import RouterView
+from router.errors import VanError
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
 from router.site.config import ConfigError, FieldReader, connector_from, listener_from
@@ -47,7 +48,7 @@ class Targets:
 Handler = Callable[[Targets, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class RequestError(Exception):
+class RequestError(VanError):
     """A request that cannot be carried out; the message goes back to sitectl."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 import certs
+from router.errors import VanError
 from router.names import InvalidName, validate_name
 from router.net.link import LinkLost, exchange_hello
 from router.net.tls import TLSStream
@@ -32,7 +33,7 @@ FIRST_BYTE_TIMEOUT_S = 2.0  # a TLS client sends its ClientHello at once
 ClaimHandler = Callable[[bytes], Awaitable[dict[str, Any]]]
 
 
-class HandshakeError(Exception):
+class HandshakeError(VanError):
     """The peer could not be brought up as a link; the message says why."""
 
 

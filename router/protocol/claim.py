@@ -26,6 +26,7 @@ from typing import Any
 
 import msgpack
 
+from router.errors import VanError
 from router.routing.signing import Signer, ed25519_verify, router_id_for
 
 CLAIM_MAGIC = b"VANC"
@@ -40,7 +41,7 @@ LENGTH = struct.Struct(">I")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
-class ClaimError(Exception):
+class ClaimError(VanError):
     """Redemption failed; the message says why in one line."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from router.errors import VanError
 
-class RoutingError(Exception):
+
+class RoutingError(VanError):
     """A routing input (message, command) was refused; the routing state is unchanged."""
 
 
