@@ -24,6 +24,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
+
 from loads import (
     LoadError,
     RssSampler,
@@ -35,7 +37,16 @@ from loads import (
 )
 from numbers_fmt import fmt, fmt_ratio, ratio
 from paths import RouterPair, SetupError, StunnelPair
-from procs import Service, child_env, free_port, log_tail, port_open, rss_kib, wait_until
+
+from tests.support.sites import (
+    Process,
+    free_port,
+    log_tail,
+    port_open,
+    rss_kib,
+    site_env,
+    wait_for,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results.json"
@@ -125,17 +136,17 @@ class Bench:
         }
         server_logs: dict[str, Path] = {}
         for name, argv in servers.items():
-            svc = Service(name, argv, self.root / f"{name}.log")
+            svc = Process(name, argv, self.root / f"{name}.log")
             self.stack.callback(svc.stop)
             server_logs[name] = svc.log
         for port in targets.values():
-            wait_until(partial(port_open, port), 15, f"server port {port}")
+            wait_for(partial(port_open, port), 15, f"server port {port}", step=0.1)
         self.entries["direct"] = targets
         self.logs["direct"] = server_logs
         return targets
 
     def start_router(self, targets: dict[str, int], sitectl: str) -> None:
-        pair = RouterPair(self.root / "sites", sitectl, child_env(self.root / "xdg"), self.stack)
+        pair = RouterPair(self.root / "sites", sitectl, site_env(self.root), self.stack)
         pair.root.mkdir()
         try:
             pair.start(targets)
