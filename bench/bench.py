@@ -13,6 +13,7 @@ import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +24,8 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
 from loads import (
     LoadError,
@@ -35,11 +38,21 @@ from loads import (
 )
 from numbers_fmt import fmt, fmt_ratio, ratio
 from paths import RouterPair, SetupError, StunnelPair
-from procs import Service, child_env, free_port, log_tail, port_open, rss_kib, wait_until
+
+from tests.support.sites import (
+    Process,
+    free_port,
+    log_tail,
+    port_open,
+    rss_kib,
+    site_env,
+    wait_for,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results.json"
 PATHS = ("direct", "router", "stunnel")
+BASELINE = "baseline"  # the router path again, from another checkout's code (--baseline DIR)
 
 
 @dataclass(frozen=True)
@@ -125,17 +138,17 @@ class Bench:
         }
         server_logs: dict[str, Path] = {}
         for name, argv in servers.items():
-            svc = Service(name, argv, self.root / f"{name}.log")
+            svc = Process(name, argv, self.root / f"{name}.log")
             self.stack.callback(svc.stop)
             server_logs[name] = svc.log
         for port in targets.values():
-            wait_until(partial(port_open, port), 15, f"server port {port}")
+            wait_for(partial(port_open, port), 15, f"server port {port}", step=0.1)
         self.entries["direct"] = targets
         self.logs["direct"] = server_logs
         return targets
 
     def start_router(self, targets: dict[str, int], sitectl: str) -> None:
-        pair = RouterPair(self.root / "sites", sitectl, child_env(self.root / "xdg"), self.stack)
+        pair = RouterPair(self.root / "sites", sitectl, site_env(self.root), self.stack)
         pair.root.mkdir()
         try:
             pair.start(targets)
@@ -145,6 +158,32 @@ class Bench:
         self.entries["router"] = pair.ports
         self.pids["router"] = {f"router-{site}": pid for site, pid in pair.pids.items()}
         self.extra["router_pair"] = pair
+
+    def start_baseline(self, targets: dict[str, int], sitectl: str, code_dir: Path) -> None:
+        """The router path with sitectl and both routers from `code_dir`'s code."""
+        env = site_env(self.root / "baseline")
+        env["PYTHONPATH"] = str(code_dir)
+        env["PYTHONPYCACHEPREFIX"] = str(self.root / "baseline" / "pycache")  # DIR stays as is
+        probe = subprocess.run(
+            [sys.executable, "-c", "import router, sitectl; print(router.__file__)"],
+            env=env, cwd=str(code_dir), capture_output=True, text=True, timeout=30)
+        imported = Path(probe.stdout.strip() or "?").resolve()
+        if probe.returncode != 0 or not imported.is_relative_to(code_dir):
+            raise SetupError(f"baseline: {code_dir} does not provide the router package "
+                             f"(imported {imported}): {probe.stderr.strip()}")
+        print(f"baseline: routers import {imported}", flush=True)
+        self.extra["baseline_router_module"] = str(imported)
+        pair = RouterPair(self.root / "baseline-sites", sitectl, env, self.stack,
+                          code_dir=code_dir)
+        pair.root.mkdir()
+        try:
+            pair.start(targets)
+            echo_check(pair.ports["echo"])
+        finally:
+            self.logs[BASELINE] = pair.logs()
+        self.entries[BASELINE] = pair.ports
+        self.pids[BASELINE] = {f"baseline-{site}": pid for site, pid in pair.pids.items()}
+        self.extra["baseline_pair"] = pair
 
     def start_stunnel(self, targets: dict[str, int]) -> None:
         binary = shutil.which("stunnel4") or shutil.which("stunnel")
@@ -180,7 +219,7 @@ class Bench:
             self.metrics["rss_idle"].add(path, sum(kib) / 1024)
 
     def run_all(self, loads: dict[str, Load]) -> None:
-        paths = [p for p in PATHS if p in self.entries]
+        paths = [p for p in (*PATHS, BASELINE) if p in self.entries]
         all_pids = {name: pid for pids in self.pids.values() for name, pid in pids.items()}
         with RssSampler(all_pids) as sampler:
             for rep in range(self.settings.reps):
@@ -208,7 +247,8 @@ class Bench:
         time.sleep(0.3)  # let sockets and the iperf3 server settle between runs
 
     def check_router_logs(self) -> None:
-        for name, path in self.logs.get("router", {}).items():
+        for name, path in [*self.logs.get("router", {}).items(),
+                           *((f"baseline-{n}", p) for n, p in self.logs.get(BASELINE, {}).items())]:
             text = path.read_text(errors="replace")
             bad = [ln for ln in text.splitlines()
                    if " ERROR " in ln or " WARNING " in ln or "Traceback" in ln]
@@ -216,46 +256,57 @@ class Bench:
                 self.note(f"router {name} log has {len(bad)} warning/error lines during the run; "
                           f"first: {bad[0][:200]}")
 
-    def record_router_counters(self) -> None:
-        pair = self.extra.get("router_pair")
+    def record_router_counters(self, which: str = "router") -> None:
+        pair = self.extra.get(f"{which}_pair")
         if not isinstance(pair, RouterPair):
             return
         try:
-            self.extra["router_flows"] = {site: pair.status(site).get("flows")
-                                          for site in pair.sites}
+            self.extra[f"{which}_flows"] = {site: pair.status(site).get("flows")
+                                            for site in pair.sites}
         except (SetupError, ValueError) as exc:
-            self.note(f"could not read router status after the run: {exc}")
+            self.note(f"could not read {which} router status after the run: {exc}")
             return
-        for site, flows in self.extra["router_flows"].items():
+        for site, flows in self.extra[f"{which}_flows"].items():
             if isinstance(flows, dict) and flows.get("refused"):
-                self.note(f"router {site} refused {flows['refused']} flows")
+                self.note(f"{which} router {site} refused {flows['refused']} flows")
 
 
 # --- reporting -----------------------------------------------------------------
 
 
 RATIOS = (("router", "direct"), ("stunnel", "direct"), ("router", "stunnel"))
+BASELINE_RATIOS = (("router", BASELINE),)
 
 
-def summary(metrics: dict[str, Metric]) -> dict[str, Any]:
+def columns(baseline: bool) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The paths and ratios shown: the baseline ones only with --baseline."""
+    if baseline:
+        return (*PATHS, BASELINE), (*RATIOS, *BASELINE_RATIOS)
+    return PATHS, RATIOS
+
+
+def summary(metrics: dict[str, Metric], baseline: bool = False) -> dict[str, Any]:
+    paths, ratios = columns(baseline)
     out: dict[str, Any] = {}
     for key, m in metrics.items():
-        med = {p: m.median(p) for p in PATHS}
+        med = {p: m.median(p) for p in paths}
         out[key] = {
             "label": m.label, "unit": m.unit, "higher_is_better": m.higher_is_better,
-            "median": med, "samples": {p: m.samples.get(p, []) for p in PATHS},
-            "ratios": {f"{a}/{b}": ratio(med[a], med[b]) for a, b in RATIOS},
+            "median": med, "samples": {p: m.samples.get(p, []) for p in paths},
+            "ratios": {f"{a}/{b}": ratio(med[a], med[b]) for a, b in ratios},
         }
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    head = ["metric", "unit", "better", *PATHS, *(f"{a}/{b}" for a, b in RATIOS)]
+    baseline = any(BASELINE in r["median"] for r in results.values())
+    paths, ratios = columns(baseline)
+    head = ["metric", "unit", "better", *paths, *(f"{a}/{b}" for a, b in ratios)]
     rows = [head]
     for r in results.values():
         rows.append([r["label"], r["unit"], "higher" if r["higher_is_better"] else "lower",
-                     *(fmt(r["median"][p]) for p in PATHS),
-                     *(fmt_ratio(r["ratios"][f"{a}/{b}"]) for a, b in RATIOS)])
+                     *(fmt(r["median"][p]) for p in paths),
+                     *(fmt_ratio(r["ratios"][f"{a}/{b}"]) for a, b in ratios)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
@@ -280,7 +331,16 @@ def find_tool(name: str) -> str:
     return found
 
 
-def run(settings: Settings, quick: bool) -> dict[str, Any]:
+def git_head(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run(settings: Settings, quick: bool, baseline: Path | None = None) -> dict[str, Any]:
     iperf3, sitectl = find_tool("iperf3"), find_tool("sitectl")
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="vanbench-") as tmp, ExitStack() as stack:
@@ -293,29 +353,52 @@ def run(settings: Settings, quick: bool) -> dict[str, Any]:
             bench.print_logs(bench.logs.get("router", {}))
             raise SystemExit(1) from exc
         bench.start_stunnel(targets)
+        if baseline is not None:
+            try:
+                bench.start_baseline(targets, sitectl, baseline)
+            except (SetupError, LoadError, TimeoutError) as exc:
+                print(f"baseline setup failed: {exc}", flush=True)
+                bench.print_logs(bench.logs.get(BASELINE, {}))
+                raise SystemExit(1) from exc
         time.sleep(1.0)
         bench.sample_idle_rss()
         bench.run_all(make_loads(settings, iperf3))
         bench.record_router_counters()
+        bench.record_router_counters(BASELINE)
         bench.check_router_logs()
         info["loadavg_end"] = os.getloadavg()
-        results = summary(bench.metrics)
-        return {
+        results = summary(bench.metrics, baseline is not None)
+        report: dict[str, Any] = {
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             "quick": quick, "settings": settings.__dict__, "machine": info,
             "router_flows": bench.extra.get("router_flows"),
             "notes": bench.notes, "results": results,
         }
+        if baseline is not None:
+            report["baseline"] = {"dir": str(baseline), "commit": git_head(baseline),
+                                  "router_module": bench.extra.get("baseline_router_module"),
+                                  "router_flows": bench.extra.get("baseline_flows")}
+            report["commit"] = git_head(BENCH_DIR.parent)
+        return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 repetition, 1 s loads")
+    parser.add_argument("--baseline", metavar="DIR", type=Path,
+                        help="another checkout of this repository (a git worktree of an older "
+                             "commit, say): adds the path 'baseline', two routers run from its "
+                             "code, and the ratio router/baseline")
     args = parser.parse_args()
+    baseline: Path | None = None
+    if args.baseline is not None:
+        baseline = args.baseline.resolve()
+        if not (baseline / "router" / "__init__.py").is_file():
+            parser.error(f"--baseline {args.baseline}: no router package there")
     # Turn SIGTERM into SystemExit so the ExitStack stops every child process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = QUICK if args.quick else FULL
-    report = run(settings, args.quick)
+    report = run(settings, args.quick, baseline)
     print()
     print(table(report["results"]))
     for text in report["notes"]:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from procs import HOST, rss_kib
+from tests.support.sites import HOST, rss_kib
 
 
 class LoadError(RuntimeError):

@@ -27,11 +27,24 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
+
 import convergence
 from loads import LoadError, echo_check, iperf3_mbps, percentile, ping_pong_us
 from numbers_fmt import fmt, fmt_ratio, ratio
-from procs import HOST, Service, free_port, log_tail, port_open, wait_until
-from sites import SetupError, Site, SiteNet, wait_path
+
+from tests.support.sites import (
+    HOST,
+    Process,
+    Site,
+    SiteNet,
+    free_port,
+    log_tail,
+    port_open,
+    wait_for,
+    wait_path,
+)
+from tests.support.sites import SiteError as SetupError
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "multihop_results.json"
@@ -91,10 +104,10 @@ def start_servers(root: Path, stack: ExitStack, iperf3: str) -> dict[str, int]:
         "echo-server": [sys.executable, str(BENCH_DIR / "echo_server.py"), str(targets["echo"])],
     }
     for name, argv in argvs.items():
-        svc = Service(name, argv, root / f"{name}.log")
+        svc = Process(name, argv, root / f"{name}.log")
         stack.callback(svc.stop)
     for port in targets.values():
-        wait_until(partial(port_open, port), 15, f"server port {port}")
+        wait_for(partial(port_open, port), 15, f"server port {port}", step=0.1)
     return targets
 
 
@@ -158,9 +171,9 @@ def setup_line(net: SiteNet, targets: dict[str, int]) -> dict[str, dict[str, int
         ports: dict[str, int] = {}
         for service, target in targets.items():
             key = f"{service}-{suffix}"
-            site.ctl("connector", "create", key, f"{HOST}:{target}")
+            site.sitectl("connector", "create", key, f"{HOST}:{target}")
             ports[service] = free_port()
-            sites[0].ctl("listener", "create", key, str(ports[service]))
+            sites[0].sitectl("listener", "create", key, str(ports[service]))
         entries[path] = ports
     for _, suffix, _, hops in ends:
         for service in targets:
@@ -343,8 +356,8 @@ def setup_diamond(net: SiteNet, echo_port: int) -> Diamond:
     net.link(s, t2)
     net.link(e, t2, cost=10)  # T2 -> E is the expensive hop: S -> E prefers T1
     d = Diamond(net, s, t1, t2, e, free_port())
-    e.ctl("connector", "create", d.key, f"{HOST}:{echo_port}")
-    s.ctl("listener", "create", d.key, str(d.port))
+    e.sitectl("connector", "create", d.key, f"{HOST}:{echo_port}")
+    s.sitectl("listener", "create", d.key, str(d.port))
     wait_path(s, d.key, d.via_t1)
     echo_check(d.port)
     return d

@@ -6,105 +6,78 @@ one local entry port per service, in `ports`.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from procs import HOST, Service, free_port, log_tail, port_open, wait_until
-
 import certs
+from tests.support.sites import (
+    HOST,
+    START_TIMEOUT,
+    Process,
+    Site,
+    SiteError,
+    free_port,
+    link,
+    log_tail,
+    port_open,
+    wait_for,
+)
 
-START_TIMEOUT = 30.0
-
-
-class SetupError(RuntimeError):
-    """A path could not be set up."""
+SetupError = SiteError  # a path could not be set up
 
 
 class RouterPair:
-    """Sites west (connectors, next to the servers) and east (listeners), linked by mTLS."""
+    """Sites west (connectors, next to the servers) and east (listeners), linked by mTLS.
 
-    def __init__(self, root: Path, sitectl: str, env: dict[str, str], stack: ExitStack) -> None:
+    With `code_dir`, sitectl and both routers run from that checkout's code."""
+
+    def __init__(self, root: Path, sitectl: str, env: dict[str, str], stack: ExitStack,
+                 code_dir: Path | None = None) -> None:
         self.root = root
-        self.sitectl = sitectl
-        self.env = env
         self.stack = stack
-        self.sites = {name: root / name for name in ("west", "east")}
-        self.services: dict[str, Service] = {}
+        self.sites = {name: Site(root, name, env, bind=HOST, runner="sitectl",
+                                 log_path=root / f"router-{name}.log", sitectl_bin=sitectl,
+                                 code_dir=code_dir, start_timeout=START_TIMEOUT)
+                      for name in ("west", "east")}
         self.pids: dict[str, int] = {}
         self.ports: dict[str, int] = {}
 
     def ctl(self, site: str, *args: str) -> str:
-        argv = [self.sitectl, "--site-dir", str(self.sites[site]), *args]
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0:
-            raise SetupError(f"sitectl {' '.join(args)} ({site}) failed: "
-                             f"{(proc.stderr or proc.stdout).strip()}")
-        return proc.stdout
+        return self.sites[site].sitectl(*args).stdout
 
     def status(self, site: str) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(self.ctl(site, "status", "--json"))
-        return data
+        return self.sites[site].status()
 
     def start(self, targets: dict[str, int]) -> None:
-        self._init_sites()
-        for site in self.sites:
-            self._run_router(site)
-        for site in self.sites:
-            self._wait_ready(site)
-            self.pids[site] = int(self.status(site)["pid"])
-        self._link()
+        for site in self.sites.values():
+            site.init()
+        for name, site in self.sites.items():
+            site.start(wait=False)
+            # Registered now, so routers are stopped even if setup fails; east first,
+            # so that west never sees its peer go away while it is still running.
+            self.stack.callback(self._stop, name)
+        for name, site in self.sites.items():
+            site.wait_ready()
+            self.pids[name] = int(self.status(name)["pid"])
+        link(self.sites["west"], self.sites["east"], self.root)
         for key, port in targets.items():
             self.ctl("west", "connector", "create", key, f"{HOST}:{port}")
             self.ports[key] = free_port()
             self.ctl("east", "listener", "create", key, str(self.ports[key]))
-        wait_until(lambda: self._reachable(targets), START_TIMEOUT, "keys reachable on east")
+        wait_for(lambda: self._reachable(targets), START_TIMEOUT, "keys reachable on east")
 
     def logs(self) -> dict[str, Path]:
-        return {site: svc.log for site, svc in self.services.items()}
+        return {name: site.log_path for name, site in self.sites.items()}
 
-    def _init_sites(self) -> None:
-        self.ctl("west", "init", "west", "--host", HOST, "--bind", HOST,
-                 "--link-port", str(free_port()))
-        self.ctl("east", "init", "east", "--host", HOST, "--bind", HOST,
-                 "--link-port", str(free_port()))
-
-    def _run_router(self, site: str) -> None:
-        argv = [self.sitectl, "--site-dir", str(self.sites[site]), "run"]
-        svc = Service(f"router-{site}", argv, self.root / f"router-{site}.log", self.env)
-        self.services[site] = svc
-        # Registered now, so routers are stopped even if setup fails; east first,
-        # so that west never sees its peer go away while it is still running.
-        self.stack.callback(self._stop, site)
-
-    def _stop(self, site: str) -> None:
-        svc = self.services[site]
-        code = svc.stop()
-        if code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
-            print(f"NOTE: router {site} exited with code {code} on SIGTERM; log tail:\n"
-                  f"{log_tail(svc.log, 8)}", flush=True)
-
-    def _wait_ready(self, site: str) -> None:
-        svc = self.services[site]
-
-        def ready() -> bool:
-            if not svc.alive():
-                raise SetupError(f"router {site} exited early:\n{log_tail(svc.log)}")
-            argv = [self.sitectl, "--site-dir", str(self.sites[site]), "status"]
-            return subprocess.run(argv, env=self.env, capture_output=True).returncode == 0
-
-        wait_until(ready, START_TIMEOUT, f"router {site} ready", step=0.2)
-
-    def _link(self) -> None:
-        token = self.root / "west.token"
-        self.ctl("west", "token", "issue", "--expires", "15m", "--uses", "1", "-o", str(token))
-        out = self.ctl("east", "link", "create", str(token))
-        if "up" not in out:
-            raise SetupError(f"link did not come up: {out.strip()}")
+    def _stop(self, name: str) -> None:
+        site = self.sites[name]
+        code = site.stop(grace=5.0)
+        if code not in (None, 0, -signal.SIGTERM, 128 + signal.SIGTERM):
+            print(f"NOTE: router {name} exited with code {code} on SIGTERM; log tail:\n"
+                  f"{site.log_tail(8)}", flush=True)
 
     def _reachable(self, targets: dict[str, int]) -> bool:
         keys = self.status("east").get("keys", {})
@@ -134,7 +107,7 @@ class StunnelPair:
         self.root = root
         self.binary = binary
         self.stack = stack
-        self.services: dict[str, Service] = {}
+        self.services: dict[str, Process] = {}
         self.ports: dict[str, int] = {}
 
     @property
@@ -177,14 +150,14 @@ class StunnelPair:
     def _run(self, side: str, conf: str) -> None:
         path = self.root / f"stunnel-{side}.conf"
         path.write_text(conf)
-        svc = Service(f"stunnel-{side}", [self.binary, str(path)],
+        svc = Process(f"stunnel-{side}", [self.binary, str(path)],
                       self.root / f"stunnel-{side}.log")
         self.services[side] = svc
         self.stack.callback(svc.stop)
 
     def _wait_port(self, port: int) -> None:
-        wait_until(lambda: self._alive() and port_open(port), START_TIMEOUT,
-                   f"stunnel port {port}")
+        wait_for(lambda: self._alive() and port_open(port), START_TIMEOUT,
+                 f"stunnel port {port}", step=0.1)
 
     def _alive(self) -> bool:
         for name, svc in self.services.items():

@@ -7,19 +7,17 @@ removes what it created. Uses this machine's PostgreSQL when one answers on
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-BIN = Path(sys.executable).parent
-SITECTL = str(BIN / "sitectl")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
+
+from tests.support.sites import SITECTL, Site, SiteError, free_port, site_env, wait_for
 
 
 def say(text: str) -> None:
@@ -36,13 +34,6 @@ def run(*cmd: str, env: dict[str, str]) -> str:
     if result.returncode != 0:
         raise SystemExit(f"demo: command failed ({result.returncode})")
     return result.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def postgres_available() -> bool:
@@ -73,25 +64,11 @@ def echo_server() -> int:
     return port
 
 
-def wait_ready(site_dir: Path, env: dict[str, str], proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: router for {site_dir.name} exited")
-        status = subprocess.run([SITECTL, "--site-dir", str(site_dir), "status"], env=env,
-                                capture_output=True)
-        if status.returncode == 0:
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"demo: router for {site_dir.name} did not start")
-
-
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="vanrouter-demo-"))
-    env = dict(os.environ, XDG_DATA_HOME=str(work / "xdg"))
-    env.pop("SITECTL_SITE_DIR", None)
+    env = site_env(work)
     west, east = work / "west", work / "east"
-    routers: list[subprocess.Popen[bytes]] = []
+    routers: list[Site] = []
     try:
         say("1. Create two sites (a CA and certificates each; no root needed)")
         run(SITECTL, "init", "west", "--site-dir", str(west), "--host", "127.0.0.1", env=env)
@@ -99,12 +76,13 @@ def main() -> int:
 
         say("2. Start both routers (`sitectl run`, logs in the demo folder)")
         for site in (west, east):
-            log = open(work / f"{site.name}.log", "wb")  # noqa: SIM115 - the child keeps it
             print(f"$ sitectl --site-dir {site} run &", flush=True)
-            proc = subprocess.Popen([SITECTL, "--site-dir", str(site), "run"], env=env,
-                                    stdout=log, stderr=log)
-            routers.append(proc)
-            wait_ready(site, env, proc)
+            router = Site(work, site.name, env, runner="sitectl", start_timeout=20)
+            routers.append(router)
+            try:
+                router.start()
+            except SiteError as exc:
+                raise SystemExit(f"demo: router for {site.name} did not start: {exc}") from exc
 
         say("3. West issues a one-time token; east redeems it and links")
         token = work / "west.token"
@@ -122,11 +100,11 @@ def main() -> int:
         listen = free_port()
         say(f"5. East opens a local listener for 'db' on port {listen}")
         run(SITECTL, "--site-dir", str(east), "listener", "create", "db", str(listen), env=env)
-        deadline = time.monotonic() + 15
-        while "reachable: west" not in run_quiet(east, env):
-            if time.monotonic() > deadline:
-                raise SystemExit("demo: key db never became reachable")
-            time.sleep(0.1)
+        try:
+            wait_for(lambda: "reachable: west" in run_quiet(east, env), 15, "key db reachable",
+                     step=0.1)
+        except SiteError as exc:
+            raise SystemExit("demo: key db never became reachable") from exc
 
         say("6. A client on east reaches west's service through the mTLS link")
         if use_pg:
@@ -142,13 +120,8 @@ def main() -> int:
         say("Done: stopping routers and removing the demo sites")
         return 0
     finally:
-        for proc in routers:
-            proc.send_signal(signal.SIGTERM)
-        for proc in routers:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for router in reversed(routers):
+            router.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

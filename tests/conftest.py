@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from certs import CertificateAuthority
-from tests.support.harness import Site, link, site_env
+from tests.support.sites import Site, link, site_env
 
 _ids = itertools.count(1)
 
@@ -27,7 +27,7 @@ class Pair:
 
     def expose(self, key: str, port: int, listen_port: int) -> None:
         """A connector on west for 127.0.0.1:port, a listener on east; wait until usable."""
-        from tests.support.harness import wait_for
+        from tests.support.sites import wait_for
 
         self.west.sitectl("connector", "create", key, f"127.0.0.1:{port}")
         self.east.sitectl("listener", "create", key, str(listen_port))

@@ -6,14 +6,12 @@ through `python -m router` and `sitectl run`, which must exit 2 and change nothi
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from router.site.config import ConfigError, Limits, parse_config
-from tests.support.harness import ROOT, Site, site_env
+from tests.support.sites import Site, site_env
 
 BASE = """\
 # vanrouter site configuration
@@ -175,9 +173,7 @@ def test_router_refuses_to_start(site: Site, how: str, edit: str, field: str,
         if how == "sitectl run":
             result = site.sitectl("run", check=False, timeout=30)
         else:
-            result = subprocess.run(
-                [sys.executable, "-m", "router", "--site-dir", str(site.dir)], env=site.env,
-                capture_output=True, text=True, timeout=30, cwd=str(ROOT))
+            result = site.run_router(timeout=30)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith(f"router: {config}:{line}: {field}: "), result.stderr
         assert says in result.stderr and result.stderr.count("\n") == 1, result.stderr

@@ -25,7 +25,7 @@ from router.routing.signing import Ed25519Signer, router_id_for
 from router.site.directory import Site as RouterSite
 from router.site.tokens import Token
 from tests.support.forge import forge_leaf, public_key_of_csr, tree_digest
-from tests.support.harness import Site, site_env
+from tests.support.sites import Site, site_env
 
 Answer = Callable[[Claim], bytes]
 

@@ -22,7 +22,7 @@ from router.routing.signing import Ed25519Signer
 from router.site.tokens import Token
 from sitectl.redeem import REDEEM_TIMEOUT_S, Deadline, redeem
 from tests.support.forge import tree_digest
-from tests.support.harness import Site, site_env
+from tests.support.sites import Site, site_env
 
 GAP_S = 0.2  # between trickled bytes: far inside any per-operation timeout
 

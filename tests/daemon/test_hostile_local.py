@@ -20,7 +20,7 @@ from router.routing.core import RoutingCore
 from router.site.config import MAX_KEYS_PER_SITE, ConfigError, parse_config
 from sitectl.client import call
 from tests.support.forge import tree_digest
-from tests.support.harness import Site, free_port, site_env
+from tests.support.sites import Site, free_port, site_env
 
 
 @pytest.fixture
@@ -275,7 +275,7 @@ def test_link_file_that_is_a_fifo_does_not_freeze_the_router(site: Site, which: 
 def _concurrently(site: Site, commands: list[tuple[str, ...]]) -> list[Any]:
     import subprocess
 
-    from tests.support.harness import SITECTL
+    from tests.support.sites import SITECTL
 
     procs = [subprocess.Popen([SITECTL, "--site-dir", str(site.dir), *args], env=site.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -295,15 +295,10 @@ def test_concurrent_offline_edits_are_none_lost(site: Site) -> None:
 def test_offline_edits_while_a_router_starts_are_none_lost(site: Site) -> None:
     """Each edit lands either in site.toml before the router reads it, or through the
     router once it answers: after the start, the router and site.toml agree on all."""
-    import subprocess
-    import sys
-
-    from tests.support.harness import ROOT, wait_for
+    from tests.support.sites import wait_for
 
     n = 8
-    site.proc = subprocess.Popen([sys.executable, "-m", "router", "--site-dir", str(site.dir)],
-                                 env=site.env, cwd=str(ROOT), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+    site.start(wait=False)
     results = _concurrently(site, [("connector", "create", f"k{i}", f"127.0.0.1:{1000 + i}")
                                    for i in range(n)])
     assert all(code == 0 for code, _ in results), results
@@ -430,7 +425,7 @@ def test_sigterm_while_a_token_is_issued_leaves_no_file(site: Site, tmp_path: Pa
     import signal
     import subprocess
 
-    from tests.support.harness import SITECTL, wait_for
+    from tests.support.sites import SITECTL, wait_for
 
     (site.dir / "run").mkdir(exist_ok=True)
     got = threading.Event()

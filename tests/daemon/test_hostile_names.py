@@ -15,8 +15,8 @@ from router.names import InvalidName, parse_endpoint, validate_name, validate_ro
 from router.site.config import ConfigError
 from router.site.directory import LinkSpec, Site, SiteError
 from tests.daemon.test_hostile_tokens import one_line_error, tree_digest
-from tests.support.harness import Site as Process
-from tests.support.harness import site_env
+from tests.support.sites import Site as Process
+from tests.support.sites import site_env
 
 BAD_NAMES = ["../evil", "a/b", "/tmp/x", ".hidden", "", "x" * 64, "evil\n", "e vil", "-x",
              "x\x00y", "é", "a\\b", 'a"b', "..", "."]

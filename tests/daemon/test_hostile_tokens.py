@@ -24,7 +24,7 @@ import certs
 from router.site.directory import Site as SiteDir
 from router.site.tokens import MAX_TOKEN_BYTES, GrantStore, Token, TokenError
 from tests.support.forge import tree_digest
-from tests.support.harness import Site, site_env
+from tests.support.sites import Site, site_env
 
 NOW = 1_800_000_000.0
 ATTACKER = certs.CertificateAuthority.generate("attacker")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import Site, free_port, site_env
+from tests.support.sites import Site, free_port, site_env
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

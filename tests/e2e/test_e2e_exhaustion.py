@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from router.site.directory import Site as RouterSite
-from tests.support.harness import Site, free_port, link, site_env, wait_for
 from tests.support.services import HashServer, transfer
+from tests.support.sites import Site, free_port, link, site_env, wait_for
 
 MB = 1024 * 1024
 FD_LIMIT = 128

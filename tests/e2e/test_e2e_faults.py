@@ -11,8 +11,8 @@ from pathlib import Path
 import certs
 from router.protocol import PREFACE, Hello
 from tests.conftest import Pair
-from tests.support.harness import SITECTL, Site, free_port, site_env, wait_for
 from tests.support.services import HashServer, transfer
+from tests.support.sites import SITECTL, Site, free_port, site_env, wait_for
 
 MB = 1024 * 1024
 

@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import Pair
-from tests.support.harness import free_port, wait_for
 from tests.support.services import EchoServer, HashServer, Server, transfer
+from tests.support.sites import free_port, wait_for
 
 MB = 1024 * 1024
 

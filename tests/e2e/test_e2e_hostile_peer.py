@@ -17,8 +17,8 @@ from router.protocol import FrameType, LinkLimits
 from router.protocol.frames import HEADER
 from router.routing import Ed25519Signer, encode_message, router_id_for
 from router.routing.records import RECORD_DOMAIN
-from tests.support.harness import Site, wait_for
 from tests.support.peers import LinkedPair, authenticated_peer
+from tests.support.sites import Site, wait_for
 
 FAKE_ROUTERS = 400  # of ~1 MB each once decoded: 400 MB unbounded
 KEYS_PER_RECORD = 6000  # what one 64 KiB ROUTING frame holds

@@ -31,7 +31,7 @@ from router.site.tokens import Token
 from sitectl.client import call
 from sitectl.redeem import redeem
 from tests.support.forge import tree_digest
-from tests.support.harness import Site, link, site_env, wait_for
+from tests.support.sites import Site, link, site_env, wait_for
 
 
 class World:

@@ -4,13 +4,12 @@ router is refused while the first runs, and a killed router's lock is gone at on
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.harness import ROOT, Site, site_env, wait_for
+from tests.support.sites import Site, site_env, wait_for
 
 
 @pytest.fixture
@@ -21,9 +20,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
 
 
 def _second_router(site: Site) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "router", "--site-dir", str(site.dir)],
-                          env=site.env, capture_output=True, text=True, timeout=30,
-                          cwd=str(ROOT))
+    return site.run_router(timeout=30)
 
 
 def _state(pid: int) -> str:

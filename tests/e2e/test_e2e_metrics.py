@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
-from tests.support.harness import Site, free_port, link, site_env
+from tests.support.sites import Site, free_port, link, site_env
 
 
 def test_metrics_endpoint(tmp_path: Path) -> None:

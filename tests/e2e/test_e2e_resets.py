@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import Site, free_port, site_env, wait_for
 from tests.support.services import HashServer, Server, transfer
+from tests.support.sites import Site, free_port, site_env, wait_for
 
 MB = 1024 * 1024
 _LINGER_RST = struct.pack("ii", 1, 0)

@@ -10,7 +10,7 @@ import pytest
 
 import certs
 from router.site.tokens import Token
-from tests.support.harness import SITECTL, Site, free_port, link, site_env, wait_for
+from tests.support.sites import SITECTL, Site, free_port, link, site_env, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from router.net.tls import TLSStream
 from router.protocol import FrameType, Open
 from router.protocol.frames import HEADER
 from tests.e2e.test_e2e_flows import StallServer
-from tests.support.harness import Site
 from tests.support.peers import LinkedPair, authenticated_peer
+from tests.support.sites import Site
 
 RSS_GROWTH_BOUND_KIB = 60 * 1024  # unbounded, 20 s of PINGs grew a router by 178 MB
 FLOW_CAP = 8

@@ -16,7 +16,7 @@ import trio.testing
 from router.daemon.router import Router
 from router.site.config import ConnectorConfig, ListenerConfig
 from router.site.directory import init_site
-from tests.support.harness import free_port
+from tests.support.sites import free_port
 
 
 def fd_count() -> int:

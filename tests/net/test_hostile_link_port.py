@@ -23,7 +23,7 @@ from router.protocol.claim import ClaimRefused
 from router.routing.signing import Ed25519Signer
 from sitectl.redeem import redeem
 from tests.conftest import Pair
-from tests.support.harness import wait_for
+from tests.support.sites import wait_for
 
 ATTACK_SOURCES = [f"127.0.0.{i}" for i in range(2, 51)]  # 49 addresses
 HELD_PER_SOURCE = 6  # 294 in all: more than the port's 256 pending-handshake slots

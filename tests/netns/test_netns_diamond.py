@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.harness import free_port, wait_for
 from tests.support.netns import Background, NetLab, NetnsSite, in_ns, leftovers, require_netns
 from tests.support.services import HashServer, transfer
+from tests.support.sites import free_port, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import free_port, wait_for
 from tests.support.netns import NetLab, NetnsSite, VethEnd, in_ns, leftovers, require_netns, run
 from tests.support.services import HashServer, transfer
+from tests.support.sites import free_port, wait_for
 
 pytestmark = pytest.mark.netns
 

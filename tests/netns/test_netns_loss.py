@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.harness import free_port, wait_for
 from tests.support.netns import (
     Background,
     NetLab,
@@ -25,6 +24,7 @@ from tests.support.netns import (
     run,
 )
 from tests.support.services import HashServer, transfer
+from tests.support.sites import free_port, wait_for
 
 pytestmark = pytest.mark.netns
 

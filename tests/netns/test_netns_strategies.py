@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.support.harness import free_port, wait_for
 from tests.support.netns import (
     NameServer,
     NetLab,
@@ -23,6 +22,7 @@ from tests.support.netns import (
     open_named,
     require_netns,
 )
+from tests.support.sites import free_port, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.support.harness import Site, link, site_env
 from tests.support.services import Server
+from tests.support.sites import Site, link, site_env
 
 T = TypeVar("T")
 

@@ -13,8 +13,8 @@ import certs
 from router.net.handshake import tls_handshake
 from router.net.tls import TLSStream
 from router.protocol import Hello, LinkConnection, LinkLimits, Role
-from tests.support.harness import Site, free_port, link, site_env, wait_for
 from tests.support.services import EchoServer
+from tests.support.sites import Site, free_port, link, site_env, wait_for
 
 
 class LinkedPair:
