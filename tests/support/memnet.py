@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -139,7 +140,7 @@ class MemNet:
         await trio.lowlevel.checkpoint()
         handler = self.handlers.get(endpoint)
         if handler is None or endpoint in self.refusing:
-            raise ConnectionRefusedError(errno.ECONNREFUSED, f"{host}:{port} refused")
+            raise ConnectionRefusedError(errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED))
         a, b = trio.testing.memory_stream_pair()
         conn = Conn(source, endpoint, Wire(a), Wire(b))
         self.conns.append(conn)
