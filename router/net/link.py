@@ -218,8 +218,13 @@ class Link:
                 reason = self.closed_reason
             self.closed_reason = reason
             self._drained.set()
-            for handler in list(self.flows.values()):
-                handler.on_reset(FlowCode.LINK_LOST, f"link to {self.peer_site} lost: {reason}")
+            still_open = set(self.conn.flow_ids())
+            for flow_id, handler in list(self.flows.items()):
+                # A flow both sides finished needs the link no more: its end is only
+                # delivering what arrived, which a reset would throw away.
+                if flow_id in still_open:
+                    handler.on_reset(FlowCode.LINK_LOST,
+                                     f"link to {self.peer_site} lost: {reason}")
             self.flows.clear()
             # No checkpoint from here until the caller's bookkeeping (routing told the
             # neighbour is gone) has run: flows woken by the resets above then retry on
