@@ -18,6 +18,7 @@ import trio
 
 from router.flows.end import FlowEnd
 from router.flows.table import FlowEntry
+from router.net.errors import only
 from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK, abort_socket
 from router.protocol import FlowCode, FlowError
@@ -73,11 +74,11 @@ class SocketFlow(FlowEnd):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._socket_to_link, sock)
                     nursery.start_soon(self._link_to_socket, sock)
-        except trio.Cancelled:
-            failure = (FlowCode.SHUTDOWN, "flow cancelled: router shutting down")
-            raise
-        except BaseException:
-            failure = (FlowCode.INTERNAL, "internal error in this router")
+        except BaseException as exc:
+            # Cancellation reaches us inside the nursery's exception group.
+            failure = ((FlowCode.SHUTDOWN, "flow cancelled: router shutting down")
+                       if only(exc, (trio.Cancelled,)) is not None
+                       else (FlowCode.INTERNAL, "internal error in this router"))
             raise
         finally:
             self._fd = None

@@ -14,6 +14,7 @@ import trio
 
 from router.flows.end import FlowEnd
 from router.flows.table import FlowEntry
+from router.net.errors import only
 from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK
 from router.protocol import FlowCode, FlowError
@@ -46,11 +47,11 @@ class StreamFlow(FlowEnd):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._stream_to_link, stream)
                     nursery.start_soon(self._link_to_stream, stream)
-        except trio.Cancelled:
-            self.reset(FlowCode.SHUTDOWN, "flow cancelled: router shutting down")
-            raise
-        except BaseException:
-            self.reset(FlowCode.INTERNAL, "internal error in this router")
+        except BaseException as exc:
+            if only(exc, (trio.Cancelled,)) is not None:
+                self.reset(FlowCode.SHUTDOWN, "flow cancelled: router shutting down")
+            else:
+                self.reset(FlowCode.INTERNAL, "internal error in this router")
             raise
         finally:
             self.side.release()

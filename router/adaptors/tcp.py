@@ -19,7 +19,7 @@ from router.adaptors.stream import StreamFlow
 from router.flows.forwarder import Forwarder, NoRoute, NoTarget
 from router.flows.table import FlowEntry, FlowTable, Outcome
 from router.net.accept import FdReserve, serve_listeners
-from router.net.errors import connect_reason, guarded
+from router.net.errors import connect_reason, guarded, only
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK, abort_socket, peer_name
@@ -228,6 +228,10 @@ class TcpListeners:
             else:
                 assert route.target is not None
                 outcome = "ok" if await splice(client, route.target) else "reset"
+        except BaseException as exc:
+            if only(exc, (trio.Cancelled,)) is not None:
+                outcome = "reset"  # shutdown: the flow (if any) was reset
+            raise
         finally:
             self._table.end(entry, outcome)
             if not served:

@@ -34,7 +34,8 @@ def test_honest_open_still_decodes() -> None:
 
 @pytest.mark.parametrize("kind", [Refuse, Reset, GoAway])
 def test_reasons_are_made_printable(kind: type[Refuse | Reset | GoAway]) -> None:
-    message = kind.from_wire(msgpack.packb({"code": 2, "reason": "\x1b]0;owned\x07\nFORGED \u202e ok"}))
+    hostile = "\x1b]0;owned\x07\nFORGED \u202e ok"
+    message = kind.from_wire(msgpack.packb({"code": 2, "reason": hostile}))
     assert message.reason == r"\x1b]0;owned\x07\nFORGED \u202e ok"
     assert message.reason.isprintable()
     long = kind.from_wire(msgpack.packb({"code": 2, "reason": "\x1b" * 1024}))
