@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import certs
-from router.names import InvalidName, parse_endpoint, validate_name, validate_router_id
+from router.endpoint import parse_endpoint
+from router.names import InvalidName, validate_name, validate_router_id
 from router.site.config import ConfigError
 from router.site.directory import LinkSpec, Site, SiteError
 from tests.harness import Site as Process

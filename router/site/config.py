@@ -8,7 +8,6 @@ TOML can tell) and the field, and nothing is changed. Writing goes through tomli
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import math
 import re
 import tomllib
@@ -19,7 +18,8 @@ from typing import Any
 
 import tomli_w
 
-from router.names import NAME_RE
+from router.endpoint import Endpoint, is_host
+from router.names import NAME_RE, InvalidName
 from router.protocol.frames import MAX_FLOW_ID
 from router.protocol.messages import (
     MAX_FRAME_BYTES,
@@ -79,6 +79,10 @@ class ListenerConfig:
     port: int
     strategy: str = "balanced"
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectorConfig:
@@ -87,6 +91,10 @@ class ConnectorConfig:
     port: int
     priority: int = 0
     weight: int = 1
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,24 +186,20 @@ class FieldReader:
 
 def _host(reader: FieldReader, key: str, default: Any = ...) -> str:
     value: str = reader.get(key, str, default)
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", value):
-            raise reader.fail(key, f"{value!r} is not an IP address or host name") from None
+    if not is_host(value):
+        raise reader.fail(key, f"{value!r} is not an IP address or host name")
     return value
 
 
 def _advertise(reader: FieldReader) -> tuple[str, ...]:
+    """Kept as written; earlier versions wrote an IPv6 address without brackets."""
     entries = reader.get("advertise", list, [])
-    out = []
     for entry in entries:
-        host, sep, port = str(entry).rpartition(":")
-        if not (isinstance(entry, str) and sep and port.isdigit() and 0 < int(port) < 65536
-                and re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host)):
-            raise reader.fail("advertise", f"{entry!r} is not HOST:PORT")
-        out.append(entry)
-    return tuple(out)
+        try:
+            Endpoint.parse(entry, stored=True)
+        except InvalidName as exc:
+            raise reader.fail("advertise", str(exc)) from None
+    return tuple(entries)
 
 
 def _routing_key(reader: FieldReader) -> str:
@@ -313,7 +317,7 @@ def port_clash(site: SiteConfig, lst: ListenerConfig,
     Shared by parse_config and the control socket's listener.create."""
     for x in others:
         if x.port == lst.port and _overlap(x.host, lst.host):
-            return "port", f"a listener on {x.host}:{x.port} already exists"
+            return "port", f"a listener on {x.endpoint} already exists"
     if lst.port == site.link_port and _overlap(lst.host, site.bind):
         return "port", f"{lst.port} is the site's link_port"
     if lst.port == site.metrics_port and _overlap(lst.host, METRICS_HOST):

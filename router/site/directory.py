@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
-from router.names import NAME_RE, InvalidName, parse_endpoint, validate_name, validate_router_id
+from router.endpoint import Endpoint, parse_endpoint
+from router.names import NAME_RE, InvalidName, validate_name, validate_router_id
 from router.site.atomic import read_regular, write_atomic
 from router.site.config import (
     ConfigError,
@@ -261,8 +262,8 @@ class Site:
         clash = self.link_clash(spec.name)
         if clash is not None:
             raise SiteError(f"link name {spec.name} clashes with the files of link {clash}")
-        doc = _link_doc(spec)
         try:
+            doc = _link_doc(spec)
             _link_from(spec.name, doc)  # what is written must load back
         except InvalidName as exc:
             raise SiteError(f"link {spec.name}: {exc}") from None
@@ -340,7 +341,7 @@ MAX_LINK_COST = 1_000_000
 def _link_doc(spec: LinkSpec) -> dict[str, object]:
     doc: dict[str, object] = {
         "peer_site": spec.peer_site,
-        "endpoints": [f"{h}:{p}" for h, p in spec.endpoints],
+        "endpoints": [Endpoint(h, p).stored() for h, p in spec.endpoints],
         "cost": spec.cost,
     }
     if spec.peer_router_id is not None:
