@@ -26,10 +26,7 @@ from router.names import InvalidName, validate_name
 from router.protocol.claim import ClaimError, ClaimRefused
 from router.routing.signing import Ed25519Signer
 from router.site.config import (
-    ARGUMENTS,
-    ConfigError,
     ConnectorConfig,
-    FieldReader,
     ListenerConfig,
     SiteConfig,
     connector_from,
@@ -37,15 +34,11 @@ from router.site.config import (
     port_clash,
     services_problem,
 )
-from router.site.directory import (
-    MAX_LINK_COST,
-    LinkSpec,
-    Site,
-    SiteError,
-    check_init_args,
-    init_site,
-    resolve_site_dir,
-)
+from router.site.create import check_init_args, init_site
+from router.site.directory import Site, resolve_site_dir
+from router.site.errors import ARGUMENTS, ConfigError, SiteError
+from router.site.fields import FieldReader
+from router.site.linkfiles import MAX_LINK_COST, LinkSpec
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
 from sitectl.client import ConnectionLost, NotRunning, RequestFailed, call
 from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem

@@ -13,8 +13,9 @@ import pytest
 import certs
 from router.endpoint import parse_endpoint
 from router.names import InvalidName, validate_name, validate_router_id
-from router.site.config import ConfigError
-from router.site.directory import LinkSpec, Site, SiteError
+from router.site.directory import Site
+from router.site.errors import ConfigError, SiteError
+from router.site.linkfiles import LinkSpec
 from tests.harness import Site as Process
 from tests.harness import site_env
 from tests.test_hostile_tokens import one_line_error, tree_digest

@@ -25,8 +25,9 @@ from certs import CertError
 from router.daemon.status import network_status, site_status
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
-from router.site.config import ConfigError, FieldReader, connector_from, listener_from
-from router.site.directory import SiteError
+from router.site.config import connector_from, listener_from
+from router.site.errors import ConfigError, SiteError
+from router.site.fields import FieldReader
 from router.site.tokens import TokenError, finite_number
 
 if TYPE_CHECKING:

@@ -15,8 +15,10 @@ from pathlib import Path
 import trio
 
 import certs
-from router.site.config import ConfigError, FieldReader, SiteConfig
-from router.site.directory import Site, SiteError, resolve_site_dir
+from router.site.config import SiteConfig
+from router.site.directory import Site, resolve_site_dir
+from router.site.errors import ConfigError, SiteError
+from router.site.fields import FieldReader
 from router.site.tokens import TokenError
 
 log = logging.getLogger("router")

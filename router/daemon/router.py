@@ -45,7 +45,6 @@ from router.routing import (
     ed25519_verify,
 )
 from router.site.config import (
-    ConfigError,
     ConnectorConfig,
     ListenerConfig,
     SiteConfig,
@@ -53,7 +52,8 @@ from router.site.config import (
     port_clash,
     services_problem,
 )
-from router.site.directory import Site, SiteError
+from router.site.directory import Site
+from router.site.errors import ConfigError, SiteError
 from router.site.tokens import GrantStore, Token, TokenError
 
 log = logging.getLogger("router")

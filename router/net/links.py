@@ -31,7 +31,7 @@ from router.net.link import Link
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
-from router.site.directory import LinkSpec
+from router.site.linkfiles import LinkSpec
 
 if TYPE_CHECKING:
     from router.daemon.router import Router
