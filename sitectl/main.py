@@ -24,6 +24,7 @@ from certs.errors import CertError
 from router.endpoint import Endpoint
 from router.names import InvalidName, validate_name
 from router.protocol.claim import ClaimError, ClaimRefused
+from router.routing.choice import STRATEGIES
 from router.routing.signing import Ed25519Signer
 from router.site.config import (
     ConnectorConfig,
@@ -507,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = lsub.add_parser("create", parents=[common])
     p.add_argument("key")
     p.add_argument("address", metavar="[HOST:]PORT", help="[IPV6]:PORT for an IPv6 address")
-    p.add_argument("--strategy", default="balanced", choices=["balanced", "priority", "weighted"])
+    p.add_argument("--strategy", default="balanced", choices=STRATEGIES)
     p.set_defaults(func=cmd_listener_create)
     p = lsub.add_parser("list", parents=[common])
     p.set_defaults(func=lambda c, a: _list(c, a, "listener"))

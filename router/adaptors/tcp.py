@@ -22,7 +22,7 @@ from router.net.link import Link
 from router.protocol import FlowError
 from router.routing.forward import ROUTE_REFUSAL
 
-log = logging.getLogger("router.flow")
+log = logging.getLogger(__name__)
 
 # Below glibc's 128 KiB mmap threshold: socket.recv(n) allocates n bytes up front, even
 # when it then finds nothing to read, and above the threshold every call costs an

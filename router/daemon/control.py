@@ -33,7 +33,7 @@ from router.site.tokens import TokenError, finite_number
 if TYPE_CHECKING:
     from router.daemon.router import Router
 
-log = logging.getLogger("router.daemon.control")
+log = logging.getLogger(__name__)
 
 Handler = Callable[["Router", dict[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -21,7 +21,7 @@ from router.site.errors import ConfigError, SiteError
 from router.site.fields import FieldReader
 from router.site.tokens import TokenError
 
-log = logging.getLogger("router")
+log = logging.getLogger(__name__)
 
 
 def setup_logging(site: str, level: str) -> None:

@@ -24,7 +24,7 @@ from router.net.errors import guarded
 if TYPE_CHECKING:
     from router.daemon.router import Router
 
-log = logging.getLogger("router.daemon.metrics")
+log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8192
 
 

@@ -56,7 +56,7 @@ from router.site.directory import Site
 from router.site.errors import ConfigError, SiteError
 from router.site.tokens import GrantStore, Token, TokenError
 
-log = logging.getLogger("router")
+log = logging.getLogger(__name__)
 
 ROUTE_ATTEMPTS = 3  # tries per serving site when the path (not the site) failed
 ROUTE_SETTLE_S = 0.05  # wait before retrying, times the attempt number

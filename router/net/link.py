@@ -46,7 +46,7 @@ from router.protocol import (
     RoutingReceived,
 )
 
-log = logging.getLogger("router.link")
+log = logging.getLogger(__name__)
 
 # Unsent control bytes, in multiples of the connection's read-pause threshold, past
 # which the link is ended at once. Reading stops at 1x, so only commands from our own

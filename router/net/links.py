@@ -36,7 +36,7 @@ from router.site.linkfiles import LinkSpec
 if TYPE_CHECKING:
     from router.daemon.router import Router
 
-log = logging.getLogger("router.net.links")
+log = logging.getLogger(__name__)
 
 MAX_PENDING_HANDSHAKES = 256  # unauthenticated connections in TLS/HELLO/claim at once
 PENDING_PER_SOURCE = MAX_PENDING_HANDSHAKES // 16  # of those, from one address

@@ -26,6 +26,7 @@ from router.protocol.messages import (
     MAX_WINDOW,
     MIN_FRAME_BYTES,
 )
+from router.routing.choice import STRATEGIES
 from router.routing.records import MAX_PRIORITY, MAX_WEIGHT
 from router.site.atomic import read_regular, write_atomic
 from router.site.errors import ConfigError
@@ -37,7 +38,6 @@ from router.site.fields import FieldReader, line_of
 MAX_KEYS_PER_SITE = 10_000
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-STRATEGIES = ("balanced", "priority", "weighted")
 METRICS_HOST = "127.0.0.1"  # the metrics endpoint is for local scrapers only
 
 
