@@ -1,4 +1,5 @@
-"""The one check for names and addresses that come from outside: tokens, CLI, link files.
+"""The one check for names that come from outside: tokens, CLI, link files (addresses:
+`router.endpoint`).
 
 A site or link name becomes a file name (links/NAME.toml, NAME.key), so everything that
 accepts one goes through `validate_name`; nothing else decides what a name may be.
@@ -6,13 +7,11 @@ accepts one goes through `validate_name`; nothing else decides what a name may b
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")  # sites, links, routing keys
 
 ROUTER_ID_RE = re.compile(r"r[0-9a-f]{16}")  # router_id_for(): "r" + 16 hex digits
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})")
 _SHOWN = 40  # characters of a rejected value quoted back, so the message stays one line
 
 
@@ -41,19 +40,3 @@ def validate_router_id(text: object) -> str:
         value = shown(text) if isinstance(text, str) else type(text).__name__
         raise InvalidName(f"{value} is not a router id (r + 16 hex digits)")
     return text
-
-
-def parse_endpoint(text: object) -> tuple[str, int]:
-    """"host:port" (an IP address or DNS name, port 1-65535) as (host, port)."""
-    if not isinstance(text, str):
-        raise InvalidName(f"endpoint must be a string \"HOST:PORT\", got {type(text).__name__}")
-    host, sep, port = text.rpartition(":")
-    if not (sep and port.isascii() and port.isdigit() and len(port) <= 5
-            and 1 <= int(port) <= 65535):
-        raise InvalidName(f"{shown(text)} is not HOST:PORT")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME_RE.fullmatch(host):
-            raise InvalidName(f"{shown(text)}: bad host (an IP address or DNS name)") from None
-    return host, int(port)

@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from router.errors import VanError
 
-class NotRunning(Exception):
+
+class NotRunning(VanError):
     """No router answers on the site's control socket."""
 
 
-class RequestFailed(Exception):
+class RequestFailed(VanError):
     """The router refused the request; the message is its reason."""
 
 

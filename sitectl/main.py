@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from certs.errors import CertError
+from router.endpoint import Endpoint
+from router.errors import VanError
 from router.names import InvalidName, validate_name
 from router.protocol.claim import ClaimError, ClaimRefused
+from router.routing.choice import STRATEGIES
 from router.routing.signing import Ed25519Signer
 from router.site.config import (
-    ARGUMENTS,
-    ConfigError,
     ConnectorConfig,
-    FieldReader,
     ListenerConfig,
     SiteConfig,
     connector_from,
@@ -36,17 +36,13 @@ from router.site.config import (
     port_clash,
     services_problem,
 )
-from router.site.directory import (
-    MAX_LINK_COST,
-    LinkSpec,
-    Site,
-    SiteError,
-    check_init_args,
-    init_site,
-    resolve_site_dir,
-)
-from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token, TokenError
-from sitectl.client import ConnectionLost, NotRunning, RequestFailed, call
+from router.site.create import check_init_args, init_site
+from router.site.directory import Site, resolve_site_dir
+from router.site.errors import ARGUMENTS, ConfigError, SiteError
+from router.site.fields import FieldReader
+from router.site.linkfiles import MAX_LINK_COST, LinkSpec
+from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
+from sitectl.client import ConnectionLost, NotRunning, call
 from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem
 from sitectl.render import render_links, render_network, render_status
 
@@ -67,11 +63,11 @@ _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-class UsageError(Exception):
+class UsageError(VanError):
     """Bad arguments from the user (exit 2)."""
 
 
-class FileProblem(Exception):
+class FileProblem(VanError):
     """A file sitectl was asked to read or write cannot be used (exit 1)."""
 
 
@@ -87,15 +83,19 @@ def parse_duration(text: str, *, most: float = MAX_GRANT_S) -> float:
     return seconds
 
 
-def parse_hostport(text: str, *, default_host: str | None) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        if default_host is None:
-            raise UsageError(f"expected HOST:PORT, got {text!r}")
-        host, port = default_host, text
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise UsageError(f"bad port in {text!r}")
-    return host or (default_host or ""), int(port)
+def parse_address(text: str, *, default_host: str | None) -> Endpoint:
+    """HOST:PORT or [IPV6]:PORT; with a `default_host`, also a bare PORT (or :PORT)."""
+    if default_host is not None and ":" not in text.removeprefix(":"):
+        port = text.removeprefix(":")
+        if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise UsageError(f"bad port in {text!r}")
+        return Endpoint(default_host, int(port))
+    if ":" not in text:
+        raise UsageError(f"expected HOST:PORT, got {text!r}")
+    try:
+        return Endpoint.parse(text)
+    except InvalidName as exc:
+        raise UsageError(str(exc)) from None
 
 
 class Ctx:
@@ -141,15 +141,19 @@ def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     try:
         check_init_args(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
                         advertise=tuple(a.advertise or ()))
+        for entry in a.advertise or ():  # site.toml also takes the unbracketed IPv6 of old
+            Endpoint.parse(entry)
     except (SiteError, ConfigError) as exc:
         raise UsageError(str(exc)) from None
+    except InvalidName as exc:
+        raise UsageError(f"--advertise: {exc}") from None
     site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
                      advertise=tuple(a.advertise or ()))
     cfg = site.config()
     how = f"--site {cfg.name}" if a.site_dir is None else f"--site-dir {root}"
     out(a, {"site": cfg.name, "site_dir": str(root), "link_port": cfg.link_port},
         f"site {cfg.name} created in {root}\n"
-        f"  links accepted on {cfg.bind}:{cfg.link_port}, advertised as {cfg.host}\n"
+        f"  links accepted on {Endpoint(cfg.bind, cfg.link_port)}, advertised as {cfg.host}\n"
         f"  start its router with: sitectl {how} run")
     return 0
 
@@ -324,7 +328,7 @@ def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
             spec = ctx.site.load_link(name)
             links.append({"name": name, "peer_site": spec.peer_site, "direction": "out",
                           "state": "router not running", "cost": spec.cost,
-                          "endpoints": [f"{h}:{p}" for h, p in spec.endpoints]})
+                          "endpoints": [str(Endpoint(h, p)) for h, p in spec.endpoints]})
     out(a, links, render_links(links))
     return 0
 
@@ -372,8 +376,8 @@ def _check_services(new: SiteConfig) -> None:
 
 
 def cmd_listener_create(ctx: Ctx, a: argparse.Namespace) -> int:
-    host, port = parse_hostport(a.address, default_host="127.0.0.1")
-    fields = {"key": a.key, "host": host, "port": port, "strategy": a.strategy}
+    where = parse_address(a.address, default_host="127.0.0.1")
+    fields = {"key": a.key, "host": where.host, "port": where.port, "strategy": a.strategy}
     lst = listener_from(FieldReader(Path("arguments"), "", "listener", fields))
     ctx.site.require()
     with ctx.site.edit_lock():
@@ -385,16 +389,16 @@ def cmd_listener_create(ctx: Ctx, a: argparse.Namespace) -> int:
             raise UsageError(f"[listener] {clash[0]}: {clash[1]}")
         _check_services(replace(cfg, listeners=(*cfg.listeners, lst)))
         if ctx.try_call("listener.create", {**fields}) is None:
-            _offline_edit(ctx, f"listener {a.key} on {host}:{port}",
+            _offline_edit(ctx, f"listener {a.key} on {where}",
                           replace(cfg, listeners=(*cfg.listeners, lst)))
             return 0
-    print(f"listener {a.key} on {host}:{port} ({a.strategy})")
+    print(f"listener {a.key} on {where} ({a.strategy})")
     return 0
 
 
 def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
-    host, port = parse_hostport(a.address, default_host=None)
-    fields = {"key": a.key, "host": host, "port": port, "priority": a.priority,
+    where = parse_address(a.address, default_host=None)
+    fields = {"key": a.key, "host": where.host, "port": where.port, "priority": a.priority,
               "weight": a.weight}
     con = connector_from(FieldReader(Path("arguments"), "", "connector", fields))
     ctx.site.require()
@@ -402,10 +406,10 @@ def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
         cfg = ctx.site.config()
         _check_services(replace(cfg, connectors=(*cfg.connectors, con)))
         if ctx.try_call("connector.create", {**fields}) is None:
-            _offline_edit(ctx, f"connector {a.key} -> {host}:{port}",
+            _offline_edit(ctx, f"connector {a.key} -> {where}",
                           replace(cfg, connectors=(*cfg.connectors, con)))
             return 0
-    print(f"connector {a.key} -> {host}:{port}")
+    print(f"connector {a.key} -> {where}")
     return 0
 
 
@@ -414,7 +418,7 @@ def _list(ctx: Ctx, a: argparse.Namespace, kind: str) -> int:
     items: tuple[ListenerConfig, ...] | tuple[ConnectorConfig, ...] = (
         cfg.listeners if kind == "listener" else cfg.connectors)
     rows = [{"key": x.key, "host": x.host, "port": x.port} for x in items]
-    text = "\n".join(f"{r['key']:<20} {r['host']}:{r['port']}" for r in rows) or f"no {kind}s"
+    text = "\n".join(f"{x.key:<20} {x.endpoint}" for x in items) or f"no {kind}s"
     out(a, rows, text)
     return 0
 
@@ -504,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = lst.add_subparsers(dest="sub", required=True, metavar="ACTION")
     p = lsub.add_parser("create", parents=[common])
     p.add_argument("key")
-    p.add_argument("address", metavar="[HOST:]PORT")
-    p.add_argument("--strategy", default="balanced", choices=["balanced", "priority", "weighted"])
+    p.add_argument("address", metavar="[HOST:]PORT", help="[IPV6]:PORT for an IPv6 address")
+    p.add_argument("--strategy", default="balanced", choices=STRATEGIES)
     p.set_defaults(func=cmd_listener_create)
     p = lsub.add_parser("list", parents=[common])
     p.set_defaults(func=lambda c, a: _list(c, a, "listener"))
@@ -517,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = con.add_subparsers(dest="sub", required=True, metavar="ACTION")
     p = csub.add_parser("create", parents=[common])
     p.add_argument("key")
-    p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument("address", metavar="HOST:PORT", help="[IPV6]:PORT for an IPv6 address")
     p.add_argument("--priority", type=int, default=0, help="lower is preferred")
     p.add_argument("--weight", type=int, default=1)
     p.set_defaults(func=cmd_connector_create)
@@ -548,8 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = None if args.func is cmd_init else Ctx(args)
         code: int = args.func(ctx, args)
         return code
-    except (UsageError, SiteError, ConfigError, TokenError, ClaimError, NotRunning,
-            RequestFailed, FileProblem, CertError) as exc:
+    except (VanError, CertError) as exc:
         print(f"sitectl: {exc}", file=sys.stderr)
         # Bad arguments exit 2 (as argparse's own errors do), failures at run time 1.
         bad_args = isinstance(exc, ConfigError) and exc.source == ARGUMENTS

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import certs
+from router.endpoint import Endpoint
 from router.protocol.claim import (
     LENGTH,
     MAX_CLAIM_BYTES,
@@ -130,7 +131,8 @@ def redeem(
     exchange (connect, TLS, claim, reply) takes at most `timeout` seconds."""
     router_id = router_id_for(signer.public_key)
     ctx = certs.client_context(cert_pem=None, key_pem=None, ca_pem=ca_pem)
-    expired = f"site {issuer_site} at {host}:{port} did not answer within {timeout:g} s"
+    where = Endpoint(host, port)
+    expired = f"site {issuer_site} at {where} did not answer within {timeout:g} s"
     budget = _Budget(Deadline(timeout, now=clock()), clock, expired)
     try:
         raw = socket.create_connection((host, port), timeout=budget.left())
@@ -138,7 +140,7 @@ def redeem(
         raise ClaimError(expired) from None
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ClaimError(f"cannot reach site {issuer_site} at {host}:{port}: {reason}") from None
+        raise ClaimError(f"cannot reach site {issuer_site} at {where}: {reason}") from None
     try:
         budget.arm(raw)  # CPython bounds a whole TLS handshake, recv or send by it
         with ctx.wrap_socket(raw, server_hostname=issuer_site) as tls:
@@ -151,14 +153,14 @@ def redeem(
             reply = decode_reply(_recv_exact(tls, length, budget))
     except ssl.SSLCertVerificationError as exc:
         raise ClaimError(
-            f"the router at {host}:{port} is not site {issuer_site} as the token says "
+            f"the router at {where} is not site {issuer_site} as the token says "
             f"(certificate check failed: {exc.verify_message}); "
             "the token is foreign or was altered"
         ) from None
     except TimeoutError:
         raise ClaimError(expired) from None
     except (ssl.SSLError, OSError) as exc:
-        raise ClaimError(f"redeeming at {host}:{port} failed: {exc}") from None
+        raise ClaimError(f"redeeming at {where} failed: {exc}") from None
     finally:
         raw.close()
     return check_reply(reply, ca_pem=ca_pem, issuer_site=issuer_site, name=site,

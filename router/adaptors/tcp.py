@@ -92,7 +92,7 @@ class TcpConnectors:
                 with trio.fail_after(self._connect_timeout):
                     return await self._connect(con.host, con.port)
             except (OSError, trio.TooSlowError) as exc:
-                errors.append(f"{con.host}:{con.port}: {connect_reason(exc)}")
+                errors.append(f"{con.endpoint}: {connect_reason(exc)}")
         raise NoTarget(f"site {self.site} cannot reach {key!r} target {'; '.join(errors)}")
 
     def serve_open(self, side: FlowSide, open_msg: Open) -> None:

@@ -17,7 +17,6 @@ from router.daemon.identity import Identity
 from router.daemon.routing_agent import RoutingAgent
 from router.net.links import LinkTable
 from router.site.config import (
-    ConfigError,
     ConnectorConfig,
     ListenerConfig,
     SiteConfig,
@@ -25,7 +24,8 @@ from router.site.config import (
     port_clash,
     services_problem,
 )
-from router.site.directory import Site, SiteError
+from router.site.directory import Site
+from router.site.errors import ConfigError, SiteError
 
 
 class SiteAdmin:

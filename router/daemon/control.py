@@ -29,9 +29,10 @@ from router.daemon.view import RouterView
 from router.errors import VanError
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
-from router.site.config import ConfigError, FieldReader, connector_from, listener_from
-from router.site.directory import Site, SiteError
-from router.site.tokens import TokenError, finite_number
+from router.site.config import connector_from, listener_from
+from router.site.directory import Site
+from router.site.fields import FieldReader
+from router.site.tokens import finite_number
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class ControlServer:
             raise RequestError("request args must be an object")
         try:
             result = await handler(self.targets, args)
-        except (ConfigError, SiteError, CertError, ValueError, TokenError, RequestError) as exc:
+        except (VanError, CertError, ValueError) as exc:
             return {"ok": False, "error": str(exc).replace("request: ", "")}
         except OSError as exc:  # a site file that cannot be read or written
             where = f"{exc.filename}: " if exc.filename else ""

@@ -15,11 +15,13 @@ from pathlib import Path
 import trio
 
 import certs
-from router.site.config import ConfigError, FieldReader, SiteConfig
-from router.site.directory import Site, SiteError, resolve_site_dir
-from router.site.tokens import TokenError
+from router.errors import VanError
+from router.site.config import SiteConfig
+from router.site.directory import Site, resolve_site_dir
+from router.site.errors import ConfigError, SiteError
+from router.site.fields import FieldReader
 
-log = logging.getLogger("router")
+log = logging.getLogger(__name__)
 
 
 def setup_logging(site: str, level: str) -> None:
@@ -119,7 +121,7 @@ def _run_locked(site: Site, log_level: str) -> int:
             config = site.config()
             check_identity(site, config.name)
             site.check_control_dir(create=True)
-        except (SiteError, ConfigError) as exc:
+        except VanError as exc:
             print(f"router: {exc}", file=sys.stderr)
             return 2
         return _run_trio(site, config, log_level, starting)
@@ -149,7 +151,7 @@ def _run_trio(site: Site, config: SiteConfig, log_level: str,
 
     try:
         trio.run(main)
-    except (RuntimeError, ConfigError, SiteError, TokenError, certs.CertError) as exc:
+    except (RuntimeError, VanError, certs.CertError) as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a site file that cannot be read: one line, not a traceback

@@ -30,6 +30,7 @@ from router.daemon.control import ControlServer
 from router.daemon.identity import Identity
 from router.daemon.issuer import TokenIssuer
 from router.daemon.routing_agent import RoutingAgent
+from router.endpoint import Endpoint
 from router.flows.forwarder import Forwarder
 from router.flows.table import FlowTable
 from router.net.accept import FdReserve
@@ -104,8 +105,7 @@ class Router:
         """Where other sites dial us: `advertise`, else host:link_port."""
         if not self.config.advertise:
             return ((self.config.host, self.config.link_port),)
-        pairs = (a.rpartition(":") for a in self.config.advertise)
-        return tuple((host, int(port)) for host, _, port in pairs)
+        return tuple(Endpoint.parse(a, stored=True).pair() for a in self.config.advertise)
 
     def _link_for(self, peer_id: str) -> Link | None:
         return self.links.link_for(peer_id)

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from router.daemon.view import RouterView
+from router.endpoint import Endpoint
 
 
 def _ago(epoch: float) -> float:
@@ -25,7 +26,7 @@ def site_status(r: RouterView) -> dict[str, Any]:
             "name": name, "peer_site": dial.spec.peer_site, "direction": "out",
             "state": "up" if link else dial.state, "since": dial.since,
             "cost": dial.spec.cost, "error": dial.last_error,
-            "endpoints": [f"{h}:{p}" for h, p in dial.spec.endpoints],
+            "endpoints": [str(Endpoint(h, p)) for h, p in dial.spec.endpoints],
             "flows": len(link.flows) if link else 0,
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
         })
@@ -47,7 +48,7 @@ def site_status(r: RouterView) -> dict[str, Any]:
     return {
         "site": cfg.name,
         "router_id": r.router_id,
-        "link_endpoint": ", ".join(f"{h}:{p}" for h, p in r.endpoints()),
+        "link_endpoint": ", ".join(str(Endpoint(h, p)) for h, p in r.endpoints()),
         "pid": os.getpid(),
         "uptime_s": _ago(r.started),
         "links": links,

@@ -38,7 +38,7 @@ def only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExce
     return None
 
 
-log = logging.getLogger("router")
+log = logging.getLogger(__name__)
 
 
 async def guarded(what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> None:

@@ -26,7 +26,7 @@ from router.protocol import PREFACE, Event, Hello, LinkConnection, LinkLimits, R
 from router.protocol.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES, encode_reply
 from router.site.config import Limits
 
-log = logging.getLogger("router.handshake")
+log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT_S = 10.0  # the whole TLS + HELLO/claim phase of an incoming connection
 FIRST_BYTE_TIMEOUT_S = 2.0  # a TLS client sends its ClientHello at once

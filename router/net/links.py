@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 
 import trio
 
+from router.endpoint import Endpoint
 from router.net.accept import FdReserve, serve_listeners
 from router.net.admission import HandshakeRate, HandshakeSlots, WaitingRoom, source_key
 from router.net.errors import connect_reason, guarded
@@ -35,7 +36,7 @@ from router.net.sockets import peer_name
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
 from router.site.config import Limits
-from router.site.directory import LinkSpec
+from router.site.linkfiles import LinkSpec
 
 log = logging.getLogger(__name__)
 
@@ -302,11 +303,12 @@ class LinkTable:
         """One attempt over every endpoint; returns how long the link was up."""
         spec = state.spec
         for host, port in spec.endpoints:
+            where = Endpoint(host, port)
             try:
                 with trio.fail_after(self._limits.connect_timeout_s):
                     sock = await self._connect(host, port)
             except (OSError, trio.TooSlowError) as exc:
-                state.last_error = f"cannot connect to {host}:{port}: {connect_reason(exc)}"
+                state.last_error = f"cannot connect to {where}: {connect_reason(exc)}"
                 continue
             stream = TLSStream(sock, self._identity.client_context(spec.name),
                                server_side=False, server_hostname=spec.peer_site)
@@ -318,7 +320,7 @@ class LinkTable:
                         limits=self._limits, expect_site=spec.peer_site,
                         expect_router_id=spec.peer_router_id)
                 except (HandshakeError, ProtocolError) as exc:
-                    state.last_error = f"{host}:{port}: {exc}"
+                    state.last_error = f"{where}: {exc}"
                     log.warning("link %s: %s", spec.name, state.last_error)
                     continue
                 link = self._make_link(spec.name, "out", stream, conn, peer, spec.cost)

@@ -65,10 +65,6 @@ class TLSStream(trio.abc.Stream):
         self._more = False
         self._plain: memoryview | None = None
 
-    @property
-    def ssl_object(self) -> ssl.SSLObject:
-        return self._ssl
-
     def peer_certificate_der(self) -> bytes | None:
         return self._ssl.getpeercert(binary_form=True)
 

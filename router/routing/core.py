@@ -165,7 +165,6 @@ class RoutingCore:
         self.bytes_sent = 0
         self.records_sent = 0
         self.messages_received = 0
-        self.records_received = 0
         self.spf_runs = 0
 
         self._commit_own(self._build_own(self._links, self._keys), now)
@@ -373,7 +372,6 @@ class RoutingCore:
                 f"database would hold {grown} bytes, over max_db_bytes ({self._max_db_bytes})"
             )
         self.messages_received += 1
-        self.records_received += len(items)
         for age, record, wire in accepted:
             self._apply(from_peer, age, record, wire, now)
 

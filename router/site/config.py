@@ -8,8 +8,6 @@ TOML can tell) and the field, and nothing is changed. Writing goes through tomli
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -19,7 +17,8 @@ from typing import Any
 
 import tomli_w
 
-from router.names import NAME_RE
+from router.endpoint import Endpoint, is_host
+from router.names import NAME_RE, InvalidName
 from router.protocol.frames import MAX_FLOW_ID
 from router.protocol.messages import (
     MAX_FRAME_BYTES,
@@ -27,8 +26,11 @@ from router.protocol.messages import (
     MAX_WINDOW,
     MIN_FRAME_BYTES,
 )
+from router.routing.choice import STRATEGIES
 from router.routing.records import MAX_PRIORITY, MAX_WEIGHT
 from router.site.atomic import read_regular, write_atomic
+from router.site.errors import ConfigError
+from router.site.fields import FieldReader, line_of
 
 # The routing core refuses a record with more keys than this (RoutingCore's
 # max_keys_per_record, which the daemon leaves at its default), for either the keys
@@ -36,20 +38,7 @@ from router.site.atomic import read_regular, write_atomic
 MAX_KEYS_PER_SITE = 10_000
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-STRATEGIES = ("balanced", "priority", "weighted")
 METRICS_HOST = "127.0.0.1"  # the metrics endpoint is for local scrapers only
-
-
-ARGUMENTS = Path("arguments")  # the source of fields that came from a command line
-
-
-class ConfigError(Exception):
-    """A bad config file or value; the message says where and why, `source` which
-    file (or ARGUMENTS) it came from."""
-
-    def __init__(self, message: str, source: Path | None = None) -> None:
-        super().__init__(message)
-        self.source = source
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +68,10 @@ class ListenerConfig:
     port: int
     strategy: str = "balanced"
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectorConfig:
@@ -87,6 +80,10 @@ class ConnectorConfig:
     port: int
     priority: int = 0
     weight: int = 1
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,98 +101,22 @@ class SiteConfig:
     connectors: tuple[ConnectorConfig, ...] = ()
 
 
-def _line_of(text: str, section: str | None, key: str, index: int = 0) -> int | None:
-    """Best-effort line number of `key = ...` inside `[section]` (the index-th
-    `[[section]]` for an array of tables), or anywhere when section is None."""
-    current: str | None = None
-    seen: dict[str, int] = {}
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if line.startswith("["):
-            current = line.strip("[] ")
-            seen[current] = seen.get(current, -1) + 1
-            continue
-        in_table = section is None or (current == section and seen[current] == index)
-        if in_table and re.match(rf"{re.escape(key)}\s*=", line):
-            return lineno
-    return None
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-class FieldReader:
-    """Typed access to one TOML table, raising ConfigError with file/line/field."""
-
-    def __init__(self, path: Path, text: str, section: str, table: Mapping[str, Any],
-                 index: int = 0) -> None:
-        self.path, self.text, self.section, self.table = path, text, section, table
-        self.index = index  # which [[section]] of an array of tables this is
-
-    def fail(self, key: str, why: str) -> ConfigError:
-        line = _line_of(self.text, self.section, key, self.index)
-        where = f"{self.path}:{line}" if line else str(self.path)
-        return ConfigError(f"{where}: [{self.section}] {key}: {why}", self.path)
-
-    def get(self, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in self.table:
-            if default is ...:
-                raise self.fail(key, "is required")
-            return default
-        value = self.table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.fail(key, f"must be {kind.__name__}, got {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf
-            raise self.fail(key, f"must be a finite number, got {value}")
-        return value
-
-    def port(self, key: str, default: Any = ..., *, allow_zero: bool = False) -> int:
-        value: int = self.get(key, int, default)
-        if not (0 if allow_zero else 1) <= value <= 65535:
-            raise self.fail(key, f"{value} is not a valid port")
-        return value
-
-    def positive(self, key: str, kind: type, default: Any) -> Any:
-        value = self.get(key, kind, default)
-        if value <= 0:
-            raise self.fail(key, f"must be positive, got {value}")
-        return value
-
-    def within(self, key: str, kind: type, default: Any, lo: float, hi: float) -> Any:
-        value = self.positive(key, kind, default)
-        if not lo <= value <= hi:
-            raise self.fail(key, f"must be between {_num(lo)} and {_num(hi)}, got {_num(value)}")
-        return value
-
-    def check_unknown(self, known: set[str]) -> None:
-        for key in self.table:
-            if key not in known:
-                raise self.fail(key, "unknown field")
-
-
 def _host(reader: FieldReader, key: str, default: Any = ...) -> str:
     value: str = reader.get(key, str, default)
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", value):
-            raise reader.fail(key, f"{value!r} is not an IP address or host name") from None
+    if not is_host(value):
+        raise reader.fail(key, f"{value!r} is not an IP address or host name")
     return value
 
 
 def _advertise(reader: FieldReader) -> tuple[str, ...]:
+    """Kept as written; earlier versions wrote an IPv6 address without brackets."""
     entries = reader.get("advertise", list, [])
-    out = []
     for entry in entries:
-        host, sep, port = str(entry).rpartition(":")
-        if not (isinstance(entry, str) and sep and port.isdigit() and 0 < int(port) < 65536
-                and re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host)):
-            raise reader.fail("advertise", f"{entry!r} is not HOST:PORT")
-        out.append(entry)
-    return tuple(out)
+        try:
+            Endpoint.parse(entry, stored=True)
+        except InvalidName as exc:
+            raise reader.fail("advertise", str(exc)) from None
+    return tuple(entries)
 
 
 def _routing_key(reader: FieldReader) -> str:
@@ -313,7 +234,7 @@ def port_clash(site: SiteConfig, lst: ListenerConfig,
     Shared by parse_config and the control socket's listener.create."""
     for x in others:
         if x.port == lst.port and _overlap(x.host, lst.host):
-            return "port", f"a listener on {x.host}:{x.port} already exists"
+            return "port", f"a listener on {x.endpoint} already exists"
     if lst.port == site.link_port and _overlap(lst.host, site.bind):
         return "port", f"{lst.port} is the site's link_port"
     if lst.port == site.metrics_port and _overlap(lst.host, METRICS_HOST):
@@ -330,7 +251,7 @@ def parse_config(path: Path, text: str) -> SiteConfig:
         raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     for top in doc:
         if top not in ("site", "limits", "listener", "connector"):
-            raise ConfigError(f"{path}:{_line_of(text, None, top) or ''} unknown section [{top}]")
+            raise ConfigError(f"{path}:{line_of(text, None, top) or ''} unknown section [{top}]")
     site_table = doc.get("site")
     if not isinstance(site_table, dict):
         raise ConfigError(f"{path}: missing [site] section")
@@ -404,7 +325,7 @@ def dump_config(config: SiteConfig) -> str:
         site["advertise"] = list(config.advertise)
     parts = [HEADER, tomli_w.dumps({"site": site}),
              tomli_w.dumps({"limits": dataclasses.asdict(config.limits)})]
-    # tomli_w writes short arrays of tables inline; people (and _line_of) expect one
+    # tomli_w writes short arrays of tables inline; people (and line_of) expect one
     # [[listener]] table each, so the header is ours and the body tomli_w's.
     for kind, items in (("listener", config.listeners), ("connector", config.connectors)):
         parts += [f"[[{kind}]]\n" + tomli_w.dumps(dataclasses.asdict(x)) for x in items]

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import certs
-from router.names import InvalidName, parse_endpoint, shown, validate_name
+from router.endpoint import Endpoint, parse_endpoint
+from router.errors import VanError
+from router.names import InvalidName, shown, validate_name
 from router.site.atomic import write_atomic
 
 TOKEN_TYPE = "vanrouter-link-token"
@@ -43,7 +45,7 @@ _B64_RE = re.compile(r"[A-Za-z0-9_-]*")
 _SCAN_RE = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
-class TokenError(Exception):
+class TokenError(VanError):
     """A token or grant problem; the message says which."""
 
 
@@ -73,7 +75,7 @@ class Token:
             "type": TOKEN_TYPE,
             "version": TOKEN_VERSION,
             "site": self.site,
-            "endpoints": [f"{h}:{p}" for h, p in self.endpoints],
+            "endpoints": [Endpoint(h, p).stored() for h, p in self.endpoints],
             "ca": self.ca_pem.decode(),
             "code": _b64(self.code),
             "expires": int(self.expires),

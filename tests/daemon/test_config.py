@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from router.site.config import (
-    ConfigError,
     ConnectorConfig,
     Limits,
     ListenerConfig,
@@ -17,6 +16,7 @@ from router.site.config import (
     parse_config,
     save_config,
 )
+from router.site.errors import ConfigError
 
 GOOD = """
 [site]

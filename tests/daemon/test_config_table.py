@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from router.site.config import ConfigError, Limits, parse_config
+from router.site.config import Limits, parse_config
+from router.site.errors import ConfigError
 from tests.support.sites import Site, site_env
 
 BASE = """\

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from router.routing.core import RoutingCore
-from router.site.config import MAX_KEYS_PER_SITE, ConfigError, parse_config
+from router.site.config import MAX_KEYS_PER_SITE, parse_config
+from router.site.errors import ConfigError
 from sitectl.client import call
 from tests.support.forge import tree_digest
 from tests.support.sites import Site, free_port, site_env
@@ -342,7 +343,7 @@ def long_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     (tmp_path / "tmp").mkdir(mode=0o1777)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     root = tmp_path / ("d" * 100) / "west"
-    from router.site.directory import init_site
+    from router.site.create import init_site
 
     init_site(root, "west", host="127.0.0.1", link_port=free_port(), bind="127.0.0.1")
     yield root

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 import certs
-from router.names import InvalidName, parse_endpoint, validate_name, validate_router_id
-from router.site.config import ConfigError
-from router.site.directory import LinkSpec, Site, SiteError
+from router.endpoint import parse_endpoint
+from router.names import InvalidName, validate_name, validate_router_id
+from router.site.directory import Site
+from router.site.errors import ConfigError, SiteError
+from router.site.linkfiles import LinkSpec
 from tests.daemon.test_hostile_tokens import one_line_error, tree_digest
 from tests.support.sites import Site as Process
 from tests.support.sites import site_env

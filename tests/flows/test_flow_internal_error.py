@@ -15,7 +15,7 @@ import trio.testing
 
 from router.daemon.router import Router
 from router.site.config import ConnectorConfig, ListenerConfig
-from router.site.directory import init_site
+from router.site.create import init_site
 from tests.support.sites import free_port
 
 

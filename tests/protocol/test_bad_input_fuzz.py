@@ -15,7 +15,8 @@ from certs import CertificateAuthority, make_csr
 from router.protocol.claim import ClaimError, decode_claim_body, decode_reply
 from router.routing import RoutingError
 from router.routing.records import RouterRecord, decode_message
-from router.site.config import ConfigError, parse_config
+from router.site.config import parse_config
+from router.site.errors import ConfigError
 from router.site.tokens import Token, TokenError
 from sitectl.redeem import check_reply
 
