@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections import deque
 
 import trio
 
@@ -30,12 +29,7 @@ class SocketFlow(FlowEnd):
     """Implements link.FlowHandler for a flow whose local end is a TCP socket."""
 
     def __init__(self, side: FlowSide, entry: FlowEntry) -> None:
-        super().__init__(side)
-        self.entry = entry  # counts the bytes
-        self._inbox: deque[bytes] = deque()
-        self._remote_fin = False
-        self._data_ready = trio.Event()
-        self._credit_ready = trio.Event()
+        super().__init__(side, entry)
         self._fd: int | None = None  # the local socket, once attached
         self._writing = False
 
@@ -54,15 +48,7 @@ class SocketFlow(FlowEnd):
                 if n == len(data):
                     return
                 data = data[n:]
-        self._inbox.append(data)
-        self._data_ready.set()
-
-    def on_credit(self) -> None:
-        self._credit_ready.set()
-
-    def on_fin(self) -> None:
-        self._remote_fin = True
-        self._data_ready.set()
+        super().on_data(data)
 
     # ---- the pump
     async def run(self, sock: trio.SocketStream) -> None:

@@ -8,38 +8,16 @@ only for bytes the stream took.
 from __future__ import annotations
 
 import contextlib
-from collections import deque
 
 import trio
 
 from router.flows.end import FlowEnd
-from router.flows.table import FlowEntry
 from router.net.errors import only
-from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK
 from router.protocol import FlowCode, FlowError
 
 
 class StreamFlow(FlowEnd):
-    def __init__(self, side: FlowSide, entry: FlowEntry) -> None:
-        super().__init__(side)
-        self.entry = entry
-        self._inbox: deque[bytes] = deque()
-        self._remote_fin = False
-        self._data_ready = trio.Event()
-        self._credit_ready = trio.Event()
-
-    def on_data(self, data: bytes) -> None:
-        self._inbox.append(data)
-        self._data_ready.set()
-
-    def on_credit(self) -> None:
-        self._credit_ready.set()
-
-    def on_fin(self) -> None:
-        self._remote_fin = True
-        self._data_ready.set()
-
     async def run(self, stream: trio.abc.Stream) -> None:
         """Pump until both directions finished or the flow is reset; closes `stream`."""
         try:

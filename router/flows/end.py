@@ -1,15 +1,19 @@
-"""What every local end of a flow shares: waiting for the OPEN's answer, and a reset.
+"""What every local end of a flow shares: the OPEN's answer, the inbox, a reset.
 
-An end is the link's handler for its flow (`FlowHandler`); the adaptors subclass
-`FlowEnd` with the data path for their kind of local peer (a TCP socket, any trio
-stream, an HTTP exchange next).
+An end is the link's handler for its flow (`FlowHandler`). The link reader must never
+block on it: received DATA goes to an inbox that the credit window bounds, and events
+wake the end's tasks. The adaptors subclass `FlowEnd` with the data path for their
+kind of local peer (a TCP socket, any trio stream, an HTTP exchange next).
 """
 
 from __future__ import annotations
 
+from collections import deque
+
 import trio
 
 from router.errors import VanError
+from router.flows.table import FlowEntry
 from router.net.side import FlowSide
 from router.protocol import FlowCode
 
@@ -26,14 +30,19 @@ class FlowRefusedError(VanError):
 
 
 class FlowEnd:
-    """Base of a flow's local end: the OPEN's answer and the flow's reset."""
+    """Base of a flow's local end; `entry` counts its bytes."""
 
-    def __init__(self, side: FlowSide) -> None:
+    def __init__(self, side: FlowSide, entry: FlowEntry) -> None:
         self.side = side
+        self.entry = entry
         self.reset_reason: str | None = None
         self.refusal: FlowRefusedError | None = None
         self._answer = trio.Event()
         self._scope = trio.CancelScope()  # the data path runs in it; a reset cancels it
+        self._inbox: deque[bytes] = deque()  # received, not yet delivered
+        self._remote_fin = False
+        self._data_ready = trio.Event()
+        self._credit_ready = trio.Event()
 
     # ---- FlowHandler: called by the link reader, must not block
     def on_accepted(self, window: int) -> None:
@@ -53,13 +62,15 @@ class FlowEnd:
         self._scope.cancel()
 
     def on_data(self, data: bytes) -> None:
-        raise NotImplementedError
+        self._inbox.append(data)
+        self._data_ready.set()
 
     def on_credit(self) -> None:
-        raise NotImplementedError
+        self._credit_ready.set()
 
     def on_fin(self) -> None:
-        raise NotImplementedError
+        self._remote_fin = True
+        self._data_ready.set()
 
     # ---- setup
     async def wait_answer(self, timeout: float) -> None:

@@ -31,7 +31,7 @@ from router.daemon.identity import Identity
 from router.daemon.router import Router
 from router.flows.table import FlowTable
 from router.site.config import ConnectorConfig, Limits, ListenerConfig, SiteConfig
-from router.site.directory import LinkSpec
+from router.site.linkfiles import LinkSpec
 
 Endpoint = tuple[str, int]
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
