@@ -12,7 +12,7 @@ it once per request.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -53,6 +53,8 @@ class Route(Generic[T, E]):
 
 
 LocalOpen = Callable[[FlowSide, Open], None]
+# (candidates, outstanding flows per router, rng) -> the order to try them in
+Order = Callable[[list[Candidate], Mapping[str, int], random.Random], list[Candidate]]
 
 
 class Forwarder:
@@ -73,13 +75,17 @@ class Forwarder:
     # ---- flows we open
     async def open(self, entry: FlowEntry, strategy: str, *,
                    make_end: Callable[[FlowSide], E],
-                   connect_local: Callable[[str], Awaitable[T]]) -> Route[T, E]:
+                   connect_local: Callable[[str], Awaitable[T]],
+                   order: Order | None = None) -> Route[T, E]:
         """The first serving site that takes the flow; NoRoute (with every site's
-        reason) if none does. The table counts the flow as served by it from here."""
+        reason) if none does. The table counts the flow as served by it from here.
+        `order` (per request, for HTTP) replaces the strategy's order of the sites."""
         reasons: list[str] = []
-        order = choose(self.routing.candidates(entry.key), strategy,
-                       self._table.outstanding, self._rng)
-        for cand in order:
+        candidates = self.routing.candidates(entry.key)
+        outstanding = self._table.outstanding
+        sites = (order(candidates, outstanding, self._rng) if order is not None
+                 else choose(candidates, strategy, outstanding, self._rng))
+        for cand in sites:
             for attempt in range(1, ROUTE_ATTEMPTS + 1):
                 route = await self._try(entry, cand, reasons, make_end, connect_local)
                 if isinstance(route, Route):
@@ -93,7 +99,7 @@ class Forwarder:
                 if hop is None:
                     break
                 cand = replace(cand, next_hop=hop)
-        if not order:
+        if not sites:
             reasons.append("no reachable site has a connector for it")
         raise NoRoute("; ".join(reasons))
 

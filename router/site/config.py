@@ -28,6 +28,7 @@ from router.protocol.messages import (
 )
 from router.routing.choice import STRATEGIES
 from router.routing.records import MAX_PRIORITY, MAX_WEIGHT
+from router.routing.rules import RouteRule
 from router.site.atomic import read_regular, write_atomic
 from router.site.errors import ConfigError
 from router.site.fields import FieldReader, line_of
@@ -67,6 +68,12 @@ class ListenerConfig:
     host: str = "127.0.0.1"
     port: int
     strategy: str = "balanced"
+    protocol: str = "tcp"  # "tcp", or "http": HTTP/1.1 and HTTP/2, routed per request
+    # HTTP only:
+    retries: int = 2  # attempts on another site when a request was provably not processed
+    timeout_s: float = 0.0  # the whole request, retries included; 0: none
+    affinity: str = ""  # "header:NAME" or "cookie:NAME": the same value, the same site
+    routes: tuple[RouteRule, ...] = ()  # first match wins
 
     @property
     def endpoint(self) -> Endpoint:
@@ -80,6 +87,7 @@ class ConnectorConfig:
     port: int
     priority: int = 0
     weight: int = 1
+    protocol: str = "tcp"  # "tcp", "http1" or "http2": what the target speaks
 
     @property
     def endpoint(self) -> Endpoint:

@@ -1,0 +1,105 @@
+"""A flow that carries one HTTP message each way, as parts (see `message.py`).
+
+`send` writes a part into the flow within the peer's credit (waiting for credit and
+for the link to drain, so a slow far end slows this request only); `receive` returns
+the next part of the peer's message and grants credit back only for the bytes it
+handed out, so a body is never held whole. Both HTTP sides (listener and connector)
+use it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import trio
+
+from router.adaptors.http.message import MessageError, MessageLimits, MessageReader, Part, encode
+from router.errors import VanError
+from router.flows.end import FlowEnd
+from router.flows.table import FlowEntry
+from router.net.side import FlowSide
+from router.protocol import FlowCode, FlowError
+
+SEND_CHUNK = 64 * 1024
+
+
+class FlowLost(VanError):
+    """The flow was reset (by the peer, a link under it, or us); the message says why."""
+
+
+class MessageFlow(FlowEnd):
+    def __init__(self, side: FlowSide, entry: FlowEntry, *, request: bool,
+                 limits: MessageLimits | None = None) -> None:
+        super().__init__(side, entry)
+        # `request`: the parts we receive form a request (we are the connector side).
+        self._reader = MessageReader(request=request, limits=limits or MessageLimits())
+        self._parts: deque[Part] = deque()
+        self._fin_sent = False
+
+    # ---- receiving
+    async def receive(self) -> Part | None:
+        """The next part of the peer's message; None once the peer half-closed after
+        its message ended. FlowLost if the flow was reset; a malformed message resets
+        the flow and raises FlowLost too."""
+        while not self._parts:
+            if self.reset_reason is not None:
+                raise FlowLost(self.reset_reason)
+            if self._inbox:
+                data = b"".join(self._inbox)
+                self._inbox.clear()
+                try:
+                    self._parts.extend(self._reader.feed(data))
+                except MessageError as exc:
+                    self.reset(FlowCode.INTERNAL, f"bad HTTP message from peer: {exc}")
+                    raise FlowLost(str(exc)) from None
+                self.entry.bytes_in += len(data)
+                self.side.grant(len(data))
+                continue
+            if self._remote_fin:
+                if not self._reader.ended:
+                    raise FlowLost("the peer ended the flow before its message ended")
+                return None
+            self._data_ready = trio.Event()
+            await self._data_ready.wait()  # DATA, FIN or a reset (on_reset sets it)
+        return self._parts.popleft()
+
+    def on_reset(self, code: FlowCode, reason: str) -> None:
+        super().on_reset(code, reason)
+        self._data_ready.set()
+        self._credit_ready.set()
+
+    # ---- sending
+    async def send(self, part: Part) -> None:
+        """Write one part; FlowLost if the flow is gone."""
+        record = memoryview(encode(part))
+        while record:
+            if self.reset_reason is not None:
+                raise FlowLost(self.reset_reason)
+            credit = self.side.credit()
+            if credit <= 0:
+                self._credit_ready = trio.Event()
+                await self._credit_ready.wait()
+                continue
+            n = min(credit, len(record), SEND_CHUNK)
+            try:
+                self.side.send(record[:n])
+            except FlowError as exc:
+                raise FlowLost(f"flow ended: {exc}") from None
+            self.entry.bytes_out += n
+            record = record[n:]
+            await self.side.link.wait_drained()
+
+    def finish(self) -> None:
+        """Our message is complete: half-close the flow (after END was sent)."""
+        if not self._fin_sent:
+            self._fin_sent = True
+            self.side.fin()
+
+    def abort(self, code: FlowCode, reason: str) -> None:
+        """Reset the flow (the local peer failed, or we give up on it)."""
+        self.reset(code, reason)
+
+    @property
+    def done(self) -> bool:
+        """Both messages are complete: the flow can be released."""
+        return self._fin_sent and self._remote_fin
