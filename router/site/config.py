@@ -336,8 +336,21 @@ def dump_config(config: SiteConfig) -> str:
     # tomli_w writes short arrays of tables inline; people (and line_of) expect one
     # [[listener]] table each, so the header is ours and the body tomli_w's.
     for kind, items in (("listener", config.listeners), ("connector", config.connectors)):
-        parts += [f"[[{kind}]]\n" + tomli_w.dumps(dataclasses.asdict(x)) for x in items]
+        parts += [f"[[{kind}]]\n" + tomli_w.dumps(_table(x)) for x in items]
     return "\n".join(parts)
+
+
+def _table(item: ListenerConfig | ConnectorConfig) -> dict[str, Any]:
+    """The TOML table of a listener or connector; the HTTP fields only when they are
+    not their defaults, so a TCP service's table stays as it always was."""
+    table = dataclasses.asdict(item)
+    for f in dataclasses.fields(item):
+        if f.name in _HTTP_FIELDS and getattr(item, f.name) == f.default:
+            del table[f.name]
+    return table
+
+
+_HTTP_FIELDS = frozenset({"protocol", "retries", "timeout_s", "affinity", "routes"})
 
 
 def save_config(path: Path, config: SiteConfig) -> None:
