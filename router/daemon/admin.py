@@ -12,7 +12,8 @@ from dataclasses import replace
 
 import trio
 
-from router.adaptors.tcp import TcpConnectors, TcpListeners
+from router.adaptors.listeners import Listeners
+from router.adaptors.tcp import TcpConnectors
 from router.daemon.identity import Identity
 from router.daemon.routing_agent import RoutingAgent
 from router.net.links import LinkTable
@@ -30,7 +31,7 @@ from router.site.errors import ConfigError, SiteError
 
 class SiteAdmin:
     def __init__(self, *, site: Site | None, config: SiteConfig, identity: Identity,
-                 links: LinkTable, listeners: TcpListeners, connectors: TcpConnectors,
+                 links: LinkTable, listeners: Listeners, connectors: TcpConnectors,
                  agent: RoutingAgent) -> None:
         self.site = site
         self.config = config
