@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -19,24 +18,18 @@ from router.adaptors.tcp import TcpConnectors, TcpListeners
 from router.daemon.identity import Identity
 from router.daemon.routing_agent import RoutingAgent
 from router.net.links import LinkTable
-from router.routing.rules import MAX_RULES, RouteRule
+from router.routing.rules import RouteRule
+from router.site import listener_edit as edit
 from router.site.config import (
     ConnectorConfig,
     ListenerConfig,
     SiteConfig,
-    listener_from,
-    listener_table,
     load_config,
     port_clash,
     services_problem,
 )
 from router.site.directory import Site
 from router.site.errors import ConfigError, SiteError
-from router.site.fields import FieldReader
-from router.site.http_fields import route_table
-
-# What `listener.set` may change on a running listener (the port and key may not).
-SETTABLE = ("strategy", "retries", "timeout_s", "affinity")
 
 
 class SiteAdmin:
@@ -105,60 +98,22 @@ class SiteAdmin:
     # ---- HTTP listener options and routes
     def set_listener(self, key: str, changes: dict[str, Any]) -> list[ListenerConfig]:
         """Change options of every listener of `key`; checked whole as site.toml is."""
-        unknown = sorted(set(changes) - set(SETTABLE))
-        if unknown:
-            raise ValueError(f"[listener] {unknown[0]}: cannot be changed on a running "
-                             f"listener (only {', '.join(SETTABLE)})")
-        return self._change_listeners(key, lambda table: {**table, **changes})
+        return self._change_listeners(key, edit.set_options(changes))
 
     def add_route(self, key: str, rule: RouteRule) -> list[ListenerConfig]:
-        def add(table: dict[str, Any]) -> dict[str, Any]:
-            self._require_http(key, table)
-            if len(table.get("route", [])) >= MAX_RULES:
-                raise ValueError(f"listener {key!r} has {MAX_RULES} routes, the most it takes")
-            return {**table, "route": [*table.get("route", []), route_table(rule)]}
-        return self._change_listeners(key, add)
+        return self._change_listeners(key, edit.add_route(rule))
 
     def delete_route(self, key: str, number: int) -> tuple[RouteRule, list[ListenerConfig]]:
         """Delete route `number` (1-based, as `route list` shows them)."""
-        gone: list[RouteRule] = []
+        rule = edit.route_at(self.config, key, number)
+        changed = self._change_listeners(key, edit.delete_route(number))
+        assert rule is not None  # delete_route refused a number out of range
+        return rule, changed
 
-        def delete(table: dict[str, Any]) -> dict[str, Any]:
-            self._require_http(key, table)
-            routes = list(table.get("route", []))
-            if not 1 <= number <= len(routes):
-                raise ValueError(f"listener {key!r} has no route {number} "
-                                 f"(it has {len(routes)})")
-            del routes[number - 1]
-            return {**table, "route": routes}
-
-        for lst in self.config.listeners:
-            if lst.key == key and 1 <= number <= len(lst.routes):
-                gone.append(lst.routes[number - 1])
-        changed = self._change_listeners(key, delete)
-        return gone[0], changed
-
-    @staticmethod
-    def _require_http(key: str, table: dict[str, Any]) -> None:
-        if table.get("protocol", "tcp") != "http":
-            raise ValueError(f"listener {key!r} is a tcp listener: routes need one created "
-                             "with --protocol http")
-
-    def _change_listeners(self, key: str, edit: Callable[[dict[str, Any]], dict[str, Any]]
-                          ) -> list[ListenerConfig]:
-        """Each listener of `key` through `edit` of its table and back through the
-        reader site.toml uses, then saved and announced; nothing changes on error."""
-        if not any(lst.key == key for lst in self.config.listeners):
-            raise ValueError(f"no listener for {key!r}")
-        new: list[ListenerConfig] = []
-        changed: list[ListenerConfig] = []
-        for lst in self.config.listeners:
-            if lst.key == key:
-                table = edit(listener_table(lst))
-                lst = listener_from(FieldReader(Path("request"), "", "listener", table))
-                changed.append(lst)
-            new.append(lst)
-        self._save(replace(self.config, listeners=tuple(new)))
+    def _change_listeners(self, key: str, how: edit.Edit) -> list[ListenerConfig]:
+        """Saved, then announced to the listeners; nothing changes on an error."""
+        new, changed = edit.edit_listeners(self.config, key, how)
+        self._save(new)
         for lst in changed:
             for callback in self.on_listener_change:
                 callback(lst)

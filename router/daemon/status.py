@@ -11,8 +11,7 @@ import trio
 
 from router.daemon.view import RouterView
 from router.endpoint import Endpoint
-from router.site.config import ListenerConfig
-from router.site.http_fields import describe_route, route_table
+from router.site.listener_edit import listener_status
 
 
 def _ago(epoch: float) -> float:
@@ -62,18 +61,6 @@ def site_status(r: RouterView) -> dict[str, Any]:
         "keys": keys,
         "flows": r.flows.counters(),
     }
-
-
-def listener_status(lst: ListenerConfig) -> dict[str, Any]:
-    """Its config; an HTTP listener's options with their values (defaults too) and
-    its routes numbered as `route delete` takes them, first match wins."""
-    out = {"key": lst.key, "host": lst.host, "port": lst.port, "strategy": lst.strategy,
-           "protocol": lst.protocol}
-    if lst.protocol == "http":
-        out |= {"retries": lst.retries, "timeout_s": lst.timeout_s, "affinity": lst.affinity,
-                "routes": [{"number": i, **route_table(rule), "text": describe_route(rule)}
-                           for i, rule in enumerate(lst.routes, start=1)]}
-    return out
 
 
 def network_status(r: RouterView) -> dict[str, Any]:
