@@ -312,6 +312,7 @@ class H2Pool:
     nursery: Callable[[], trio.Nursery]
     conns: list[H2Conn] = field(default_factory=list)
     opened: int = 0
+    connecting: trio.Lock = field(default_factory=trio.Lock)
 
     def take(self) -> H2Stream | None:
         for conn in self.conns:

@@ -113,9 +113,12 @@ class HttpConnectors:
             pool2 = self.h2.setdefault(endpoint, H2Pool(endpoint, nursery))
             slot = pool2.take()
             if slot is None:
-                with trio.fail_after(self._connect_timeout):
-                    stream = await self._connect(con.host, con.port)
-                slot = await pool2.add(stream)
+                async with pool2.connecting:  # concurrent requests share the new one
+                    slot = pool2.take()
+                    if slot is None:
+                        with trio.fail_after(self._connect_timeout):
+                            stream = await self._connect(con.host, con.port)
+                        slot = await pool2.add(stream)
             return slot
         pool = self.h1.setdefault(endpoint, H1Pool(endpoint, nursery))
         conn = pool.take()
@@ -306,6 +309,7 @@ async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Out
     import h11
 
     conn, relay = lease.conn, _Relay(peer)
+    returned = False  # to the pool already
     first: Part | None = None
     try:
         if not any(n == b"content-length" for n, _ in head.headers):
@@ -347,6 +351,7 @@ async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Out
                 relay.lost()
 
     async def download() -> None:
+        nonlocal returned
         try:
             while True:
                 event = await conn.next_event()
@@ -356,6 +361,9 @@ async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Out
                 elif isinstance(event, h11.Data):
                     await peer.send(Body(bytes(event.data)))
                 elif isinstance(event, h11.EndOfMessage):
+                    if conn.h11.our_state is h11.DONE:  # reusable before the client knows
+                        returned = True
+                        await lease.pool.put(conn)
                     if event.headers:
                         await peer.send(Trailers(response_headers(event.headers)))
                     await peer.send(End())
@@ -372,7 +380,9 @@ async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Out
         async with trio.open_nursery() as nursery:
             nursery.start_soon(upload)
             nursery.start_soon(download)
-    if relay.outcome() == "ok":
+    if returned:
+        pass
+    elif relay.outcome() == "ok":
         await lease.pool.put(conn)
     else:
         await close_stream(conn.stream, abort=True)
