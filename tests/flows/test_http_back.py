@@ -13,6 +13,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h11
 import pytest
@@ -134,11 +135,15 @@ async def h2_handler(backend: Backend, stream: trio.SocketStream) -> None:
                 if isinstance(ev, h2.events.RequestReceived):
                     backend.requests += 1
                     backend.seen.append((dict(ev.headers)[b":path"], dict(ev.headers)))
-                    bodies[ev.stream_id] = []
+                    if dict(ev.headers)[b":path"] == b"/refuse":
+                        conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    else:
+                        bodies[ev.stream_id] = []
                 elif isinstance(ev, h2.events.DataReceived):
-                    bodies[ev.stream_id].append(ev.data)
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.StreamEnded):
+                    if ev.stream_id in bodies:
+                        bodies[ev.stream_id].append(ev.data)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in bodies:
                     body = b"".join(bodies.pop(ev.stream_id))
                     conn.send_headers(ev.stream_id, [(b":status", b"200")])
                     nursery.start_soon(h2_send_body, conn, flush, ev.stream_id, body)
@@ -400,3 +405,21 @@ async def test_flow_backend_dying_mid_response_resets_the_flow() -> None:
             with pytest.raises(FlowLost):
                 await request(flow, b"/die")
             assert flow.reset_reason is not None
+
+
+async def test_h2_refused_stream_is_answered_as_a_refusal() -> None:
+    """REFUSED_STREAM before any response: the request was not processed, the listener
+    may retry elsewhere; the connection stays usable for the next request."""
+    with trio.fail_after(30):
+        async with serving(h2_handler) as be, connectors() as hc, linked(hc) as link:
+            hc.set_targets([ConnectorConfig(key="api", host="127.0.0.1", port=be.port,
+                                            protocol="http2")])
+            local = await hc.exchange("api")
+            with pytest.raises(FlowLost, match="refused the stream before processing it"):
+                await request(local, b"/refuse", b"x" * 1000, method=b"POST")
+            assert getattr(local, "reset_code", None) == FlowCode.NO_TARGET
+            flow = await open_flow(link)
+            with pytest.raises(FlowLost, match="refused the stream"):
+                await request(flow, b"/refuse")
+            r = await request(await open_flow(link), b"/e", b"after", method=b"POST")
+            assert r.sha == digest(b"after") and be.connections == 1

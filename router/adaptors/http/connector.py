@@ -17,6 +17,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import h2.errors
+import h2.events
+import h2.exceptions
+import h11
 import trio
 
 from router.adaptors.http.backend import (
@@ -306,8 +310,6 @@ class _Relay:
 
 
 async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Outcome:
-    import h11
-
     conn, relay = lease.conn, _Relay(peer)
     returned = False  # to the pool already
     first: Part | None = None
@@ -390,10 +392,6 @@ async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Out
 
 
 async def _serve_h2(peer: MessagePeer, head: RequestHead, slot: H2Stream) -> Outcome:
-    import h2.errors
-    import h2.events
-    import h2.exceptions
-
     relay = _Relay(peer)
     refused = False
     try:
