@@ -11,15 +11,16 @@ import trio
 from router.flows.table import FlowTable
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
-from router.site.config import ListenerConfig
+from router.site.config import ListenerConfig, SiteConfig
 
 Serve = Callable[[ListenerConfig, trio.abc.Stream], Awaitable[None]]
 
 
 class Listeners:
-    def __init__(self, *, serve: Mapping[str, Serve], table: FlowTable,
-                 reserve: FdReserve) -> None:
+    def __init__(self, *, serve: Mapping[str, Serve], table: FlowTable, reserve: FdReserve,
+                 config: Callable[[], SiteConfig]) -> None:
         self._serve = serve  # by listener protocol
+        self._config = config  # the current one: options and rules change live
         self._table = table
         self._reserve = reserve
         self._scopes: dict[tuple[str, int], trio.CancelScope] = {}
@@ -51,7 +52,17 @@ class Listeners:
 
     async def _accept(self, lst: ListenerConfig, serve: Serve,
                       sockets: list[trio.SocketListener], scope: trio.CancelScope) -> None:
+        async def client(stream: trio.abc.Stream) -> None:
+            await serve(self._current(lst), stream)
+
         with scope:
-            await serve_listeners(partial(guarded, f"client of {lst.key}", serve, lst),
+            await serve_listeners(partial(guarded, f"client of {lst.key}", client),
                                   sockets, name=f"listener {lst.key}",
                                   handler_nursery=self._table.nursery, reserve=self._reserve)
+
+    def _current(self, lst: ListenerConfig) -> ListenerConfig:
+        """The listener's config as it is now (`listener set` changes it live)."""
+        for now in self._config().listeners:
+            if (now.host, now.port) == (lst.host, lst.port):
+                return now
+        return lst

@@ -8,14 +8,13 @@ memory, in tests) changes are live only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
 from router.adaptors.listeners import Listeners
-from router.adaptors.tcp import TcpConnectors
 from router.daemon.identity import Identity
 from router.daemon.routing_agent import RoutingAgent
 from router.net.links import LinkTable
@@ -33,9 +32,15 @@ from router.site.directory import Site
 from router.site.errors import ConfigError, SiteError
 
 
+class Targets(Protocol):
+    """An adaptor's connectors: it takes the targets of its own protocol."""
+
+    def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None: ...
+
+
 class SiteAdmin:
     def __init__(self, *, site: Site | None, config: SiteConfig, identity: Identity,
-                 links: LinkTable, listeners: Listeners, connectors: TcpConnectors,
+                 links: LinkTable, listeners: Listeners, connectors: Sequence[Targets],
                  agent: RoutingAgent) -> None:
         self.site = site
         self.config = config
@@ -45,10 +50,6 @@ class SiteAdmin:
         self._connectors = connectors
         self._agent = agent
         self.nursery: trio.Nursery | None = None  # where listeners and dialers run
-        # Called with each listener's new config once a change to its options or
-        # routes is saved: an HTTP listener registers here, or reads `config` per
-        # request (it is replaced whole, never mutated).
-        self.on_listener_change: list[Callable[[ListenerConfig], None]] = []
 
     def _nursery(self) -> trio.Nursery:
         assert self.nursery is not None, "router not running"
@@ -56,7 +57,8 @@ class SiteAdmin:
 
     def apply(self) -> None:
         """Make the services of the current config live: targets and adverts."""
-        self._connectors.set_targets(self.config.connectors)
+        for connectors in self._connectors:  # each adaptor takes the targets of its protocol
+            connectors.set_targets(self.config.connectors)
         self._agent.advertise(self.config.connectors, self.config.listeners)
 
     # ---- listeners and connectors
@@ -112,12 +114,9 @@ class SiteAdmin:
         return rule, changed
 
     def _change_listeners(self, key: str, how: edit.Edit) -> list[ListenerConfig]:
-        """Saved, then announced to the listeners; nothing changes on an error."""
+        """Checked whole and saved; nothing changes on an error."""
         new, changed = edit.edit_listeners(self.config, key, how)
-        self._save(new)
-        for lst in changed:
-            for callback in self.on_listener_change:
-                callback(lst)
+        self._save(new)  # listeners read their current config per client or request
         return changed
 
     def add_connector(self, con: ConnectorConfig) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from router.adaptors.http.connector import HttpConnectors
 from router.adaptors.listeners import Listeners
 from router.adaptors.tcp import Connect, TcpClients, TcpConnectors
 from router.daemon.admin import SiteAdmin
@@ -37,6 +38,8 @@ from router.flows.table import FlowTable
 from router.net.accept import FdReserve
 from router.net.link import Link
 from router.net.links import LinkTable
+from router.net.side import FlowSide
+from router.protocol import Open
 from router.routing import RoutingCore, ed25519_verify
 from router.site.config import SiteConfig
 from router.site.directory import Site
@@ -69,11 +72,15 @@ class Router:
                                         window=limits.flow_window_bytes,
                                         connect_timeout=limits.connect_timeout_s,
                                         connect=connect_target)
+        self.http_connectors = HttpConnectors(site=config.name, table=self.flows,
+                                              window=limits.flow_window_bytes,
+                                              connect_timeout=limits.connect_timeout_s,
+                                              connect=connect_target)
         self.forwarder = Forwarder(site=config.name, routing=self.routing,
                                    link_for=self._link_for, table=self.flows,
                                    window=limits.flow_window_bytes,
                                    open_timeout=limits.open_timeout_s,
-                                   serve_local=self.connectors.serve_open)
+                                   serve_local=self._serve_local)
         self.issuer = None if site is None else TokenIssuer(
             site=config.name, router_id=self.router_id, ca=identity.ca,
             grants=GrantStore(site.grants_path), endpoints=self.endpoints,
@@ -85,9 +92,11 @@ class Router:
         self.tcp_clients = TcpClients(forwarder=self.forwarder, connectors=self.connectors,
                                       table=self.flows)
         self.listeners = Listeners(serve={"tcp": self.tcp_clients.serve_client},
-                                   table=self.flows, reserve=self.fd_reserve)
+                                   table=self.flows, reserve=self.fd_reserve,
+                                   config=lambda: self.config)
         self.admin = SiteAdmin(site=site, config=config, identity=identity, links=self.links,
-                               listeners=self.listeners, connectors=self.connectors,
+                               listeners=self.listeners,
+                               connectors=(self.connectors, self.http_connectors),
                                agent=self.agent)
         self._shutdown = trio.Event()
 
@@ -109,6 +118,13 @@ class Router:
         if not self.config.advertise:
             return ((self.config.host, self.config.link_port),)
         return tuple(Endpoint.parse(a, stored=True).pair() for a in self.config.advertise)
+
+    def _serve_local(self, side: FlowSide, open_msg: Open) -> None:
+        """An OPEN for this router: the adaptor of the key's connectors serves it."""
+        if self.http_connectors.serves(open_msg.routing_key):
+            self.http_connectors.serve_open(side, open_msg)
+        else:
+            self.connectors.serve_open(side, open_msg)
 
     def _link_for(self, peer_id: str) -> Link | None:
         return self.links.link_for(peer_id)
@@ -163,6 +179,8 @@ class Router:
             task_status.started()
             await self._shutdown.wait()
             await self._drain()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.http_connectors.aclose()
             root.cancel_scope.cancel()
         if site is not None:
             with contextlib.suppress(FileNotFoundError):

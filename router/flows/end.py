@@ -36,6 +36,7 @@ class FlowEnd:
         self.side = side
         self.entry = entry
         self.reset_reason: str | None = None
+        self.reset_code: FlowCode | None = None
         self.refusal: FlowRefusedError | None = None
         self._answer = trio.Event()
         self._scope = trio.CancelScope()  # the data path runs in it; a reset cancels it
@@ -54,7 +55,7 @@ class FlowEnd:
 
     def on_reset(self, code: FlowCode, reason: str) -> None:
         if self.reset_reason is None:
-            self.reset_reason = reason
+            self.reset_reason, self.reset_code = reason, code
         if self.refusal is None and not self._answer.is_set():
             # Reset before any answer: the path failed under the OPEN.
             self.refusal = FlowRefusedError(code, reason, path_failed=True)
@@ -88,6 +89,6 @@ class FlowEnd:
     def reset(self, code: FlowCode, reason: str) -> None:
         """Our local end failed: tell the far end and stop the data path."""
         if self.reset_reason is None:
-            self.reset_reason = reason
+            self.reset_reason, self.reset_code = reason, code
             self.side.reset(code, reason)
         self._scope.cancel()
