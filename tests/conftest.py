@@ -5,11 +5,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from certs import CertificateAuthority
 from tests.support.sites import Site, link, site_env
 
 _ids = itertools.count(1)
+
+# The machine is shared and has 2 cores: data generation may be slow at times, which
+# says nothing about the code under test. Per-test settings still apply on top.
+settings.register_profile("shared-machine", suppress_health_check=[HealthCheck.too_slow],
+                          deadline=None)
+settings.load_profile("shared-machine")
 
 
 class Pair:
