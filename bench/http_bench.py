@@ -1,0 +1,495 @@
+"""HTTP benchmark: requests/s and latency, direct vs. two routers vs. an nginx chain (mTLS).
+
+Run from the repository root:  .venv/bin/python bench/http_bench.py [--quick] [--router-tcp]
+See bench/README.md ("HTTP benchmark") for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
+
+from loads import LoadError, percentile
+from numbers_fmt import fmt, fmt_ratio, ratio
+
+import certs
+from tests.support.sites import (
+    HOST,
+    START_TIMEOUT,
+    Process,
+    Site,
+    SiteError,
+    free_port,
+    link,
+    log_tail,
+    port_open,
+    site_env,
+    wait_for,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "http_results.json"
+BODY = "hello from the backend"  # the backend's fixed response body
+PROXIED = ("router", "router-tcp", "nginx")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Settings:
+    reps: int
+    seconds: int  # per load run; wrk takes whole seconds
+    warmup: bool
+
+
+FULL = Settings(reps=3, seconds=5, warmup=True)
+QUICK = Settings(reps=1, seconds=2, warmup=True)
+
+
+@dataclass(frozen=True)
+class Result:
+    rps: float
+    p50_us: float
+    p99_us: float
+    requests: int
+
+
+# A load takes a path's entry ports ({"h1": port, "h2": port}) and a duration.
+Load = Callable[[dict[str, int], int], Result]
+LOADS: dict[str, str] = {
+    "h1_c1": "HTTP/1.1 keep-alive, 1 conn",
+    "h1_c10": "HTTP/1.1 keep-alive, 10 conns",
+    "h1_close": "HTTP/1.1 Connection: close, 10 conns",
+    "h2_10x10": "HTTP/2, 10 clients x 10 streams",
+    "h1_1k": "HTTP/1.1 at 1000 req/s, 4 conns",
+}
+
+
+def _run(argv: list[str], seconds: int) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise LoadError(f"{Path(argv[0]).name} exited {proc.returncode}: "
+                        f"{(proc.stderr or proc.stdout).strip()[-300:]}")
+    return proc.stdout
+
+
+def _us(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[unit]
+
+
+def wrk(port: int, seconds: int, conns: int, close: bool = False) -> Result:
+    argv = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{seconds}s", "--latency",
+            "--timeout", "5s", *(["-H", "Connection: close"] if close else []),
+            f"http://{HOST}:{port}/"]
+    out = _run(argv, seconds)
+    try:
+        total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+        p50, p99 = _us(lat["50"]), _us(lat["99"])
+    except (AttributeError, KeyError) as exc:
+        raise LoadError(f"wrk output not understood: {out.strip()[-300:]}") from exc
+    bad = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    bad += int(non2xx.group(1)) if non2xx else 0
+    if bad > max(1, total // 1000):  # a few resets at the end of a run are not failures
+        raise LoadError(f"wrk: {bad} of {total} requests failed: {out.strip()[-300:]}")
+    return Result(rps, p50, p99, total)
+
+
+def h2load(port: int, seconds: int, clients: int, streams: int, log: Path,
+           h1_rate: int | None = None) -> Result:
+    """h2load (HTTP/2 prior knowledge, or HTTP/1.1 at a fixed rate); latency from its log."""
+    argv = ["h2load", "-c", str(clients), "-m", str(streams), "-t", str(min(2, clients)),
+            "-D", str(seconds), "--log-file", str(log)]
+    if h1_rate is not None:
+        argv += ["--h1", "--rps", str(h1_rate // clients)]
+    out = _run([*argv, f"http://{HOST}:{port}/"], seconds)
+    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", out)
+    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, "
+                       r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    if m is None or counts is None:
+        raise LoadError(f"h2load output not understood: {out.strip()[-300:]}")
+    ok, *failed = (int(g) for g in counts.groups())
+    durations = []
+    for line in log.read_text().splitlines():
+        _start, status, micros = line.split("\t")
+        if status.startswith("2"):
+            durations.append(float(micros))
+    log.unlink()
+    if not durations or sum(failed) > max(1, ok // 1000):
+        raise LoadError(f"h2load: {ok} succeeded, {sum(failed)} failed: {out.strip()[-300:]}")
+    return Result(float(m.group(1)), percentile(durations, 50), percentile(durations, 99), ok)
+
+
+def make_loads(log: Path) -> dict[str, Load]:
+    return {
+        "h1_c1": lambda e, s: wrk(e["h1"], s, 1),
+        "h1_c10": lambda e, s: wrk(e["h1"], s, 10),
+        "h1_close": lambda e, s: wrk(e["h1"], s, 10, close=True),
+        "h2_10x10": lambda e, s: h2load(e["h2"], s, 10, 10, log),
+        "h1_1k": lambda e, s: h2load(e["h1"], s, 4, 1, log, h1_rate=1000),
+    }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes so far, from /proc/PID/stat."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / TICK
+
+
+# --- the paths ---------------------------------------------------------------------
+
+
+def _write_private(path: Path, data: bytes) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def write_certs(root: Path) -> dict[str, str]:
+    ca = certs.CertificateAuthority.generate("bench")
+    files = {"ca": _write_private(root / "ca.crt", ca.cert_pem)}
+    for name, role in (("server", certs.Role.SERVER), ("client", certs.Role.CLIENT)):
+        pair = ca.issue(name, role=role)
+        files[f"{name}.crt"] = _write_private(root / f"{name}.crt", pair.cert_pem)
+        files[f"{name}.key"] = _write_private(root / f"{name}.key", pair.key_pem)
+    return files
+
+
+def nginx_conf(root: Path, http: str) -> str:
+    # One process (no master), like each router; every path it writes is under `root`.
+    temps = "\n".join(f"  {k}_temp_path {root}/{k};"
+                      for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"daemon off;\nmaster_process off;\npid {root}/nginx.pid;\n"
+            f"error_log {root}/error.log warn;\nevents {{ worker_connections 4096; }}\n"
+            f"http {{\n  access_log off;\n{temps}\n  keepalive_requests 10000000;\n"
+            f"  keepalive_timeout 60s;\n{http}\n}}\n")
+
+
+KEEPALIVE_PROXY = 'proxy_http_version 1.1; proxy_set_header Connection "";'
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    root: Path
+    stack: ExitStack
+    notes: list[str] = field(default_factory=list)
+    entries: dict[str, dict[str, int]] = field(default_factory=dict)
+    pids: dict[str, list[int]] = field(default_factory=dict)  # the proxies of each path
+    logs: dict[str, list[Path]] = field(default_factory=dict)
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"NOTE: {text}", flush=True)
+
+    def nginx(self, name: str, http: str) -> Process:
+        root = self.root / name
+        root.mkdir()
+        conf = root / "nginx.conf"
+        conf.write_text(nginx_conf(root, http))
+        proc = Process(name, ["nginx", "-p", str(root), "-c", str(conf), "-e",
+                              str(root / "error.log")], root / "stdout.log")
+        self.stack.callback(proc.stop)
+        self.logs.setdefault(name, []).append(root / "error.log")
+        return proc
+
+    def wait_ports(self, procs: list[Process], ports: list[int]) -> None:
+        def up() -> bool:
+            for p in procs:
+                if not p.alive():
+                    raise SiteError(f"{p.name} exited:\n{log_tail(p.log)}\n"
+                                    f"{log_tail(p.log.parent / 'error.log')}")
+            return all(port_open(port) for port in ports)
+        wait_for(up, START_TIMEOUT, f"ports {ports}", step=0.1)
+
+    def start_backend(self) -> dict[str, int]:
+        ports = {"h1": free_port(), "h2": free_port()}
+        body = f'location / {{ default_type text/plain; return 200 "{BODY}"; }}'
+        proc = self.nginx("backend", f"  server {{ listen {HOST}:{ports['h1']}; {body} }}\n"
+                                     f"  server {{ listen {HOST}:{ports['h2']} http2; {body} }}")
+        self.wait_ports([proc], list(ports.values()))
+        self.entries["direct"] = ports
+        return ports
+
+    def start_nginx_chain(self, backend: dict[str, int]) -> None:
+        files = write_certs(self.root)
+        tls, ports = free_port(), {"h1": free_port(), "h2": free_port()}
+        inner = self.nginx("nginx-tls", (
+            f"  upstream backend {{ server {HOST}:{backend['h1']}; keepalive 64; }}\n"
+            f"  server {{ listen {HOST}:{tls} ssl; ssl_protocols TLSv1.3;\n"
+            f"    ssl_certificate {files['server.crt']}; "
+            f"ssl_certificate_key {files['server.key']};\n"
+            f"    ssl_client_certificate {files['ca']}; ssl_verify_client on;\n"
+            f"    location / {{ proxy_pass http://backend; {KEEPALIVE_PROXY} }} }}"))
+        outer = self.nginx("nginx-proxy", (
+            f"  upstream tls_hop {{ server {HOST}:{tls}; keepalive 64; }}\n"
+            f"  server {{ listen {HOST}:{ports['h1']}; listen {HOST}:{ports['h2']} http2;\n"
+            f"    location / {{ proxy_pass https://tls_hop; {KEEPALIVE_PROXY}\n"
+            f"      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+            f"      proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;\n"
+            f"      proxy_ssl_certificate {files['client.crt']};\n"
+            f"      proxy_ssl_certificate_key {files['client.key']};\n"
+            f"      proxy_ssl_trusted_certificate {files['ca']}; proxy_ssl_verify on;\n"
+            f"      proxy_ssl_name server; proxy_ssl_server_name on; }} }}"))
+        self.wait_ports([inner, outer], [tls, *ports.values()])
+        # The TLS hop must really demand a client certificate (nginx answers 400 without).
+        code = curl([f"https://{HOST}:{tls}/", "-k"])[0]
+        if code != "400":
+            raise SiteError(f"nginx TLS hop answered {code} to a client without a certificate")
+        self.entries["nginx"] = ports
+        self.pids["nginx"] = [outer.pid, inner.pid]
+
+    def start_routers(self, path: str, backend: dict[str, int], sitectl: str) -> None:
+        """east listener -> mTLS link -> west connector; `router-tcp` tunnels TCP instead."""
+        root = self.root / path
+        root.mkdir()
+        env = site_env(root)
+        sites = {n: Site(root, n, env, bind=HOST, runner="sitectl", sitectl_bin=sitectl,
+                         log_path=root / f"router-{n}.log", start_timeout=START_TIMEOUT)
+                 for n in ("west", "east")}
+        self.logs[path] = [s.log_path for s in sites.values()]
+        for site in sites.values():
+            site.init()
+            site.start(wait=False)
+            self.stack.callback(site.stop, grace=5.0)
+        for site in sites.values():
+            site.wait_ready()
+        link(sites["west"], sites["east"], root)
+        ports: dict[str, int] = {}
+        for key, (entry, proto) in {"api": ("h1", "http1"), "api2": ("h2", "http2")}.items():
+            http = [] if path == "router-tcp" else ["--protocol", proto]
+            sites["west"].sitectl("connector", "create", key, f"{HOST}:{backend[entry]}", *http)
+            ports[entry] = free_port()
+            http = [] if path == "router-tcp" else ["--protocol", "http"]
+            sites["east"].sitectl("listener", "create", key, str(ports[entry]), *http)
+        wait_for(lambda: all(sites["east"].key_reachable(k) for k in ("api", "api2")),
+                 START_TIMEOUT, f"{path}: keys reachable on east")
+        self.entries[path] = ports
+        self.pids[path] = [s.pid for s in sites.values()]
+
+    # --- measuring -----------------------------------------------------------------
+
+    def check(self, path: str) -> None:
+        """What a user sees: status 200 and the backend's body, over HTTP/1.1 and h2c."""
+        want = hashlib.sha256(BODY.encode()).hexdigest()
+        for entry, extra in (("h1", ["--http1.1"]), ("h2", ["--http2-prior-knowledge"])):
+            code, body = curl([f"http://{HOST}:{self.entries[path][entry]}/", *extra])
+            if code != "200" or hashlib.sha256(body).hexdigest() != want:
+                raise LoadError(f"{path} {entry}: status {code}, body {body[:100]!r}")
+
+    def add(self, key: str, path: str, value: float) -> None:
+        self.samples.setdefault(key, {}).setdefault(path, []).append(value)
+
+    def run_all(self, loads: dict[str, Load]) -> None:
+        paths = list(self.entries)
+        if self.settings.warmup:
+            for path in paths:
+                for name in ("h1_c10", "h2_10x10"):
+                    self.measure(f"[warm-up] {name:<8} {path:<10}", loads[name], path, 1)
+        for rep in range(self.settings.reps):
+            order = paths[rep % len(paths):] + paths[:rep % len(paths)]
+            for name, load in loads.items():
+                for path in order:
+                    label = f"[{rep + 1}/{self.settings.reps}] {name:<8} {path:<10}"
+                    result, cpu = self.measure(label, load, path, self.settings.seconds)
+                    if result is None:
+                        continue
+                    self.add(f"{name}.rps", path, result.rps)
+                    self.add(f"{name}.p50", path, result.p50_us)
+                    self.add(f"{name}.p99", path, result.p99_us)
+                    if cpu is not None:
+                        self.add(f"{name}.cpu", path, cpu * 1e6 / max(1, result.requests))
+
+    def measure(self, label: str, load: Load, path: str,
+                seconds: int) -> tuple[Result | None, float | None]:
+        pids = self.pids.get(path, [])
+        cpu0 = cpu_seconds(pids)
+        try:
+            result = load(self.entries[path], seconds)
+        except (LoadError, OSError, subprocess.SubprocessError) as exc:
+            print(f"{label} FAILED: {exc}", flush=True)
+            self.note(f"{label.strip()} failed: {exc}")
+            for log in self.logs.get(path, []):
+                print(f"--- tail of {log} ---\n{log_tail(log, 15)}", flush=True)
+            return None, None
+        cpu = cpu_seconds(pids) - cpu0 if pids else None
+        shown = f"{result.rps:9.0f} req/s  p50 {result.p50_us:7.0f} us  p99 {result.p99_us:7.0f} us"
+        per_req = "" if cpu is None else f"  proxies' CPU {cpu * 1e6 / result.requests:.0f} us/req"
+        print(f"{label} {shown}{per_req}", flush=True)
+        time.sleep(0.3)  # let closed connections drain between runs
+        return result, cpu
+
+    def check_logs(self) -> None:
+        for path in ("router", "router-tcp"):
+            for log in self.logs.get(path, []):
+                bad = [ln for ln in log.read_text(errors="replace").splitlines()
+                       if " ERROR " in ln or " WARNING " in ln or "Traceback" in ln]
+                if bad:
+                    self.note(f"{log.name} ({path}) has {len(bad)} warning/error lines; "
+                              f"first: {bad[0][:200]}")
+
+
+def curl(args: list[str]) -> tuple[str, bytes]:
+    """(status code, body) of one curl request."""
+    proc = subprocess.run(["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args],
+                          capture_output=True, timeout=30)
+    body, _, code = proc.stdout.rpartition(b"\n")
+    return code.decode(), body
+
+
+def sitectl_has_protocol(sitectl: str) -> bool:
+    helps = [subprocess.run([sitectl, kind, "create", "--help"], capture_output=True,
+                            text=True, timeout=30).stdout for kind in ("listener", "connector")]
+    return all("--protocol" in h for h in helps)
+
+
+# --- reporting -----------------------------------------------------------------------
+
+ROWS = (("rps", "req/s", True, "requests/s"), ("p50", "us", False, "latency p50"),
+        ("p99", "us", False, "latency p99"), ("add50", "us", False, "added p50 vs direct"),
+        ("add99", "us", False, "added p99 vs direct"),
+        ("cpu", "us/req", False, "proxies' CPU/request (2 procs)"))
+
+
+def summary(samples: dict[str, dict[str, list[float]]], paths: list[str]) -> dict[str, Any]:
+    ratios = [*((p, "direct") for p in PROXIED if p in paths),
+              *((p, "nginx") for p in PROXIED[:2] if p in paths)]
+    med = {k: {p: statistics.median(v) for p, v in by.items() if v} for k, by in samples.items()}
+    out: dict[str, Any] = {}
+    for load, title in LOADS.items():
+        for row, unit, higher, label in ROWS:
+            if row.startswith("add"):
+                base = med.get(f"{load}.p{row[3:]}", {})
+                m = {p: base[p] - base["direct"] for p in PROXIED
+                     if p in base and "direct" in base}
+            else:
+                m = med.get(f"{load}.{row}", {})
+            out[f"{load}.{row}"] = {
+                "label": f"{title}: {label}", "unit": unit, "higher_is_better": higher,
+                "median": {p: m.get(p) for p in paths},
+                "samples": {p: samples.get(f"{load}.{row}", {}).get(p, []) for p in paths},
+                "ratios": {f"{a}/{b}": ratio(m.get(a), m.get(b)) for a, b in ratios},
+            }
+    return out
+
+
+def table(results: dict[str, Any], paths: list[str]) -> str:
+    ratio_names = list(next(iter(results.values()))["ratios"])
+    rows = [["metric", "unit", "better", *paths, *ratio_names]]
+    for r in results.values():
+        if all(v is None for v in r["median"].values()):
+            continue
+        rows.append([r["label"], r["unit"], "higher" if r["higher_is_better"] else "lower",
+                     *(fmt(r["median"][p]) for p in paths),
+                     *(fmt_ratio(r["ratios"][n]) for n in ratio_names)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    """The issue's goals: >= 0.25x (moonshot 0.5x) nginx's keep-alive 10-conn req/s and
+    under 1 ms added p50 at 1000 req/s."""
+    rps = results["h1_c10.rps"]["ratios"].get("router/nginx")
+    added = results["h1_1k.add50"]["median"].get("router")
+    if rps is None or added is None:
+        return ["goals: not evaluated (no router measurements)"]
+    return [f"goal req/s (h1, 10 conns) router/nginx {rps:.2f}x: "
+            f"{'met' if rps >= 0.25 else 'NOT met'} (>= 0.25x; moonshot 0.5x)",
+            f"goal added p50 at 1000 req/s {added:.0f} us: "
+            f"{'met' if added < 1000 else 'NOT met'} (< 1000 us)"]
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def run(settings: Settings, quick: bool, router_tcp: bool) -> dict[str, Any]:
+    missing = [t for t in ("wrk", "h2load", "nginx", "curl") if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"http_bench: {', '.join(missing)} not found "
+                 "(apt-get install -y wrk nghttp2-client nginx curl)")
+    sitectl = str(Path(sys.executable).parent / "sitectl")
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="vanhttp-") as tmp, ExitStack() as stack:
+        bench = Bench(settings, Path(tmp), stack)
+        backend = bench.start_backend()
+        routers = ["router-tcp"] if router_tcp else []
+        if sitectl_has_protocol(sitectl):
+            routers.insert(0, "router")
+        else:
+            bench.note("router path skipped: `sitectl listener create` / `connector create` "
+                       "have no --protocol option in this checkout yet (issue 8's CLI part)")
+        for path in routers:
+            try:
+                bench.start_routers(path, backend, sitectl)
+                bench.check(path)
+            except (SiteError, LoadError) as exc:
+                bench.note(f"{path} path skipped, setup failed: {exc}")
+                bench.entries.pop(path, None)
+        try:
+            bench.start_nginx_chain(backend)
+            bench.check("nginx")
+        except (SiteError, LoadError) as exc:
+            bench.note(f"nginx chain skipped, setup failed: {exc}")
+            bench.entries.pop("nginx", None)
+        bench.check("direct")
+        bench.run_all(make_loads(bench.root / "h2load.log"))
+        bench.check_logs()
+        info["loadavg_end"] = os.getloadavg()
+        paths = [p for p in ("direct", "router", "router-tcp", "nginx")
+                 if p in bench.entries or p == "router"]
+        results = summary(bench.samples, paths)
+        return {"timestamp": datetime.now(UTC).isoformat(timespec="seconds"), "quick": quick,
+                "settings": settings.__dict__, "machine": info, "paths": paths,
+                "notes": bench.notes, "goals": goals(results), "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 repetition, 2 s loads")
+    parser.add_argument("--router-tcp", action="store_true",
+                        help="add the path 'router-tcp': the same two routers as a TCP "
+                             "tunnel (one flow per connection, not per request)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the ExitStack stops children
+    report = run(QUICK if args.quick else FULL, args.quick, args.router_tcp)
+    print()
+    print(table(report["results"], report["paths"]))
+    for text in [*report["goals"], *(f"note: {n}" for n in report["notes"])]:
+        print(text)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
