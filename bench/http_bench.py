@@ -31,24 +31,12 @@ from loads import LoadError, percentile
 from numbers_fmt import fmt, fmt_ratio, ratio
 
 import certs
-from tests.support.sites import (
-    HOST,
-    START_TIMEOUT,
-    Process,
-    Site,
-    SiteError,
-    free_port,
-    link,
-    log_tail,
-    port_open,
-    site_env,
-    wait_for,
-)
+from tests.support import sites
+from tests.support.sites import HOST, Process, SiteError, free_port, log_tail
 
-BENCH_DIR = Path(__file__).resolve().parent
-RESULTS = BENCH_DIR / "http_results.json"
+RESULTS = Path(__file__).resolve().parent / "http_results.json"
 BODY = "hello from the backend"  # the backend's fixed response body
-PROXIED = ("router", "router-tcp", "nginx")
+PATHS = ("direct", "router", "router-tcp", "nginx")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -56,11 +44,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Settings:
     reps: int
     seconds: int  # per load run; wrk takes whole seconds
-    warmup: bool
 
 
-FULL = Settings(reps=3, seconds=5, warmup=True)
-QUICK = Settings(reps=1, seconds=2, warmup=True)
+FULL, QUICK = Settings(reps=3, seconds=5), Settings(reps=1, seconds=2)
 
 
 @dataclass(frozen=True)
@@ -71,21 +57,10 @@ class Result:
     requests: int
 
 
-# A load takes a path's entry ports ({"h1": port, "h2": port}) and a duration.
-Load = Callable[[dict[str, int], int], Result]
-LOADS: dict[str, str] = {
-    "h1_c1": "HTTP/1.1 keep-alive, 1 conn",
-    "h1_c10": "HTTP/1.1 keep-alive, 10 conns",
-    "h1_close": "HTTP/1.1 Connection: close, 10 conns",
-    "h2_10x10": "HTTP/2, 10 clients x 10 streams",
-    "h1_1k": "HTTP/1.1 at 1000 req/s, 4 conns",
-}
-
-
 def _run(argv: list[str], seconds: int) -> str:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if proc.returncode != 0:
-        raise LoadError(f"{Path(argv[0]).name} exited {proc.returncode}: "
+        raise LoadError(f"{argv[0]} exited {proc.returncode}: "
                         f"{(proc.stderr or proc.stdout).strip()[-300:]}")
     return proc.stdout
 
@@ -108,8 +83,7 @@ def wrk(port: int, seconds: int, conns: int, close: bool = False) -> Result:
     except (AttributeError, KeyError) as exc:
         raise LoadError(f"wrk output not understood: {out.strip()[-300:]}") from exc
     bad = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    bad += int(non2xx.group(1)) if non2xx else 0
+    bad += sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     if bad > max(1, total // 1000):  # a few resets at the end of a run are not failures
         raise LoadError(f"wrk: {bad} of {total} requests failed: {out.strip()[-300:]}")
     return Result(rps, p50, p99, total)
@@ -129,25 +103,26 @@ def h2load(port: int, seconds: int, clients: int, streams: int, log: Path,
     if m is None or counts is None:
         raise LoadError(f"h2load output not understood: {out.strip()[-300:]}")
     ok, *failed = (int(g) for g in counts.groups())
-    durations = []
-    for line in log.read_text().splitlines():
-        _start, status, micros = line.split("\t")
-        if status.startswith("2"):
-            durations.append(float(micros))
+    # Columns: start (us since the epoch), status, microseconds until the end of the response.
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
     log.unlink()
+    durations = [float(us) for _, status, us in rows if status.startswith("2")]
     if not durations or sum(failed) > max(1, ok // 1000):
         raise LoadError(f"h2load: {ok} succeeded, {sum(failed)} failed: {out.strip()[-300:]}")
     return Result(float(m.group(1)), percentile(durations, 50), percentile(durations, 99), ok)
 
 
-def make_loads(log: Path) -> dict[str, Load]:
-    return {
-        "h1_c1": lambda e, s: wrk(e["h1"], s, 1),
-        "h1_c10": lambda e, s: wrk(e["h1"], s, 10),
-        "h1_close": lambda e, s: wrk(e["h1"], s, 10, close=True),
-        "h2_10x10": lambda e, s: h2load(e["h2"], s, 10, 10, log),
-        "h1_1k": lambda e, s: h2load(e["h1"], s, 4, 1, log, h1_rate=1000),
-    }
+# A load: a path's entry ports ({"h1": port, "h2": port}), a duration, a scratch file.
+Load = Callable[[dict[str, int], int, Path], Result]
+LOADS: dict[str, tuple[str, Load]] = {
+    "h1_c1": ("h1 keep-alive, 1 conn", lambda e, s, _: wrk(e["h1"], s, 1)),
+    "h1_c10": ("h1 keep-alive, 10 conns", lambda e, s, _: wrk(e["h1"], s, 10)),
+    "h1_close": ("h1 Connection: close, 10 conns",
+                 lambda e, s, _: wrk(e["h1"], s, 10, close=True)),
+    "h2_10x10": ("h2, 10 clients x 10 streams", lambda e, s, log: h2load(e["h2"], s, 10, 10, log)),
+    "h1_1k": ("h1 at 1000 req/s, 4 conns",
+              lambda e, s, log: h2load(e["h1"], s, 4, 1, log, h1_rate=1000)),
+}
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -160,33 +135,38 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICK
 
 
+def curl(args: list[str]) -> tuple[str, bytes]:
+    """(status code, body) of one curl request."""
+    proc = subprocess.run(["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args],
+                          capture_output=True, timeout=30)
+    body, _, code = proc.stdout.rpartition(b"\n")
+    return code.decode(), body
+
+
 # --- the paths ---------------------------------------------------------------------
 
 
-def _write_private(path: Path, data: bytes) -> str:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return str(path)
-
-
 def write_certs(root: Path) -> dict[str, str]:
+    """A CA, a server and a client certificate from the project's `certs`: name -> file."""
     ca = certs.CertificateAuthority.generate("bench")
-    files = {"ca": _write_private(root / "ca.crt", ca.cert_pem)}
+    pems = {"ca": ca.cert_pem}
     for name, role in (("server", certs.Role.SERVER), ("client", certs.Role.CLIENT)):
         pair = ca.issue(name, role=role)
-        files[f"{name}.crt"] = _write_private(root / f"{name}.crt", pair.cert_pem)
-        files[f"{name}.key"] = _write_private(root / f"{name}.key", pair.key_pem)
-    return files
+        pems |= {f"{name}.crt": pair.cert_pem, f"{name}.key": pair.key_pem}
+    for name, pem in pems.items():
+        fd = os.open(root / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+    return {name: str(root / name) for name in pems}
 
 
 def nginx_conf(root: Path, http: str) -> str:
-    # One process (no master), like each router; every path it writes is under `root`.
-    temps = "\n".join(f"  {k}_temp_path {root}/{k};"
-                      for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    # One process (no master), like each router; every file it writes is under `root`.
+    temps = "".join(f"  {k}_temp_path {root}/{k};\n"
+                    for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return (f"daemon off;\nmaster_process off;\npid {root}/nginx.pid;\n"
             f"error_log {root}/error.log warn;\nevents {{ worker_connections 4096; }}\n"
-            f"http {{\n  access_log off;\n{temps}\n  keepalive_requests 10000000;\n"
+            f"http {{\n  access_log off;\n{temps}  keepalive_requests 10000000;\n"
             f"  keepalive_timeout 60s;\n{http}\n}}\n")
 
 
@@ -208,47 +188,44 @@ class Bench:
         self.notes.append(text)
         print(f"NOTE: {text}", flush=True)
 
-    def nginx(self, name: str, http: str) -> Process:
+    def nginx(self, path: str, name: str, http: str, ports: list[int]) -> Process:
         root = self.root / name
         root.mkdir()
-        conf = root / "nginx.conf"
-        conf.write_text(nginx_conf(root, http))
-        proc = Process(name, ["nginx", "-p", str(root), "-c", str(conf), "-e",
-                              str(root / "error.log")], root / "stdout.log")
+        (root / "nginx.conf").write_text(nginx_conf(root, http))
+        proc = Process(name, ["nginx", "-p", str(root), "-c", str(root / "nginx.conf"),
+                              "-e", str(root / "error.log")], root / "stdout.log")
         self.stack.callback(proc.stop)
-        self.logs.setdefault(name, []).append(root / "error.log")
+        self.logs.setdefault(path, []).append(root / "error.log")
+
+        def up() -> bool:
+            if not proc.alive():
+                raise SiteError(f"{name} exited: {log_tail(root / 'error.log', 5)}")
+            return all(sites.port_open(port) for port in ports)
+        sites.wait_for(up, sites.START_TIMEOUT, f"{name} on ports {ports}", step=0.1)
         return proc
 
-    def wait_ports(self, procs: list[Process], ports: list[int]) -> None:
-        def up() -> bool:
-            for p in procs:
-                if not p.alive():
-                    raise SiteError(f"{p.name} exited:\n{log_tail(p.log)}\n"
-                                    f"{log_tail(p.log.parent / 'error.log')}")
-            return all(port_open(port) for port in ports)
-        wait_for(up, START_TIMEOUT, f"ports {ports}", step=0.1)
-
     def start_backend(self) -> dict[str, int]:
-        ports = {"h1": free_port(), "h2": free_port()}
+        ports = {"h1": free_port(), "h2": free_port()}  # h2: h2c, prior knowledge only
         body = f'location / {{ default_type text/plain; return 200 "{BODY}"; }}'
-        proc = self.nginx("backend", f"  server {{ listen {HOST}:{ports['h1']}; {body} }}\n"
-                                     f"  server {{ listen {HOST}:{ports['h2']} http2; {body} }}")
-        self.wait_ports([proc], list(ports.values()))
+        self.nginx("direct", "backend", f"  server {{ listen {HOST}:{ports['h1']}; {body} }}\n"
+                   f"  server {{ listen {HOST}:{ports['h2']} http2; {body} }}",
+                   list(ports.values()))
         self.entries["direct"] = ports
         return ports
 
     def start_nginx_chain(self, backend: dict[str, int]) -> None:
+        """nginx proxy -> TLS 1.3, client certificate required -> nginx proxy -> backend."""
         files = write_certs(self.root)
         tls, ports = free_port(), {"h1": free_port(), "h2": free_port()}
-        inner = self.nginx("nginx-tls", (
-            f"  upstream backend {{ server {HOST}:{backend['h1']}; keepalive 64; }}\n"
+        inner = self.nginx("nginx", "nginx-tls", (
+            f"  upstream backend {{ server {HOST}:{backend['h1']}; keepalive 256; }}\n"
             f"  server {{ listen {HOST}:{tls} ssl; ssl_protocols TLSv1.3;\n"
             f"    ssl_certificate {files['server.crt']}; "
             f"ssl_certificate_key {files['server.key']};\n"
             f"    ssl_client_certificate {files['ca']}; ssl_verify_client on;\n"
-            f"    location / {{ proxy_pass http://backend; {KEEPALIVE_PROXY} }} }}"))
-        outer = self.nginx("nginx-proxy", (
-            f"  upstream tls_hop {{ server {HOST}:{tls}; keepalive 64; }}\n"
+            f"    location / {{ proxy_pass http://backend; {KEEPALIVE_PROXY} }} }}"), [tls])
+        outer = self.nginx("nginx", "nginx-proxy", (
+            f"  upstream tls_hop {{ server {HOST}:{tls}; keepalive 256; }}\n"
             f"  server {{ listen {HOST}:{ports['h1']}; listen {HOST}:{ports['h2']} http2;\n"
             f"    location / {{ proxy_pass https://tls_hop; {KEEPALIVE_PROXY}\n"
             f"      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
@@ -256,117 +233,85 @@ class Bench:
             f"      proxy_ssl_certificate {files['client.crt']};\n"
             f"      proxy_ssl_certificate_key {files['client.key']};\n"
             f"      proxy_ssl_trusted_certificate {files['ca']}; proxy_ssl_verify on;\n"
-            f"      proxy_ssl_name server; proxy_ssl_server_name on; }} }}"))
-        self.wait_ports([inner, outer], [tls, *ports.values()])
+            f"      proxy_ssl_name server; proxy_ssl_server_name on; }} }}"),
+            list(ports.values()))
         # The TLS hop must really demand a client certificate (nginx answers 400 without).
-        code = curl([f"https://{HOST}:{tls}/", "-k"])[0]
-        if code != "400":
+        if (code := curl([f"https://{HOST}:{tls}/", "-k"])[0]) != "400":
             raise SiteError(f"nginx TLS hop answered {code} to a client without a certificate")
         self.entries["nginx"] = ports
         self.pids["nginx"] = [outer.pid, inner.pid]
 
-    def start_routers(self, path: str, backend: dict[str, int], sitectl: str) -> None:
+    def start_routers(self, path: str, backend: dict[str, int]) -> None:
         """east listener -> mTLS link -> west connector; `router-tcp` tunnels TCP instead."""
-        root = self.root / path
-        root.mkdir()
-        env = site_env(root)
-        sites = {n: Site(root, n, env, bind=HOST, runner="sitectl", sitectl_bin=sitectl,
-                         log_path=root / f"router-{n}.log", start_timeout=START_TIMEOUT)
-                 for n in ("west", "east")}
-        self.logs[path] = [s.log_path for s in sites.values()]
-        for site in sites.values():
-            site.init()
-            site.start(wait=False)
-            self.stack.callback(site.stop, grace=5.0)
-        for site in sites.values():
-            site.wait_ready()
-        link(sites["west"], sites["east"], root)
+        net = sites.SiteNet(self.root / path)  # `sitectl run` routers, logs in its root
+        self.stack.callback(net.close)
+        west, east = net.add("west"), net.add("east")
+        self.logs[path] = list(net.logs().values())
+        net.start_all()
+        net.link(west, east)
         ports: dict[str, int] = {}
         for key, (entry, proto) in {"api": ("h1", "http1"), "api2": ("h2", "http2")}.items():
-            http = [] if path == "router-tcp" else ["--protocol", proto]
-            sites["west"].sitectl("connector", "create", key, f"{HOST}:{backend[entry]}", *http)
+            tcp = path == "router-tcp"
+            west.sitectl("connector", "create", key, f"{HOST}:{backend[entry]}",
+                         *([] if tcp else ["--protocol", proto]))
             ports[entry] = free_port()
-            http = [] if path == "router-tcp" else ["--protocol", "http"]
-            sites["east"].sitectl("listener", "create", key, str(ports[entry]), *http)
-        wait_for(lambda: all(sites["east"].key_reachable(k) for k in ("api", "api2")),
-                 START_TIMEOUT, f"{path}: keys reachable on east")
+            east.sitectl("listener", "create", key, str(ports[entry]),
+                         *([] if tcp else ["--protocol", "http"]))
+        sites.wait_for(lambda: east.key_reachable("api") and east.key_reachable("api2"),
+                       sites.START_TIMEOUT, f"{path}: keys reachable on east")
         self.entries[path] = ports
-        self.pids[path] = [s.pid for s in sites.values()]
-
-    # --- measuring -----------------------------------------------------------------
+        self.pids[path] = [west.pid, east.pid]
 
     def check(self, path: str) -> None:
         """What a user sees: status 200 and the backend's body, over HTTP/1.1 and h2c."""
         want = hashlib.sha256(BODY.encode()).hexdigest()
-        for entry, extra in (("h1", ["--http1.1"]), ("h2", ["--http2-prior-knowledge"])):
-            code, body = curl([f"http://{HOST}:{self.entries[path][entry]}/", *extra])
+        for entry, extra in (("h1", "--http1.1"), ("h2", "--http2-prior-knowledge")):
+            code, body = curl([f"http://{HOST}:{self.entries[path][entry]}/", extra])
             if code != "200" or hashlib.sha256(body).hexdigest() != want:
-                raise LoadError(f"{path} {entry}: status {code}, body {body[:100]!r}")
+                raise LoadError(f"{path} {entry} ({extra}): status {code}, body {body[:100]!r}")
 
-    def add(self, key: str, path: str, value: float) -> None:
-        self.samples.setdefault(key, {}).setdefault(path, []).append(value)
+    # --- measuring -----------------------------------------------------------------
 
-    def run_all(self, loads: dict[str, Load]) -> None:
+    def run_all(self) -> None:
         paths = list(self.entries)
-        if self.settings.warmup:
-            for path in paths:
-                for name in ("h1_c10", "h2_10x10"):
-                    self.measure(f"[warm-up] {name:<8} {path:<10}", loads[name], path, 1)
-        for rep in range(self.settings.reps):
+        for path in paths:  # warm-up: connections, pools and caches; not recorded
+            for name in ("h1_c10", "h2_10x10"):
+                self.measure(f"[warm-up] {name:<8} {path:<10}", name, path, 1)
+        for rep in range(self.settings.reps):  # interleaved, the first path rotated
             order = paths[rep % len(paths):] + paths[:rep % len(paths)]
-            for name, load in loads.items():
+            for name in LOADS:
                 for path in order:
                     label = f"[{rep + 1}/{self.settings.reps}] {name:<8} {path:<10}"
-                    result, cpu = self.measure(label, load, path, self.settings.seconds)
-                    if result is None:
-                        continue
-                    self.add(f"{name}.rps", path, result.rps)
-                    self.add(f"{name}.p50", path, result.p50_us)
-                    self.add(f"{name}.p99", path, result.p99_us)
-                    if cpu is not None:
-                        self.add(f"{name}.cpu", path, cpu * 1e6 / max(1, result.requests))
+                    values = self.measure(label, name, path, self.settings.seconds)
+                    for row, value in values.items():
+                        self.samples.setdefault(f"{name}.{row}", {}).setdefault(
+                            path, []).append(value)
 
-    def measure(self, label: str, load: Load, path: str,
-                seconds: int) -> tuple[Result | None, float | None]:
+    def measure(self, label: str, name: str, path: str, seconds: int) -> dict[str, float]:
+        """One load run: req/s, p50, p99 and the proxies' CPU per request (us)."""
         pids = self.pids.get(path, [])
         cpu0 = cpu_seconds(pids)
         try:
-            result = load(self.entries[path], seconds)
+            r = LOADS[name][1](self.entries[path], seconds, self.root / "h2load.log")
         except (LoadError, OSError, subprocess.SubprocessError) as exc:
             print(f"{label} FAILED: {exc}", flush=True)
             self.note(f"{label.strip()} failed: {exc}")
             for log in self.logs.get(path, []):
                 print(f"--- tail of {log} ---\n{log_tail(log, 15)}", flush=True)
-            return None, None
-        cpu = cpu_seconds(pids) - cpu0 if pids else None
-        shown = f"{result.rps:9.0f} req/s  p50 {result.p50_us:7.0f} us  p99 {result.p99_us:7.0f} us"
-        per_req = "" if cpu is None else f"  proxies' CPU {cpu * 1e6 / result.requests:.0f} us/req"
-        print(f"{label} {shown}{per_req}", flush=True)
+            return {}
+        values = {"rps": r.rps, "p50": r.p50_us, "p99": r.p99_us}
+        if pids:
+            values["cpu"] = (cpu_seconds(pids) - cpu0) * 1e6 / max(1, r.requests)
+        print(f"{label} " + "  ".join(f"{k} {v:.0f}" for k, v in values.items()), flush=True)
         time.sleep(0.3)  # let closed connections drain between runs
-        return result, cpu
+        return values
 
     def check_logs(self) -> None:
-        for path in ("router", "router-tcp"):
-            for log in self.logs.get(path, []):
-                bad = [ln for ln in log.read_text(errors="replace").splitlines()
-                       if " ERROR " in ln or " WARNING " in ln or "Traceback" in ln]
-                if bad:
-                    self.note(f"{log.name} ({path}) has {len(bad)} warning/error lines; "
-                              f"first: {bad[0][:200]}")
-
-
-def curl(args: list[str]) -> tuple[str, bytes]:
-    """(status code, body) of one curl request."""
-    proc = subprocess.run(["curl", "-s", "-m", "10", "-w", "\n%{http_code}", *args],
-                          capture_output=True, timeout=30)
-    body, _, code = proc.stdout.rpartition(b"\n")
-    return code.decode(), body
-
-
-def sitectl_has_protocol(sitectl: str) -> bool:
-    helps = [subprocess.run([sitectl, kind, "create", "--help"], capture_output=True,
-                            text=True, timeout=30).stdout for kind in ("listener", "connector")]
-    return all("--protocol" in h for h in helps)
+        for log in [*self.logs.get("router", []), *self.logs.get("router-tcp", [])]:
+            bad = [ln for ln in log.read_text(errors="replace").splitlines()
+                   if " ERROR " in ln or " WARNING " in ln or "Traceback" in ln]
+            if bad:
+                self.note(f"{log} has {len(bad)} warning/error lines; first: {bad[0][:200]}")
 
 
 # --- reporting -----------------------------------------------------------------------
@@ -378,18 +323,17 @@ ROWS = (("rps", "req/s", True, "requests/s"), ("p50", "us", False, "latency p50"
 
 
 def summary(samples: dict[str, dict[str, list[float]]], paths: list[str]) -> dict[str, Any]:
-    ratios = [*((p, "direct") for p in PROXIED if p in paths),
-              *((p, "nginx") for p in PROXIED[:2] if p in paths)]
+    ratios = [*((p, "direct") for p in paths[1:]),
+              *((p, "nginx") for p in paths if p.startswith("router"))]
     med = {k: {p: statistics.median(v) for p, v in by.items() if v} for k, by in samples.items()}
     out: dict[str, Any] = {}
-    for load, title in LOADS.items():
+    for load, (title, _) in LOADS.items():
         for row, unit, higher, label in ROWS:
-            if row.startswith("add"):
-                base = med.get(f"{load}.p{row[3:]}", {})
-                m = {p: base[p] - base["direct"] for p in PROXIED
-                     if p in base and "direct" in base}
-            else:
-                m = med.get(f"{load}.{row}", {})
+            m = med.get(f"{load}.{row}", {})
+            if row.startswith("add"):  # the medians' difference to direct's
+                lat = med.get(f"{load}.p{row[3:]}", {})
+                m = {p: v - lat["direct"] for p, v in lat.items() if "direct" in lat}
+                m.pop("direct", None)
             out[f"{load}.{row}"] = {
                 "label": f"{title}: {label}", "unit": unit, "higher_is_better": higher,
                 "median": {p: m.get(p) for p in paths},
@@ -402,12 +346,10 @@ def summary(samples: dict[str, dict[str, list[float]]], paths: list[str]) -> dic
 def table(results: dict[str, Any], paths: list[str]) -> str:
     ratio_names = list(next(iter(results.values()))["ratios"])
     rows = [["metric", "unit", "better", *paths, *ratio_names]]
-    for r in results.values():
-        if all(v is None for v in r["median"].values()):
-            continue
-        rows.append([r["label"], r["unit"], "higher" if r["higher_is_better"] else "lower",
-                     *(fmt(r["median"][p]) for p in paths),
-                     *(fmt_ratio(r["ratios"][n]) for n in ratio_names)])
+    rows += [[r["label"], r["unit"], "higher" if r["higher_is_better"] else "lower",
+              *(fmt(r["median"][p]) for p in paths),
+              *(fmt_ratio(r["ratios"][n]) for n in ratio_names)]
+             for r in results.values() if any(v is not None for v in r["median"].values())]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(row, widths, strict=True)))
@@ -416,61 +358,72 @@ def table(results: dict[str, Any], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def goals(results: dict[str, Any]) -> list[str]:
-    """The issue's goals: >= 0.25x (moonshot 0.5x) nginx's keep-alive 10-conn req/s and
-    under 1 ms added p50 at 1000 req/s."""
-    rps = results["h1_c10.rps"]["ratios"].get("router/nginx")
-    added = results["h1_1k.add50"]["median"].get("router")
-    if rps is None or added is None:
-        return ["goals: not evaluated (no router measurements)"]
-    return [f"goal req/s (h1, 10 conns) router/nginx {rps:.2f}x: "
-            f"{'met' if rps >= 0.25 else 'NOT met'} (>= 0.25x; moonshot 0.5x)",
-            f"goal added p50 at 1000 req/s {added:.0f} us: "
-            f"{'met' if added < 1000 else 'NOT met'} (< 1000 us)"]
+def findings(results: dict[str, Any]) -> list[str]:
+    """The issue's goals (>= 0.25x, moonshot 0.5x, the nginx chain's req/s on h1 keep-alive
+    with 10 connections; under 1 ms added p50 at 1000 req/s) and the per-request CPU."""
+    out = []
+    for path in ("router", "router-tcp"):
+        rps = results["h1_c10.rps"]["ratios"].get(f"{path}/nginx")
+        added = results["h1_1k.add50"]["median"].get(path)
+        if rps is not None and added is not None:
+            out += [f"{path}: h1 10 conns req/s {rps:.2f}x the nginx chain's: goal (>= 0.25x) "
+                    f"{'met' if rps >= 0.25 else 'NOT met'}, moonshot (0.5x) "
+                    f"{'met' if rps >= 0.5 else 'not met'}",
+                    f"{path}: added p50 at 1000 req/s {added:.0f} us: goal (< 1000 us) "
+                    f"{'met' if added < 1000 else 'NOT met'}"]
+        cpu = {k: results[f"{k}.cpu"]["median"].get(path) for k in ("h1_c10", "h1_close")}
+        if None not in cpu.values():
+            out.append(f"{path}: CPU per request per router {cpu['h1_c10'] / 2:.0f} us "
+                       f"keep-alive, {cpu['h1_close'] / 2:.0f} us with a new connection each")
+    return out or ["goals: not evaluated (no router measurements)"]
 
 
 # --- main ----------------------------------------------------------------------------
 
 
+def sitectl_has_protocol() -> bool:
+    helps = [subprocess.run([sites.SITECTL, kind, "create", "--help"], capture_output=True,
+                            text=True, timeout=30).stdout for kind in ("listener", "connector")]
+    return all("--protocol" in h for h in helps)
+
+
+def start_path(bench: Bench, path: str, start: Callable[[], None]) -> None:
+    """Start a proxied path and check it; a failure skips that path with a note."""
+    try:
+        start()
+        bench.check(path)
+    except (SiteError, LoadError, OSError) as exc:
+        bench.note(f"{path} path skipped, setup failed: {exc}")
+        bench.entries.pop(path, None)
+        for log in bench.logs.get(path, []):
+            print(f"--- tail of {log} ---\n{log_tail(log, 15)}", flush=True)
+
+
 def run(settings: Settings, quick: bool, router_tcp: bool) -> dict[str, Any]:
-    missing = [t for t in ("wrk", "h2load", "nginx", "curl") if shutil.which(t) is None]
-    if missing:
+    if missing := [t for t in ("wrk", "h2load", "nginx", "curl") if shutil.which(t) is None]:
         sys.exit(f"http_bench: {', '.join(missing)} not found "
                  "(apt-get install -y wrk nghttp2-client nginx curl)")
-    sitectl = str(Path(sys.executable).parent / "sitectl")
     info: dict[str, Any] = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="vanhttp-") as tmp, ExitStack() as stack:
         bench = Bench(settings, Path(tmp), stack)
         backend = bench.start_backend()
-        routers = ["router-tcp"] if router_tcp else []
-        if sitectl_has_protocol(sitectl):
-            routers.insert(0, "router")
+        bench.check("direct")
+        if sitectl_has_protocol():
+            start_path(bench, "router", lambda: bench.start_routers("router", backend))
         else:
             bench.note("router path skipped: `sitectl listener create` / `connector create` "
                        "have no --protocol option in this checkout yet (issue 8's CLI part)")
-        for path in routers:
-            try:
-                bench.start_routers(path, backend, sitectl)
-                bench.check(path)
-            except (SiteError, LoadError) as exc:
-                bench.note(f"{path} path skipped, setup failed: {exc}")
-                bench.entries.pop(path, None)
-        try:
-            bench.start_nginx_chain(backend)
-            bench.check("nginx")
-        except (SiteError, LoadError) as exc:
-            bench.note(f"nginx chain skipped, setup failed: {exc}")
-            bench.entries.pop("nginx", None)
-        bench.check("direct")
-        bench.run_all(make_loads(bench.root / "h2load.log"))
+        if router_tcp:
+            start_path(bench, "router-tcp", lambda: bench.start_routers("router-tcp", backend))
+        start_path(bench, "nginx", lambda: bench.start_nginx_chain(backend))
+        bench.run_all()
         bench.check_logs()
         info["loadavg_end"] = os.getloadavg()
-        paths = [p for p in ("direct", "router", "router-tcp", "nginx")
-                 if p in bench.entries or p == "router"]
+        paths = [p for p in PATHS if p in bench.entries or p == "router"]
         results = summary(bench.samples, paths)
         return {"timestamp": datetime.now(UTC).isoformat(timespec="seconds"), "quick": quick,
                 "settings": settings.__dict__, "machine": info, "paths": paths,
-                "notes": bench.notes, "goals": goals(results), "results": results}
+                "notes": bench.notes, "findings": findings(results), "results": results}
 
 
 def main() -> None:
@@ -485,7 +438,7 @@ def main() -> None:
     report = run(QUICK if args.quick else FULL, args.quick, args.router_tcp)
     print()
     print(table(report["results"], report["paths"]))
-    for text in [*report["goals"], *(f"note: {n}" for n in report["notes"])]:
+    for text in [*report["findings"], *(f"note: {n}" for n in report["notes"])]:
         print(text)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {args.out}")
