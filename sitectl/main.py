@@ -40,9 +40,12 @@ from router.site.create import check_init_args, init_site
 from router.site.directory import Site, resolve_site_dir
 from router.site.errors import ARGUMENTS, ConfigError, SiteError
 from router.site.fields import FieldReader
+from router.site.http_fields import CONNECTOR_PROTOCOLS
 from router.site.linkfiles import MAX_LINK_COST, LinkSpec
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
+from sitectl import http_cmds
 from sitectl.client import ConnectionLost, NotRunning, call
+from sitectl.errors import FileProblem, UsageError
 from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem
 from sitectl.render import render_links, render_network, render_status
 
@@ -61,14 +64,6 @@ $SITECTL_SITE_DIR) says otherwise; --site NAME picks one when there are several.
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class UsageError(VanError):
-    """Bad arguments from the user (exit 2)."""
-
-
-class FileProblem(VanError):
-    """A file sitectl was asked to read or write cannot be used (exit 1)."""
 
 
 def parse_duration(text: str, *, most: float = MAX_GRANT_S) -> float:
@@ -377,7 +372,8 @@ def _check_services(new: SiteConfig) -> None:
 
 def cmd_listener_create(ctx: Ctx, a: argparse.Namespace) -> int:
     where = parse_address(a.address, default_host="127.0.0.1")
-    fields = {"key": a.key, "host": where.host, "port": where.port, "strategy": a.strategy}
+    fields = {"key": a.key, "host": where.host, "port": where.port, "strategy": a.strategy,
+              **http_cmds.listener_options(a)}
     lst = listener_from(FieldReader(Path("arguments"), "", "listener", fields))
     ctx.site.require()
     with ctx.site.edit_lock():
@@ -392,7 +388,7 @@ def cmd_listener_create(ctx: Ctx, a: argparse.Namespace) -> int:
             _offline_edit(ctx, f"listener {a.key} on {where}",
                           replace(cfg, listeners=(*cfg.listeners, lst)))
             return 0
-    print(f"listener {a.key} on {where} ({a.strategy})")
+    print(f"listener {a.key} on {where} ({http_cmds.describe(lst)})")
     return 0
 
 
@@ -400,6 +396,8 @@ def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
     where = parse_address(a.address, default_host=None)
     fields = {"key": a.key, "host": where.host, "port": where.port, "priority": a.priority,
               "weight": a.weight}
+    if a.protocol != "tcp":
+        fields["protocol"] = a.protocol
     con = connector_from(FieldReader(Path("arguments"), "", "connector", fields))
     ctx.site.require()
     with ctx.site.edit_lock():
@@ -409,7 +407,7 @@ def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
             _offline_edit(ctx, f"connector {a.key} -> {where}",
                           replace(cfg, connectors=(*cfg.connectors, con)))
             return 0
-    print(f"connector {a.key} -> {where}")
+    print(f"connector {a.key} -> {where}" + (f" ({a.protocol})" if a.protocol != "tcp" else ""))
     return 0
 
 
@@ -510,7 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.add_argument("address", metavar="[HOST:]PORT", help="[IPV6]:PORT for an IPv6 address")
     p.add_argument("--strategy", default="balanced", choices=STRATEGIES)
+    http_cmds.add_listener_options(p, create=True)
     p.set_defaults(func=cmd_listener_create)
+    http_cmds.add_listener_set(lsub, common)
     p = lsub.add_parser("list", parents=[common])
     p.set_defaults(func=lambda c, a: _list(c, a, "listener"))
     p = lsub.add_parser("delete", parents=[common])
@@ -524,12 +524,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", metavar="HOST:PORT", help="[IPV6]:PORT for an IPv6 address")
     p.add_argument("--priority", type=int, default=0, help="lower is preferred")
     p.add_argument("--weight", type=int, default=1)
+    p.add_argument("--protocol", default="tcp", choices=CONNECTOR_PROTOCOLS,
+                   help="what the target speaks: tcp (default), http1, or http2 (h2c, gRPC)")
     p.set_defaults(func=cmd_connector_create)
     p = csub.add_parser("list", parents=[common])
     p.set_defaults(func=lambda c, a: _list(c, a, "connector"))
     p = csub.add_parser("delete", parents=[common])
     p.add_argument("key")
     p.set_defaults(func=lambda c, a: _delete(c, a, "connector"))
+    http_cmds.add_route_parsers(sub, common)
     return parser
 
 

@@ -60,12 +60,20 @@ def render_status(st: dict[str, Any]) -> str:
             state = f"NOT LISTENING: {_t(lst['error'])}"
         lines.append(f"  {_t(lst['key']):<20} {_t(lst['host'])}:{lst['port']:<6}"
                      f" {_t(lst['strategy']):<9} {state}")
+        if lst.get("protocol", "tcp") == "http":
+            timeout = f"timeout {lst['timeout_s']:g}s" if lst["timeout_s"] else "no timeout"
+            affinity = f", affinity {_t(lst['affinity'])}" if lst["affinity"] else ""
+            lines.append(f"    http: retries {lst['retries']}, {timeout}{affinity}")
+            if lst["routes"]:
+                lines.append(render_routes(lst["routes"], lst["strategy"], indent="    "))
     if not st["listeners"]:
         lines.append("  (none)")
     lines.append("connectors:")
     for con in st["connectors"] or []:
         lines.append(f"  {_t(con['key']):<20} -> {_t(con['host'])}:{con['port']}  priority "
-                     f"{con['priority']} weight {con['weight']}")
+                     f"{con['priority']} weight {con['weight']}"
+                     + (f"  {_t(con['protocol'])}" if con.get("protocol", "tcp") != "tcp"
+                        else ""))
     if not st["connectors"]:
         lines.append("  (none)")
     lines.append("routing keys:")
@@ -78,6 +86,15 @@ def render_status(st: dict[str, Any]) -> str:
     flows = st["flows"]
     lines.append(f"flows: {flows['active']} active, {flows['opened']} opened, "
                  f"{flows['refused']} refused")
+    return "\n".join(lines)
+
+
+def render_routes(routes: list[dict[str, Any]], strategy: str, indent: str = "") -> str:
+    """Numbered as `route delete` takes them; the first that matches decides."""
+    if not routes:
+        return f"{indent}no routes: every request by strategy {_t(strategy)}"
+    lines = [f"{indent}{r['number']:>3}. {_t(r['text'])}" for r in routes]
+    lines.append(f"{indent}     otherwise: by strategy {_t(strategy)}")
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The TCP adaptor: listeners that accept clients, connectors that reach targets.
+"""The TCP adaptor: clients of TCP listeners, connectors that reach TCP targets.
 
 A listener's client becomes a flow through `Forwarder.open`; an OPEN for a key this
 site serves becomes a connection to one of the key's targets (rotating over several).
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
 
 import trio
 
@@ -18,7 +17,6 @@ from router.adaptors.socketflow import SocketFlow
 from router.adaptors.stream import StreamFlow
 from router.flows.forwarder import Forwarder, NoRoute, NoTarget
 from router.flows.table import FlowEntry, FlowTable, Outcome
-from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import connect_reason, guarded, only
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
@@ -75,7 +73,7 @@ class TcpConnectors:
         self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None:
-        self._targets = tuple(connectors)
+        self._targets = tuple(c for c in connectors if c.protocol == "tcp")
 
     async def connect(self, key: str) -> trio.abc.Stream:
         """A connection to a local target for `key`, rotating over several; NoTarget
@@ -158,47 +156,15 @@ class _Pending:
     def on_fin(self) -> None: ...
 
 
-class TcpListeners:
-    """The site's listeners: one accept loop per listener, each client one flow."""
+class TcpClients:
+    """Clients of the site's TCP listeners: each one flow, or a splice on this site."""
 
-    def __init__(self, *, forwarder: Forwarder, connectors: TcpConnectors, table: FlowTable,
-                 reserve: FdReserve) -> None:
+    def __init__(self, *, forwarder: Forwarder, connectors: TcpConnectors,
+                 table: FlowTable) -> None:
         self._forwarder = forwarder
         self._connectors = connectors
         self._table = table
-        self._reserve = reserve
-        self._scopes: dict[tuple[str, int], trio.CancelScope] = {}
-        self.errors: dict[tuple[str, int], str] = {}  # why a configured listener is down
         self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
-
-    async def start(self, lst: ListenerConfig, nursery: trio.Nursery) -> None:
-        """Listen (ValueError saying why if the port cannot be had), then accept in
-        `nursery` until `stop`."""
-        try:
-            sockets = await trio.open_tcp_listeners(lst.port, host=lst.host)
-        except OSError as exc:
-            raise ValueError(f"cannot listen on {lst.host}:{lst.port}: {exc.strerror}") from exc
-        scope = trio.CancelScope()
-        self._scopes[(lst.host, lst.port)] = scope
-        nursery.start_soon(self._accept, lst, sockets, scope)
-
-    def stop(self, lst: ListenerConfig) -> None:
-        self.errors.pop((lst.host, lst.port), None)
-        scope = self._scopes.pop((lst.host, lst.port), None)
-        if scope is not None:
-            scope.cancel()  # its accept loop closes the sockets
-
-    def stop_all(self) -> None:
-        for scope in self._scopes.values():
-            scope.cancel()
-
-    async def _accept(self, lst: ListenerConfig, sockets: list[trio.SocketListener],
-                      scope: trio.CancelScope) -> None:
-        with scope:
-            await serve_listeners(partial(guarded, f"client of {lst.key}", self.serve_client,
-                                          lst),
-                                  sockets, name=f"listener {lst.key}",
-                                  handler_nursery=self._table.nursery, reserve=self._reserve)
 
     async def serve_client(self, lst: ListenerConfig, client: trio.abc.Stream) -> None:
         """Find a serving site and pump. Whatever else ends this (no site, an internal

@@ -8,14 +8,19 @@ memory, in tests) changes are live only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import trio
 
-from router.adaptors.tcp import TcpConnectors, TcpListeners
+from router.adaptors.listeners import Listeners
+from router.adaptors.tcp import TcpConnectors
 from router.daemon.identity import Identity
 from router.daemon.routing_agent import RoutingAgent
 from router.net.links import LinkTable
+from router.routing.rules import RouteRule
+from router.site import listener_edit as edit
 from router.site.config import (
     ConnectorConfig,
     ListenerConfig,
@@ -30,7 +35,7 @@ from router.site.errors import ConfigError, SiteError
 
 class SiteAdmin:
     def __init__(self, *, site: Site | None, config: SiteConfig, identity: Identity,
-                 links: LinkTable, listeners: TcpListeners, connectors: TcpConnectors,
+                 links: LinkTable, listeners: Listeners, connectors: TcpConnectors,
                  agent: RoutingAgent) -> None:
         self.site = site
         self.config = config
@@ -40,6 +45,10 @@ class SiteAdmin:
         self._connectors = connectors
         self._agent = agent
         self.nursery: trio.Nursery | None = None  # where listeners and dialers run
+        # Called with each listener's new config once a change to its options or
+        # routes is saved: an HTTP listener registers here, or reads `config` per
+        # request (it is replaced whole, never mutated).
+        self.on_listener_change: list[Callable[[ListenerConfig], None]] = []
 
     def _nursery(self) -> trio.Nursery:
         assert self.nursery is not None, "router not running"
@@ -86,6 +95,30 @@ class SiteAdmin:
             self._listeners.stop(lst)
         self.apply()
         return gone
+
+    # ---- HTTP listener options and routes
+    def set_listener(self, key: str, changes: dict[str, Any]) -> list[ListenerConfig]:
+        """Change options of every listener of `key`; checked whole as site.toml is."""
+        return self._change_listeners(key, edit.set_options(changes))
+
+    def add_route(self, key: str, rule: RouteRule) -> list[ListenerConfig]:
+        return self._change_listeners(key, edit.add_route(rule))
+
+    def delete_route(self, key: str, number: int) -> tuple[RouteRule, list[ListenerConfig]]:
+        """Delete route `number` (1-based, as `route list` shows them)."""
+        rule = edit.route_at(self.config, key, number)
+        changed = self._change_listeners(key, edit.delete_route(number))
+        assert rule is not None  # delete_route refused a number out of range
+        return rule, changed
+
+    def _change_listeners(self, key: str, how: edit.Edit) -> list[ListenerConfig]:
+        """Saved, then announced to the listeners; nothing changes on an error."""
+        new, changed = edit.edit_listeners(self.config, key, how)
+        self._save(new)
+        for lst in changed:
+            for callback in self.on_listener_change:
+                callback(lst)
+        return changed
 
     def add_connector(self, con: ConnectorConfig) -> None:
         new = replace(self.config, connectors=(*self.config.connectors, con))

@@ -29,9 +29,10 @@ from router.daemon.view import RouterView
 from router.errors import VanError
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
-from router.site.config import connector_from, listener_from
+from router.site.config import connector_from, listener_from, listener_table
 from router.site.directory import Site
 from router.site.fields import FieldReader
+from router.site.http_fields import route_from, route_table
 from router.site.tokens import finite_number
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,36 @@ async def _connector_delete(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     return {"deleted": [asdict(x) for x in t.admin.delete_connector(_name(args, "key"))]}
 
 
+def _listener_reply(listeners: list[Any]) -> dict[str, Any]:
+    return {"listeners": [listener_table(x) for x in listeners]}
+
+
+async def _listener_set(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    """{"key": K, and any of "strategy", "retries", "timeout_s", "affinity"}."""
+    changes = {k: v for k, v in args.items() if k != "key"}
+    if not changes:
+        raise RequestError("listener.set needs something to change")
+    return _listener_reply(t.admin.set_listener(_name(args, "key"), changes))
+
+
+async def _route_add(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    """{"key": K, "site": S | "split": {S: W, ...}, and optionally "path_prefix",
+    "header", "header_value", "header_absent", "method"}; appended (matched last)."""
+    key = _name(args, "key")
+    rule = route_from(_fields({k: v for k, v in args.items() if k != "key"},
+                              "listener.route"))
+    return _listener_reply(t.admin.add_route(key, rule))
+
+
+async def _route_delete(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    """{"key": K, "number": N}: N counts from 1, as `route list` shows."""
+    number = args.get("number")
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise RequestError("route.delete needs number (an integer from 1)")
+    rule, changed = t.admin.delete_route(_name(args, "key"), number)
+    return {"deleted": route_table(rule), **_listener_reply(changed)}
+
+
 async def _token_issue(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     # JSON allows Infinity, NaN and 1e999, and a bool is an int: refused here, before
     # any grant exists; the grant store checks the ranges.
@@ -123,6 +154,9 @@ HANDLERS: dict[str, Handler] = {
     "status": _status,
     "listener.create": _listener_create,
     "listener.delete": _listener_delete,
+    "listener.set": _listener_set,
+    "route.add": _route_add,
+    "route.delete": _route_delete,
     "connector.create": _connector_create,
     "connector.delete": _connector_delete,
     "token.issue": _token_issue,

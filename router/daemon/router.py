@@ -5,7 +5,7 @@
     +- flow table: every flow's tasks   +- link port acceptor, dialers (link table)
     +- TCP listeners' accept loops      +- routing agent timer, signals
 
-A flow: client socket -> TcpListeners -> Forwarder.open -> link -> (Transit on
+A flow: client socket -> Listeners -> Forwarder.open -> link -> (Transit on
 other routers) -> Forwarder.on_open -> TcpConnectors -> target socket.
 
 Built from a site directory (`from_site`: control socket, pid file, persistence),
@@ -24,7 +24,8 @@ from typing import Any
 
 import trio
 
-from router.adaptors.tcp import Connect, TcpConnectors, TcpListeners
+from router.adaptors.listeners import Listeners
+from router.adaptors.tcp import Connect, TcpClients, TcpConnectors
 from router.daemon.admin import SiteAdmin
 from router.daemon.control import ControlServer
 from router.daemon.identity import Identity
@@ -81,8 +82,10 @@ class Router:
         self.links = LinkTable(identity=identity, limits=limits, events=self.agent,
                                on_open=self.forwarder.on_open, on_claim=self._on_claim,
                                reserve=self.fd_reserve, connect=connect_link)
-        self.listeners = TcpListeners(forwarder=self.forwarder, connectors=self.connectors,
-                                      table=self.flows, reserve=self.fd_reserve)
+        self.tcp_clients = TcpClients(forwarder=self.forwarder, connectors=self.connectors,
+                                      table=self.flows)
+        self.listeners = Listeners(serve={"tcp": self.tcp_clients.serve_client},
+                                   table=self.flows, reserve=self.fd_reserve)
         self.admin = SiteAdmin(site=site, config=config, identity=identity, links=self.links,
                                listeners=self.listeners, connectors=self.connectors,
                                agent=self.agent)

@@ -11,6 +11,7 @@ import trio
 
 from router.daemon.view import RouterView
 from router.endpoint import Endpoint
+from router.site.listener_edit import listener_status
 
 
 def _ago(epoch: float) -> float:
@@ -52,7 +53,7 @@ def site_status(r: RouterView) -> dict[str, Any]:
         "pid": os.getpid(),
         "uptime_s": _ago(r.started),
         "links": links,
-        "listeners": [dataclasses.asdict(lst) | {
+        "listeners": [listener_status(lst) | {
             "reachable": keys[lst.key]["reachable"],
             "error": r.listeners.errors.get((lst.host, lst.port)),
         } for lst in cfg.listeners],

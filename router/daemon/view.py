@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from router.adaptors.tcp import TcpListeners
+from router.adaptors.listeners import Listeners
 from router.flows.table import FlowTable
 from router.net.links import LinkTable
 from router.routing import RoutingCore
@@ -25,5 +25,5 @@ class RouterView(Protocol):
     @property
     def flows(self) -> FlowTable: ...
     @property
-    def listeners(self) -> TcpListeners: ...
+    def listeners(self) -> Listeners: ...
     def endpoints(self) -> tuple[tuple[str, int], ...]: ...

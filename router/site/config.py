@@ -32,6 +32,15 @@ from router.routing.rules import RouteRule
 from router.site.atomic import read_regular, write_atomic
 from router.site.errors import ConfigError
 from router.site.fields import FieldReader, line_of
+from router.site.http_fields import (
+    CONNECTOR_PROTOCOLS,
+    HTTP_LISTENER_FIELDS,
+    LISTENER_PROTOCOLS,
+    dump_route,
+    http_options,
+    protocol,
+    route_table,
+)
 
 # The routing core refuses a record with more keys than this (RoutingCore's
 # max_keys_per_record, which the daemon leaves at its default), for either the keys
@@ -175,19 +184,27 @@ def _limits(path: Path, text: str, table: Mapping[str, Any]) -> Limits:
     return Limits(**values)
 
 
-def listener_from(r: FieldReader) -> ListenerConfig:
+def listener_from(r: FieldReader, route_base: int = 0) -> ListenerConfig:
+    """A [[listener]] table; `route_base` is how many [[listener.route]] tables come
+    before its own in the file (so an error in one names its line)."""
     strategy = r.get("strategy", str, "balanced")
     if strategy not in STRATEGIES:
         raise r.fail("strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
-    r.check_unknown({"key", "host", "port", "strategy"})
+    r.check_unknown({"key", "host", "port", "strategy", "protocol", *HTTP_LISTENER_FIELDS})
+    proto = protocol(r, LISTENER_PROTOCOLS)
+    routes = r.get("route", list, [])
+    if not all(isinstance(x, dict) for x in routes):
+        raise r.fail("route", "must be an array of tables ([[listener.route]])")
+    readers = [FieldReader(r.path, r.text, "listener.route", x, route_base + i)
+               for i, x in enumerate(routes)]
     return ListenerConfig(
         key=_routing_key(r), host=_host(r, "host", "127.0.0.1"), port=r.port("port"),
-        strategy=strategy,
+        strategy=strategy, protocol=proto, **http_options(r, proto, readers),
     )
 
 
 def connector_from(r: FieldReader) -> ConnectorConfig:
-    r.check_unknown({"key", "host", "port", "priority", "weight"})
+    r.check_unknown({"key", "host", "port", "priority", "weight", "protocol"})
     # The ranges a routing record carries: out of them the router could not
     # advertise the key, and would fail at start (or at the live change) instead.
     weight = r.get("weight", int, 1)
@@ -198,7 +215,7 @@ def connector_from(r: FieldReader) -> ConnectorConfig:
         raise r.fail("priority", f"must be from 0 to {MAX_PRIORITY}, got {priority}")
     return ConnectorConfig(
         key=_routing_key(r), host=_host(r, "host"), port=r.port("port"),
-        priority=priority, weight=weight,
+        priority=priority, weight=weight, protocol=protocol(r, CONNECTOR_PROTOCOLS),
     )
 
 
@@ -272,7 +289,12 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     if not isinstance(limits_table, dict):
         raise ConfigError(f"{path}: [limits] must be a table")
     listener_readers = _array(path, text, doc, "listener")
-    listeners = [listener_from(lr) for lr in listener_readers]
+    listeners = []
+    routes_before = 0
+    for lr in listener_readers:
+        listeners.append(listener_from(lr, routes_before))
+        route = lr.table.get("route")
+        routes_before += len(route) if isinstance(route, list) else 0
     connector_readers = _array(path, text, doc, "connector")
     connectors = [connector_from(cr) for cr in connector_readers]
     config = SiteConfig(
@@ -335,18 +357,29 @@ def dump_config(config: SiteConfig) -> str:
              tomli_w.dumps({"limits": dataclasses.asdict(config.limits)})]
     # tomli_w writes short arrays of tables inline; people (and line_of) expect one
     # [[listener]] table each, so the header is ours and the body tomli_w's.
-    for kind, items in (("listener", config.listeners), ("connector", config.connectors)):
-        parts += [f"[[{kind}]]\n" + tomli_w.dumps(_table(x)) for x in items]
+    for lst in config.listeners:
+        parts.append("[[listener]]\n" + tomli_w.dumps(service_table(lst)) + "".join(
+            dump_route(rule, tomli_w.dumps) for rule in lst.routes))
+    parts += ["[[connector]]\n" + tomli_w.dumps(service_table(c)) for c in config.connectors]
     return "\n".join(parts)
 
 
-def _table(item: ListenerConfig | ConnectorConfig) -> dict[str, Any]:
-    """The TOML table of a listener or connector; the HTTP fields only when they are
-    not their defaults, so a TCP service's table stays as it always was."""
-    table = dataclasses.asdict(item)
+def service_table(item: ListenerConfig | ConnectorConfig) -> dict[str, Any]:
+    """The TOML table of a listener or connector without its routes; the HTTP fields
+    only when they are not their defaults, so a TCP service's table stays as it was."""
+    table = {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+    table.pop("routes", None)
     for f in dataclasses.fields(item):
         if f.name in _HTTP_FIELDS and getattr(item, f.name) == f.default:
-            del table[f.name]
+            table.pop(f.name, None)
+    return table
+
+
+def listener_table(lst: ListenerConfig) -> dict[str, Any]:
+    """The whole [[listener]] table, routes included: what listener_from reads back."""
+    table = service_table(lst)
+    if lst.routes:
+        table["route"] = [route_table(rule) for rule in lst.routes]
     return table
 
 

@@ -57,6 +57,7 @@ async def test_transit_splices_both_directions_and_holds_no_flow_end(
                 got = await send_and_hash(net.client(a, "db"), up)
             nursery.cancel_scope.cancel()
         await wait_until(lambda: not a.flows.active and not b.flows.active, "flows ended")
+        await wait_until(lambda: bool(service.received), "the target saw its stream end")
         assert got == hashlib.sha256(down).hexdigest()
         assert service.received == [hashlib.sha256(up).hexdigest()]
         assert a.flows.outcomes["ok"] == 1 and b.flows.outcomes["ok"] == 1

@@ -277,7 +277,7 @@ class Net:
         The router serves the other end as its TCP listener serves an accepted socket."""
         ours, theirs = trio.testing.memory_stream_pair()
         lst = ListenerConfig(key=key, port=1, strategy=strategy)
-        node.router.flows.spawn(node.router.listeners.serve_client, lst, theirs)
+        node.router.flows.spawn(node.router.tcp_clients.serve_client, lst, theirs)
         return ours
 
 

@@ -1,0 +1,209 @@
+"""The HTTP connectors: serve each request (one flow, or a local exchange) on a pooled
+connection to one of the key's targets.
+
+A backend connection is had FIRST, and only then is the flow accepted: when no
+target answers, the flow is refused with NO_TARGET (the request provably was not
+processed, so the listener may try another site). Then the request's parts go to
+the backend while the response's parts come back, both at once (a backend may
+answer before the request body ended). A backend that breaks mid-response resets
+the flow, so the client sees a broken response, never a truncated one that looks
+whole.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from router.adaptors.http.backend import (
+    Connect,
+    H1Conn,
+    H1Pool,
+    H2Pool,
+)
+from router.adaptors.http.flowmsg import MessageFlow
+from router.adaptors.http.local import LocalExchange, local_pair
+from router.adaptors.http.message import (
+    MessagePeer,
+)
+from router.adaptors.http.relay import H1Lease, Lease, give_back, serve
+from router.flows.forwarder import NoTarget
+from router.flows.table import FlowEntry, FlowTable, Outcome
+from router.net.errors import connect_reason, guarded
+from router.net.logthrottle import KeyedLogThrottle
+from router.net.side import FlowSide
+from router.protocol import FlowCode, Open
+from router.site.config import ConnectorConfig
+
+log = logging.getLogger(__name__)
+REFUSAL_LOG_INTERVAL_S = 10.0
+PROTOCOLS = ("http1", "http2")
+
+
+async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
+    return await trio.open_tcp_stream(host, port)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    endpoint: str
+    protocol: str
+
+
+class HttpConnectors:
+    """The site's HTTP connectors and their pools of backend connections."""
+
+    def __init__(self, *, site: str, table: FlowTable, window: int, connect_timeout: float,
+                 connect: Connect = _open_tcp) -> None:
+        self.site = site
+        self._table = table
+        self._window = window
+        self._connect_timeout = connect_timeout
+        self._connect = connect
+        self._targets: tuple[ConnectorConfig, ...] = ()
+        self._turn: Counter[str] = Counter()
+        self.h1: dict[str, H1Pool] = {}  # by "host:port"
+        self.h2: dict[str, H2Pool] = {}
+        self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
+
+    def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None:
+        self._targets = tuple(c for c in connectors if c.protocol in PROTOCOLS)
+
+    def serves(self, key: str) -> bool:
+        return any(c.key == key for c in self._targets)
+
+    # ---- getting a backend connection
+    async def lease(self, key: str) -> Lease:
+        """A connection (HTTP/1.1) or a stream slot (HTTP/2) to one of `key`'s targets,
+        rotating over several; NoTarget with each target's reason if none answers."""
+        targets = [c for c in self._targets if c.key == key]
+        if not targets:
+            raise NoTarget(f"site {self.site} has no HTTP connector for {key!r}")
+        start = self._turn[key]
+        self._turn[key] += 1
+        errors = []
+        for i in range(len(targets)):
+            con = targets[(start + i) % len(targets)]
+            endpoint = str(con.endpoint)
+            try:
+                return await self._lease_one(con, endpoint)
+            except (OSError, trio.TooSlowError) as exc:
+                errors.append(f"{endpoint}: {connect_reason(exc)}")
+        raise NoTarget(f"site {self.site} cannot reach {key!r} target {'; '.join(errors)}")
+
+    async def _lease_one(self, con: ConnectorConfig, endpoint: str) -> Lease:
+        nursery = lambda: self._table.nursery  # noqa: E731 (the table's, read late)
+        if con.protocol == "http2":
+            pool2 = self.h2.setdefault(endpoint, H2Pool(endpoint, nursery))
+            slot = pool2.take()
+            if slot is None:
+                async with pool2.connecting:  # concurrent requests share the new one
+                    slot = pool2.take()
+                    if slot is None:
+                        with trio.fail_after(self._connect_timeout):
+                            stream = await self._connect(con.host, con.port)
+                        slot = await pool2.add(stream)
+            return slot
+        pool = self.h1.setdefault(endpoint, H1Pool(endpoint, nursery))
+        conn = pool.take()
+        if conn is None:
+            with trio.fail_after(self._connect_timeout):
+                stream = await self._connect(con.host, con.port)
+            pool.opened += 1
+            conn = H1Conn(stream, endpoint)
+        return H1Lease(pool, conn)
+
+    # ---- requests from other sites
+    def serve_open(self, side: FlowSide, open_msg: Open) -> None:
+        """An OPEN for an HTTP key (from the link reader: must not block)."""
+        entry = self._table.begin(open_msg.routing_key, "connector",
+                                  client=open_msg.client_addr, trace=open_msg.trace)
+        pending = _Pending(side)
+        side.attach(pending)
+        self._table.spawn(guarded, f"HTTP request for {open_msg.routing_key}", self._serve,
+                          pending, entry, open_msg)
+
+    async def _serve(self, pending: _Pending, entry: FlowEntry, open_msg: Open) -> None:
+        side = pending.side
+        outcome: Outcome = "error"
+        accepted = False
+        try:
+            try:
+                lease = await self.lease(open_msg.routing_key)
+            except NoTarget as exc:
+                if pending.reset_reason is None:
+                    self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
+                                          trio.current_time(), "refused flow for %s from %s: %s",
+                                          open_msg.routing_key, open_msg.origin_site, exc)
+                    side.refuse(FlowCode.NO_TARGET, str(exc))
+                outcome = "refused"
+                return
+            flow = MessageFlow(side, entry, request=True)
+            if pending.reset_reason is None:
+                side.attach(flow)
+                accepted = side.accept(self._window)
+            if not accepted:  # the opener gave up meanwhile
+                await give_back(lease)
+                outcome = "reset"
+                return
+            outcome = await serve(flow, lease)
+            if flow.done:
+                side.release()
+            elif flow.reset_reason is None:
+                flow.abort(FlowCode.PEER_RESET, "the HTTP exchange did not complete")
+        except BaseException:
+            if not accepted:  # an internal error: the opener must not wait for an answer
+                side.reset(FlowCode.INTERNAL, "serving router failed")
+            raise
+        finally:
+            self._table.end(entry, outcome)
+
+    # ---- requests from this site's own listeners
+    async def exchange(self, key: str) -> MessagePeer:
+        """The serving site is this one: the listener's end of an exchange that this
+        object serves; NoTarget if no target answers."""
+        lease = await self.lease(key)
+        mine, theirs = local_pair()
+        entry = self._table.begin(key, "connector", client="local")
+        self._table.spawn(guarded, f"local HTTP request for {key}", self._serve_local,
+                          mine, lease, entry)
+        return theirs
+
+    async def _serve_local(self, peer: LocalExchange, lease: Lease,
+                           entry: FlowEntry) -> None:
+        outcome: Outcome = "error"
+        try:
+            outcome = await serve(peer, lease)
+        finally:
+            if outcome != "ok":
+                peer.abort(FlowCode.PEER_RESET, peer.reset_reason or "the exchange failed")
+            self._table.end(entry, outcome)
+
+    async def aclose(self) -> None:
+        for pool in self.h1.values():
+            await pool.aclose()
+        for pool2 in self.h2.values():
+            await pool2.aclose()
+        self.h1.clear()
+        self.h2.clear()
+
+
+class _Pending:
+    """The flow's handler until a backend connection is had: only a reset matters."""
+
+    def __init__(self, side: FlowSide) -> None:
+        self.side = side
+        self.reset_reason: str | None = None
+
+    def on_reset(self, code: FlowCode, reason: str) -> None:
+        self.reset_reason = reason
+
+    def on_accepted(self, window: int) -> None: ...
+    def on_refused(self, code: FlowCode, reason: str) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_credit(self) -> None: ...
+    def on_fin(self) -> None: ...
