@@ -383,7 +383,8 @@ def start_path(bench: Bench, path: str, start: Callable[[], None]) -> None:
         start()
         bench.check(path)
     except (SiteError, LoadError, OSError) as exc:
-        bench.note(f"{path} path skipped, setup failed: {exc}")
+        why = " ".join(str(exc).split("\n--- router log")[0].split())  # one line
+        bench.note(f"{path} path skipped, setup failed: {why}")
         bench.entries.pop(path, None)
         for log in bench.logs.get(path, []):
             print(f"--- tail of {log} ---\n{log_tail(log, 15)}", flush=True)
