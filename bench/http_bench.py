@@ -62,6 +62,10 @@ def _run(argv: list[str], seconds: int) -> str:
     return proc.stdout
 
 
+def _garbled(tool: str, out: str) -> LoadError:
+    return LoadError(f"{tool} output not understood: {out.strip()[-300:]}")
+
+
 def _us(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 60e6}[unit]
@@ -75,7 +79,7 @@ def wrk(port: int, seconds: int, conns: int, close: bool = False) -> Result:
     m = re.search(r"(\d+) requests in.*Requests/sec:\s+([\d.]+)", out, re.S)
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     if m is None or len(lat) != 2:
-        raise LoadError(f"wrk output not understood: {out.strip()[-300:]}")
+        raise _garbled("wrk", out)
     total, rps, p50, p99 = int(m.group(1)), float(m.group(2)), _us(lat["50"]), _us(lat["99"])
     bad = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     bad += sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
@@ -96,7 +100,7 @@ def h2load(port: int, seconds: int, clients: int, streams: int, log: Path,
     counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, "
                        r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
     if m is None or counts is None:
-        raise LoadError(f"h2load output not understood: {out.strip()[-300:]}")
+        raise _garbled("h2load", out)
     ok, *failed = (int(g) for g in counts.groups())
     # Columns: start (us since the epoch), status, microseconds until the end of the response.
     rows = [line.split("\t") for line in log.read_text().splitlines()]
@@ -176,9 +180,12 @@ class Bench:
     logs: dict[str, list[Path]] = field(default_factory=dict)
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, tails: str | None = None) -> None:
+        """Keep `text` for the report; print it, and the tails of the logs of path `tails`."""
         self.notes.append(text)
         print(f"NOTE: {text}", flush=True)
+        for log in self.logs.get(tails or "", []):
+            print(f"--- tail of {log} ---\n{log_tail(log, 15)}", flush=True)
 
     def nginx(self, path: str, name: str, http: str, ports: list[int]) -> Process:
         root = self.root / name
@@ -286,10 +293,7 @@ class Bench:
         try:
             r = LOADS[name][1](self.entries[path], seconds, self.root / "h2load.log")
         except (LoadError, OSError, subprocess.SubprocessError) as exc:
-            print(f"{label} FAILED: {exc}", flush=True)
-            self.note(f"{label.strip()} failed: {exc}")
-            for log in self.logs.get(path, []):
-                print(f"--- tail of {log} ---\n{log_tail(log, 15)}", flush=True)
+            self.note(f"{label.strip()} FAILED: {exc}", tails=path)
             return {}
         values = {"rps": r.rps, "p50": r.p50_us, "p99": r.p99_us}
         if pids:
@@ -298,19 +302,13 @@ class Bench:
         time.sleep(0.3)  # let closed connections drain between runs
         return values
 
-    def check_logs(self) -> None:
-        for log in [*self.logs.get("router", []), *self.logs.get("router-tcp", [])]:
-            text = log.read_text(errors="replace").splitlines()
-            if bad := [ln for ln in text if re.search(r" ERROR | WARNING |Traceback", ln)]:
-                self.note(f"{log} has {len(bad)} warning/error lines; first: {bad[0][:200]}")
-
 
 # --- reporting -----------------------------------------------------------------------
 
 ROWS = (("rps", "req/s", True, "requests/s"), ("p50", "us", False, "latency p50"),
         ("p99", "us", False, "latency p99"), ("add50", "us", False, "added p50 vs direct"),
         ("add99", "us", False, "added p99 vs direct"),
-        ("cpu", "us/req", False, "proxies' CPU/request (2 procs)"))
+        ("cpu", "us/req", False, "proxies' CPU/request"))
 
 
 def summary(samples: dict[str, dict[str, list[float]]], paths: list[str]) -> dict[str, Any]:
@@ -326,7 +324,7 @@ def summary(samples: dict[str, dict[str, list[float]]], paths: list[str]) -> dic
                 m = {p: v - lat["direct"] for p, v in lat.items() if "direct" in lat}
                 m.pop("direct", None)
             out[f"{load}.{row}"] = {
-                "label": f"{title}: {label}", "unit": unit, "higher_is_better": higher,
+                "label": label, "title": title, "unit": unit, "higher_is_better": higher,
                 "median": {p: m.get(p) for p in paths},
                 "samples": {p: samples.get(f"{load}.{row}", {}).get(p, []) for p in paths},
                 "ratios": {f"{a}/{b}": ratio(m.get(a), m.get(b)) for a, b in ratios},
@@ -335,36 +333,35 @@ def summary(samples: dict[str, dict[str, list[float]]], paths: list[str]) -> dic
 
 
 def table(results: dict[str, Any], paths: list[str]) -> str:
-    ratio_names = list(next(iter(results.values()))["ratios"])
-    rows = [["metric", "unit", "better", *paths, *ratio_names]]
-    rows += [[r["label"], r["unit"], "higher" if r["higher_is_better"] else "lower",
-              *(fmt(r["median"][p]) for p in paths),
-              *(fmt_ratio(r["ratios"][n]) for n in ratio_names)]
-             for r in results.values() if any(v is not None for v in r["median"].values())]
+    """One block of rows per load; ratios are of the medians."""
+    names = list(next(iter(results.values()))["ratios"])
+    rows = [["", "unit", "better", *paths, *names]]
+    for load, (title, _) in LOADS.items():
+        rows.append([title, *[""] * (len(rows[0]) - 1)])
+        rows += [[f"  {r['label']}", r["unit"], "higher" if r["higher_is_better"] else "lower",
+                  *(fmt(r["median"][p]) for p in paths),
+                  *(fmt_ratio(r["ratios"][n]) for n in names)]
+                 for k, r in results.items() if k.startswith(f"{load}.")]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
              for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def findings(results: dict[str, Any]) -> list[str]:
-    """The issue's goals (the nginx chain's req/s on h1 keep-alive with 10 connections:
-    >= 0.25x, moonshot 0.5x; under 1 ms added p50 at 1000 req/s) and the CPU per request."""
+    """The issue's goals (h1 keep-alive 10 conns: >= 0.25x the nginx chain's req/s, moonshot
+    0.5x; under 1 ms added p50 at 1000 req/s) and the routers' CPU per request."""
     out = []
     for p in ("router", "router-tcp"):
         rps = results["h1_c10.rps"]["ratios"].get(f"{p}/nginx")
         added = results["h1_1k.add50"]["median"].get(p)
         cpu = [results[f"{k}.cpu"]["median"].get(p) for k in ("h1_c10", "h1_close")]
-        if rps is None or added is None or None in cpu:
-            continue
-        out += [f"{p}: req/s (h1, 10 conns) {rps:.2f}x the nginx chain's: goal >= 0.25x "
-                f"{'met' if rps >= 0.25 else 'NOT met'}, moonshot 0.5x "
-                f"{'met' if rps >= 0.5 else 'not met'}; added p50 at 1000 req/s {added:.0f} us: "
-                f"goal < 1000 us {'met' if added < 1000 else 'NOT met'}",
-                f"{p}: CPU per request per router {cpu[0] / 2:.0f} us on keep-alive, "
-                f"{cpu[1] / 2:.0f} us with a new connection per request"]
+        if rps is not None and added is not None and None not in cpu:
+            out += [f"{p}: h1 10 conns {rps:.2f}x the nginx chain's req/s (goal 0.25x, moonshot "
+                    f"0.5x); added p50 at 1000 req/s {added:.0f} us (goal < 1000 us)",
+                    f"{p}: CPU per request per router {cpu[0] / 2:.0f} us on keep-alive, "
+                    f"{cpu[1] / 2:.0f} us with a new connection per request"]
     return out or ["goals: not evaluated (no router measurements)"]
 
 
@@ -372,9 +369,9 @@ def findings(results: dict[str, Any]) -> list[str]:
 
 
 def sitectl_has_protocol() -> bool:
-    helps = [subprocess.run([sites.SITECTL, kind, "create", "--help"], capture_output=True,
-                            text=True, timeout=30).stdout for kind in ("listener", "connector")]
-    return all("--protocol" in h for h in helps)
+    return all("--protocol" in subprocess.run([sites.SITECTL, kind, "create", "--help"],
+                                              capture_output=True, text=True, timeout=30).stdout
+               for kind in ("listener", "connector"))
 
 
 def start_path(bench: Bench, path: str, start: Callable[[], None]) -> None:
@@ -384,10 +381,8 @@ def start_path(bench: Bench, path: str, start: Callable[[], None]) -> None:
         bench.check(path)
     except (SiteError, LoadError, OSError) as exc:
         why = " ".join(str(exc).split("\n--- router log")[0].split())  # one line
-        bench.note(f"{path} path skipped, setup failed: {why}")
+        bench.note(f"{path} path skipped, setup failed: {why}", tails=path)
         bench.entries.pop(path, None)
-        for log in bench.logs.get(path, []):
-            print(f"--- tail of {log} ---\n{log_tail(log, 15)}", flush=True)
 
 
 def run(settings: Settings, quick: bool, router_tcp: bool) -> dict[str, Any]:
@@ -410,7 +405,10 @@ def run(settings: Settings, quick: bool, router_tcp: bool) -> dict[str, Any]:
             start_path(bench, "router-tcp", lambda: bench.start_routers("router-tcp", backend))
         start_path(bench, "nginx", lambda: bench.start_nginx_chain(backend))
         bench.run_all()
-        bench.check_logs()
+        for log in [*bench.logs.get("router", []), *bench.logs.get("router-tcp", [])]:
+            text = log.read_text(errors="replace").splitlines()
+            if bad := [ln for ln in text if re.search(r" ERROR | WARNING |Traceback", ln)]:
+                bench.note(f"{log} has {len(bad)} warning/error lines; first: {bad[0][:200]}")
         info["loadavg_end"] = os.getloadavg()
         paths = [p for p in PATHS if p in bench.entries or p == "router"]
         results = summary(bench.samples, paths)
