@@ -26,12 +26,18 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Debian packages the benchmarks drive (command -> package), installed when missing and root.
+BENCH_TOOLS := stunnel4:stunnel4 iperf3:iperf3 wrk:wrk h2load:nghttp2-client nginx:nginx
+
 bench: $(STAMP)
-	@command -v stunnel4 >/dev/null && command -v iperf3 >/dev/null || \
+	@PATH="$$PATH:/usr/sbin"; \
+	  missing="$$(for t in $(BENCH_TOOLS); do command -v $${t%%:*} >/dev/null || \
+	    echo $${t#*:}; done)"; [ -z "$$missing" ] || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 iperf3; } || \
-	  echo "bench: install stunnel4 and iperf3 for the full comparison"
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } || \
+	  echo "bench: install" $$missing "for the full comparison"
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/http_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
