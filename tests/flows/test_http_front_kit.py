@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -183,6 +183,16 @@ class Front:
     table: FlowTable
     routing: RoutingCore
     config: dict[str, ListenerConfig]
+    connections: int = 0
+
+    async def wait(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+        with trio.fail_after(timeout):
+            while not cond():
+                await trio.sleep(0.01)
+
+    async def wait_idle(self) -> None:
+        """Every request's flow entry ended."""
+        assert await self.table.wait_idle(10.0), "requests still active"
 
     @property
     def url(self) -> str:
@@ -209,17 +219,17 @@ async def running_front(*, advertise: bool = True, limits: MessageLimits | None 
         backend = Backend(nursery)
         front = HttpFrontend(forwarder=forwarder, table=table, local=backend,
                              config=config.get, limits=limits)
-        listeners = await nursery.start(partial(
-            trio.serve_tcp, partial(front.serve_connection, lst), 0, host="127.0.0.1"))
-        port = listeners[0].socket.getsockname()[1]
-        yield Front(port, backend, table, routing, config)
+        holder: list[Front] = []
+
+        async def serve(stream: trio.SocketStream) -> None:
+            holder[0].connections += 1
+            await front.serve_connection(lst, stream)
+
+        listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+        holder.append(Front(listeners[0].socket.getsockname()[1], backend, table, routing,
+                            config))
+        yield holder[0]
         nursery.cancel_scope.cancel()
-
-
-async def wait_until(cond: object, timeout: float = 10.0) -> None:
-    with trio.fail_after(timeout):
-        while not cond():  # type: ignore[operator]
-            await trio.sleep(0.01)
 
 
 async def curl(*args: str) -> trio.CompletedProcess[bytes]:

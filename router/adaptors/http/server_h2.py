@@ -89,19 +89,22 @@ class _Conn:
     def unsent(self) -> int:
         return len(self.outbox) + self.in_flight
 
+    # Many tasks may wait for the same thing: each wake-up sets the current event and
+    # puts a fresh one in its place.
     async def wait_room(self) -> None:
         while self.unsent > MAX_UNSENT_BYTES:
-            self._sent = trio.Event()
             await self._sent.wait()
 
     async def drain(self) -> None:
         while self.unsent:
-            self._sent = trio.Event()
             await self._sent.wait()
 
     async def wait_window(self) -> None:
-        self._window = trio.Event()
         await self._window.wait()
+
+    def _notify_window(self) -> None:
+        self._window.set()
+        self._window = trio.Event()
 
     async def writer(self) -> None:
         while True:
@@ -114,6 +117,7 @@ class _Conn:
             await self.stream.send_all(data)
             self.in_flight = 0
             self._sent.set()
+            self._sent = trio.Event()
 
     # ---- reading
     async def reader(self, first: bytes, nursery: trio.Nursery) -> None:
@@ -153,7 +157,7 @@ class _Conn:
         elif isinstance(event, h2.events.StreamReset):
             self._reset(event)
         elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self._window.set()
+            self._notify_window()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.closing = True
 
