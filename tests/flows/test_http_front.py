@@ -135,3 +135,15 @@ async def test_garbage_gets_400_and_close() -> None:
         out = await raw(front.port, b"\x16\x03\x01garbage that is not http\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 400") and b"bad request" in out
         assert front.backend.heads == []
+
+
+async def test_client_gone_mid_upload_resets_the_request_flow() -> None:
+    async with running_front() as front:
+        stream = await trio.open_tcp_stream("127.0.0.1", front.port)
+        await stream.send_all(b"POST /sha HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+                              + b"x" * 1000)
+        await front.wait(lambda: len(front.backend.heads) == 1)
+        await stream.aclose()
+        await front.wait(lambda: front.backend.aborted == 1)
+        await front.wait_idle()
+        assert front.table.outcomes["reset"] == 1

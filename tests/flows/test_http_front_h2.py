@@ -117,3 +117,29 @@ async def test_client_reset_aborts_that_request_flow() -> None:
         await front.wait(lambda: front.backend.aborted == 1)
         await front.wait_idle()
         assert front.table.outcomes["reset"] == 1
+
+
+async def test_ping_flood_without_reading_stops_the_reading_not_memory() -> None:
+    """A client that sends PINGs and never reads the answers: past the cap of unsent
+    bytes the server stops reading, so the client's own sends block."""
+    async with running_front(rcvbuf=32768) as front, h2_client() as client:
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 32768)
+        await sock.connect(("127.0.0.1", front.port))
+        raw = RawH2(trio.SocketStream(sock))
+        await raw.flush()
+        for i in range(2000):
+            raw.h2.ping(i.to_bytes(8, "big"))
+        burst = raw.h2.data_to_send()  # 2000 PINGs, 34 KB
+        sent, stalled = 0, False
+        with trio.fail_after(20):
+            while not stalled:
+                # The server reads PINGs as fast as it answers them (CPU bound) until
+                # the answers it cannot send reach the cap: then it reads nothing more.
+                with trio.move_on_after(1.5) as scope:
+                    await raw.stream.send_all(burst)
+                    sent += len(burst)
+                stalled = scope.cancelled_caught
+        assert sent < 4 * MIB, sent  # the cap (1 MiB of answers) and the socket buffers
+        assert (await client.get(f"{front.url}/")).text == "ok\n"  # others are served
+        await raw.stream.aclose()

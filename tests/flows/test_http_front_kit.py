@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -84,13 +85,19 @@ class Backend:
     heads: list[RequestHead] = field(default_factory=list)
     refuse: int = 0  # refuse this many exchanges first (NoTarget)
     fail_first: int = 0  # answer 503 (from the application) to this many first
-    aborted: int = 0
+    peers: list[MemPeer] = field(default_factory=list)
+
+    @property
+    def aborted(self) -> int:
+        """Exchanges the frontend aborted (their flow would have been reset)."""
+        return sum(1 for p in self.peers if p.aborted)
 
     async def exchange(self, key: str) -> MemPeer:
         if self.refuse > 0:
             self.refuse -= 1
             raise NoTarget(f"site here cannot reach {key!r} target 127.0.0.1:9: refused")
         peer = MemPeer()
+        self.peers.append(peer)
         self.nursery.start_soon(self._serve, peer)
         return peer
 
@@ -100,7 +107,7 @@ class Backend:
                 self.nursery.start_soon(self._watch, peer, scope)
                 await self._answer(peer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
-            self.aborted += 1
+            pass
         finally:
             peer.backend_out.close()
 
@@ -108,7 +115,6 @@ class Backend:
         while not peer.aborted and not scope.cancel_called:
             await trio.sleep(0.01)
         if peer.aborted:
-            self.aborted += 1
             scope.cancel()
 
     async def _answer(self, peer: MemPeer) -> None:
@@ -204,7 +210,8 @@ class Front:
 
 @asynccontextmanager
 async def running_front(*, advertise: bool = True, limits: MessageLimits | None = None,
-                        **listener: object) -> AsyncIterator[Front]:
+                        rcvbuf: int = 0, **listener: object) -> AsyncIterator[Front]:
+    """`rcvbuf`: the receive buffer of accepted sockets (0: the system's)."""
     table = FlowTable()
     routing = RoutingCore(site="here", signer=NullSigner(), verify=null_verify,
                           now=trio.current_time())
@@ -223,6 +230,8 @@ async def running_front(*, advertise: bool = True, limits: MessageLimits | None 
 
         async def serve(stream: trio.SocketStream) -> None:
             holder[0].connections += 1
+            if rcvbuf:
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             await front.serve_connection(lst, stream)
 
         listeners = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))

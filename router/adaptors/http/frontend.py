@@ -219,7 +219,7 @@ class HttpFrontend:
         finally:
             if peer is not None:
                 if not finished:
-                    peer.abort(FlowCode.PEER_RESET, "the HTTP client's request ended early")
+                    peer.abort(FlowCode.PEER_RESET, "the HTTP exchange ended unfinished")
                 if isinstance(peer, MessageFlow):
                     peer.side.release()
             self._table.end(entry, outcome)
@@ -383,13 +383,18 @@ def _affinity(spec: str, headers: Headers) -> str | None:
 def _forwarded(head: RequestHead) -> RequestHead:
     """The head with the client's address appended to x-forwarded-for and forwarded."""
     host = head.client.rpartition(":")[0].strip("[]") or head.client
+    node = f'"[{host}]"' if ":" in host else host
+    mine = (f"for={node};host={_quoted(head.authority.decode('latin-1'))};"
+            f"proto={head.scheme.decode('latin-1')}").encode()
     xff = next((v for n, v in head.headers if n == b"x-forwarded-for"), None)
     fwd = next((v for n, v in head.headers if n == b"forwarded"), None)
-    node = f'"[{host}]"' if ":" in host else host
-    mine = f"for={node};host={head.authority.decode('latin-1')!r};proto={head.scheme.decode()}"
-    mine = mine.replace("'", '"')
     headers = [(n, v) for n, v in head.headers if n not in (b"x-forwarded-for", b"forwarded")]
     headers.append((b"x-forwarded-for", xff + b", " + host.encode() if xff else host.encode()))
-    headers.append((b"forwarded", fwd + b", " + mine.encode() if fwd else mine.encode()))
+    headers.append((b"forwarded", fwd + b", " + mine if fwd else mine))
     return RequestHead(method=head.method, target=head.target, authority=head.authority,
                        scheme=head.scheme, headers=tuple(headers), client=head.client)
+
+
+def _quoted(text: str) -> str:
+    """An RFC 7230 quoted-string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
