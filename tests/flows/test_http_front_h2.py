@@ -143,3 +143,21 @@ async def test_ping_flood_without_reading_stops_the_reading_not_memory() -> None
         assert sent < 4 * MIB, sent  # the cap (1 MiB of answers) and the socket buffers
         assert (await client.get(f"{front.url}/")).text == "ok\n"  # others are served
         await raw.stream.aclose()
+
+
+async def test_too_many_headers_is_431_and_too_many_streams_closes() -> None:
+    async with running_front() as front, h2_client() as client:
+        resp = await client.get(f"{front.url}/", headers={f"x-h{i}": "1" for i in range(200)})
+        assert resp.status_code == 431 and resp.text == "more than 128 header fields\n"
+        assert front.backend.heads == []
+        # past MAX_CONCURRENT_STREAMS (100), which the client was told: the connection ends
+        raw = RawH2(await trio.open_tcp_stream("127.0.0.1", front.port))
+        for i in range(101):
+            raw.request(1 + 2 * i)
+        await raw.flush()
+        events = await raw.events_until_closed()
+        goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+        await front.wait_idle()  # whatever of its requests started was reset
+        await front.wait(lambda: front.backend.aborted == len(front.backend.peers))
+        assert (await client.get(f"{front.url}/")).text == "ok\n"

@@ -21,8 +21,9 @@ from typing import Protocol
 
 import trio
 
+from router.adaptors.http import server_h1, server_h2
 from router.adaptors.http.flowmsg import FlowLost, MessageFlow
-from router.adaptors.http.hop import ROUTER_ERROR_HEADER, is_grpc
+from router.adaptors.http.hop import ROUTER_ERROR_HEADER, is_grpc, with_forwarded
 from router.adaptors.http.message import (
     Body,
     End,
@@ -49,6 +50,7 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REPLAY_BYTES = 64 * 1024  # a request body up to this may be replayed on another site
 BACKOFF_BASE_S = 0.025
 BACKOFF_CAP_S = 0.25
+END_DRAIN_S = 1.0  # the request's END may still be going out when the response ended
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 GRPC_UNAVAILABLE = 14
 GRPC_DEADLINE_EXCEEDED = 4
@@ -110,6 +112,7 @@ class _Failure:
     status: int
     reason: str
     grpc_status: int = GRPC_UNAVAILABLE
+    outcome: Outcome = "reset"  # of the attempt, for the flow table
 
 
 class _ClientGone(Exception):
@@ -132,8 +135,6 @@ class HttpFrontend:
 
     async def serve_connection(self, lst: ListenerConfig, stream: trio.abc.Stream) -> None:
         """Serve one client connection until it ends; closes it."""
-        from router.adaptors.http import server_h1  # they import our types
-        from router.adaptors.http import server_h2 as h2_server
 
         client = peer_name(stream)
         try:
@@ -145,7 +146,7 @@ class HttpFrontend:
                 first += data
             handle: Handler = functools.partial(self.handle, lst)
             if first == H2_PREFACE:
-                await h2_server.serve(stream, first, handle, self.limits, client)
+                await server_h2.serve(stream, first, handle, self.limits, client)
             else:
                 await server_h1.serve(stream, first, handle, self.limits, client)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -158,7 +159,7 @@ class HttpFrontend:
                      sink: ResponseSink) -> None:
         """One request, retries included; BrokenResourceError if the client went away."""
         cfg = self._config(lst.key) or lst
-        head = _forwarded(head)
+        head = with_forwarded(head)
         grpc = is_grpc(head.headers)
         replay = _Replay()
         tried: set[str] = set()
@@ -205,13 +206,13 @@ class HttpFrontend:
                     connect_local=self._local.exchange, order=self._order(cfg, head, tried))
             except NoRoute as exc:
                 outcome = "refused"
-                return _Failure(503, f"no site serves {cfg.key!r}: {exc}")
+                return _Failure(503, f"no site serves {cfg.key!r}: {exc}", outcome="refused")
             tried.add(route.site)
             peer = route.end if route.end is not None else route.target
             assert peer is not None
             result, finished = await self._exchange(peer, head, body, sink, replay,
                                                     can_retry=can_retry)
-            outcome = "ok" if finished else ("refused" if result is not None else "reset")
+            outcome = "ok" if finished else (result.outcome if result else "reset")
             return result
         except BaseException:
             outcome = "reset"
@@ -251,8 +252,10 @@ class HttpFrontend:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump.run, peer, head, body, replay, nursery.cancel_scope)
             result = await _receive(peer, head, sink, replay, pump, can_retry=can_retry)
-            if result is not None or not pump.sent:
+            if result is not None or not replay.ended:
                 nursery.cancel_scope.cancel()  # failed, or answered before the body ended
+            else:  # the END is on its way: let it go, unless the flow has no credit
+                nursery.cancel_scope.deadline = trio.current_time() + END_DRAIN_S
         if pump.client_gone:
             raise _ClientGone()
         if isinstance(result, _Failure):
@@ -308,7 +311,8 @@ async def _receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, rep
     router_made = any(n == ROUTER_ERROR_HEADER for n, _ in first.headers)
     if (first.status >= 500 and can_retry and not replay.overflow
             and (router_made or head.method in IDEMPOTENT)):
-        return _Failure(first.status, f"the serving site answered {first.status}")
+        return _Failure(first.status, f"the serving site answered {first.status}",
+                        outcome="error")
     try:
         await sink.send(first)
         part: Part | None = first
@@ -379,22 +383,3 @@ def _affinity(spec: str, headers: Headers) -> str | None:
                     return val.decode("latin-1")
     return None
 
-
-def _forwarded(head: RequestHead) -> RequestHead:
-    """The head with the client's address appended to x-forwarded-for and forwarded."""
-    host = head.client.rpartition(":")[0].strip("[]") or head.client
-    node = f'"[{host}]"' if ":" in host else host
-    mine = (f"for={node};host={_quoted(head.authority.decode('latin-1'))};"
-            f"proto={head.scheme.decode('latin-1')}").encode()
-    xff = next((v for n, v in head.headers if n == b"x-forwarded-for"), None)
-    fwd = next((v for n, v in head.headers if n == b"forwarded"), None)
-    headers = [(n, v) for n, v in head.headers if n not in (b"x-forwarded-for", b"forwarded")]
-    headers.append((b"x-forwarded-for", xff + b", " + host.encode() if xff else host.encode()))
-    headers.append((b"forwarded", fwd + b", " + mine if fwd else mine))
-    return RequestHead(method=head.method, target=head.target, authority=head.authority,
-                       scheme=head.scheme, headers=tuple(headers), client=head.client)
-
-
-def _quoted(text: str) -> str:
-    """An RFC 7230 quoted-string."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,4 +1,4 @@
-"""Header hygiene both HTTP sides share (pure).
+"""Header hygiene both HTTP sides share (pure): hop-by-hop, gRPC, forwarded.
 
 Hop-by-hop headers describe one connection, not the message, so the side that parsed
 them strips them before the message enters a flow; the other side's HTTP library adds
@@ -7,7 +7,7 @@ its own. `te: trailers` is the one end-to-end use of `te` (gRPC needs it).
 
 from __future__ import annotations
 
-from router.adaptors.http.message import Headers
+from router.adaptors.http.message import Headers, RequestHead
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
                         b"transfer-encoding", b"upgrade", b"te"})
@@ -39,3 +39,24 @@ def is_grpc(headers: Headers) -> bool:
         if name == b"content-type":
             return value.strip().lower().startswith(b"application/grpc")
     return False
+
+
+def with_forwarded(head: RequestHead) -> RequestHead:
+    """The head with the client's address appended to x-forwarded-for and forwarded
+    (RFC 7239), for the application behind the far connector."""
+    host = head.client.rpartition(":")[0].strip("[]") or head.client
+    node = f'"[{host}]"' if ":" in host else host
+    mine = (f"for={node};host={_quoted(head.authority.decode('latin-1'))};"
+            f"proto={head.scheme.decode('latin-1')}").encode()
+    xff = next((v for n, v in head.headers if n == b"x-forwarded-for"), None)
+    fwd = next((v for n, v in head.headers if n == b"forwarded"), None)
+    headers = [(n, v) for n, v in head.headers if n not in (b"x-forwarded-for", b"forwarded")]
+    headers.append((b"x-forwarded-for", xff + b", " + host.encode() if xff else host.encode()))
+    headers.append((b"forwarded", fwd + b", " + mine if fwd else mine))
+    return RequestHead(method=head.method, target=head.target, authority=head.authority,
+                       scheme=head.scheme, headers=tuple(headers), client=head.client)
+
+
+def _quoted(text: str) -> str:
+    """An RFC 7230 quoted-string."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -33,6 +33,7 @@ READ_BYTES = 64 * 1024
 _NO_BODY_STATUS = (204, 304)
 LINGER_S = 1.0
 LINGER_BYTES = 1024 * 1024
+DISCARD_BYTES = 64 * 1024  # of an unread request body, to keep the connection
 
 
 class _Refuse(Exception):
@@ -151,8 +152,12 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
             return
         sink = _Sink(conn, head.method)
         await handle(head, _Body(conn), sink)
-        if conn.broken or not (conn.h11.our_state is h11.DONE
-                               and conn.h11.their_state is h11.DONE):
+        if conn.broken:
+            return
+        if conn.h11.their_state is h11.SEND_BODY and not await _discard_body(conn):
+            await _linger(stream)  # answered long before the body ended
+            return
+        if not (conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE):
             return  # keep-alive only after a complete exchange
         conn.h11.start_next_cycle()
 
@@ -192,6 +197,26 @@ async def _refuse(conn: _Conn, status: int, reason: str) -> None:
     except h11.LocalProtocolError:
         return
     await _linger(conn.stream)
+
+
+async def _discard_body(conn: _Conn) -> bool:
+    """Read the rest of a request body nobody needs (often none: a GET's end is known
+    without reading); False if it is long, slow, or awaits 100 Continue."""
+    if conn.h11.they_are_waiting_for_100_continue:
+        return False
+    budget = DISCARD_BYTES
+    with trio.move_on_after(LINGER_S):
+        while budget > 0:
+            try:
+                event = await conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if isinstance(event, h11.EndOfMessage):
+                return True
+            if not isinstance(event, h11.Data):
+                return False
+            budget -= len(event.data)
+    return False
 
 
 async def _linger(stream: trio.abc.Stream) -> None:
