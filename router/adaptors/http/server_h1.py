@@ -1,0 +1,230 @@
+"""An HTTP/1.1 client connection (h11, sans-IO, driven here): one request at a time.
+
+h11 parses strictly and re-serializes every header, so nothing the client sent passes
+as raw bytes; what h11 still accepts and a backend could read differently (Content-Length
+together with Transfer-Encoding) is refused here. A request is refused before it reaches
+the frontend, so a smuggling attempt never leaves this connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import h11
+import trio
+
+from router.adaptors.http.hop import strip_hop_by_hop
+from router.adaptors.http.message import (
+    Body,
+    End,
+    Headers,
+    MessageLimits,
+    Part,
+    RequestHead,
+    ResponseHead,
+    Trailers,
+)
+from router.net.sockets import abort_socket
+
+if TYPE_CHECKING:
+    from router.adaptors.http.frontend import Handler
+
+READ_BYTES = 64 * 1024
+_NO_BODY_STATUS = (204, 304)
+LINGER_S = 1.0
+LINGER_BYTES = 1024 * 1024
+DISCARD_BYTES = 64 * 1024  # of an unread request body, to keep the connection
+
+
+class _Refuse(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _Conn:
+    """The h11 state machine and the socket; reading and writing may run at once."""
+
+    def __init__(self, stream: trio.abc.Stream, limits: MessageLimits) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        self.broken = False
+
+    async def next_event(self) -> object:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.h11.receive_data(bytes(await self.stream.receive_some(READ_BYTES)))
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+
+class _Body:
+    """The request body as parts; BrokenResourceError when the client broke it off."""
+
+    def __init__(self, conn: _Conn) -> None:
+        self._conn = conn
+        self._end_next = False
+
+    async def next(self) -> Body | Trailers | End:
+        if self._end_next:
+            return End()
+        if self._conn.h11.they_are_waiting_for_100_continue:
+            await self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        try:
+            event = await self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise trio.BrokenResourceError(f"bad request body: {exc}") from None
+        if isinstance(event, h11.Data):
+            return Body(bytes(event.data))
+        if isinstance(event, h11.EndOfMessage):
+            trailers = strip_hop_by_hop(tuple((n, v) for n, v in event.headers))
+            if trailers:
+                self._end_next = True
+                return Trailers(trailers)
+            return End()
+        raise trio.BrokenResourceError("the client closed the connection mid-request")
+
+    def done(self, part: Part) -> None:
+        pass  # TCP's own window is the flow control here
+
+
+class _Sink:
+    def __init__(self, conn: _Conn, method: bytes) -> None:
+        self._conn = conn
+        self._method = method
+        self.started = False
+        self._bodyless = method == b"HEAD"
+        self._chunked = False
+        self._trailers: list[tuple[bytes, bytes]] = []
+
+    async def send(self, part: Part, *, last: bool = False) -> None:
+        try:
+            await self._send(part, last)
+        except h11.LocalProtocolError as exc:  # e.g. a body longer than its content-length
+            self.reset()
+            raise trio.BrokenResourceError(f"cannot send the response: {exc}") from None
+
+    async def _send(self, part: Part, last: bool) -> None:
+        if isinstance(part, ResponseHead):
+            headers = strip_hop_by_hop(part.headers)
+            self.started = True
+            self._bodyless |= part.status in _NO_BODY_STATUS or part.status < 200
+            self._chunked = (not any(n == b"content-length" for n, _ in headers)
+                             and self._conn.h11.their_http_version == b"1.1")
+            await self._conn.send(h11.Response(status_code=part.status, headers=list(headers)))
+            if last:
+                await self._conn.send(h11.EndOfMessage())
+        elif isinstance(part, Body):
+            if part.data and not self._bodyless:
+                await self._conn.send(h11.Data(data=part.data))
+        elif isinstance(part, Trailers):
+            self._trailers = list(part.headers)
+        elif isinstance(part, End):
+            trailers = self._trailers if self._chunked and not self._bodyless else []
+            await self._conn.send(h11.EndOfMessage(headers=trailers))
+
+    def reset(self) -> None:
+        self._conn.broken = True
+        abort_socket(self._conn.stream)  # the close will be a RST: never a clean end
+
+
+async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
+                limits: MessageLimits, client: str) -> None:
+    """Requests one after another until the client or a response closes the connection."""
+    conn = _Conn(stream, limits)
+    conn.h11.receive_data(first)
+    while True:
+        try:
+            event = await conn.next_event()
+            if not isinstance(event, h11.Request):
+                return  # closed (or the client sent nothing more)
+            head = _head(event, limits, client)
+        except h11.RemoteProtocolError as exc:
+            await _refuse(conn, exc.error_status_hint, f"bad request: {exc}")
+            return
+        except _Refuse as exc:
+            await _refuse(conn, exc.status, str(exc))
+            return
+        sink = _Sink(conn, head.method)
+        await handle(head, _Body(conn), sink)
+        if conn.broken:
+            return
+        if conn.h11.their_state is h11.SEND_BODY and not await _discard_body(conn):
+            await _linger(stream)  # answered long before the body ended
+            return
+        if not (conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE):
+            return  # keep-alive only after a complete exchange
+        conn.h11.start_next_cycle()
+
+
+def _head(event: h11.Request, limits: MessageLimits, client: str) -> RequestHead:
+    raw: Headers = tuple((n, v) for n, v in event.headers)
+    if len(raw) > limits.max_headers:
+        raise _Refuse(431, f"more than {limits.max_headers} header fields")
+    if sum(len(n) + len(v) + 4 for n, v in raw) > limits.max_head_bytes:
+        raise _Refuse(431, f"the header block exceeds {limits.max_head_bytes} bytes")
+    names = {n for n, _ in raw}
+    if b"transfer-encoding" in names and b"content-length" in names:
+        # RFC 9112 6.1: a sender must not; a proxy must not forward it (smuggling).
+        raise _Refuse(400, "both Content-Length and Transfer-Encoding")
+    authority = next((v for n, v in raw if n == b"host"), b"")
+    target = event.target
+    if target.startswith((b"http://", b"https://")):  # absolute form: it names the authority
+        rest = target.split(b"://", 1)[1]
+        authority, slash, path = rest.partition(b"/")
+        target = slash + path or b"/"
+    headers = strip_hop_by_hop(tuple((n, v) for n, v in raw if n != b"host"))
+    return RequestHead(method=event.method, target=target, authority=authority,
+                       scheme=b"http", headers=headers, client=client)
+
+
+async def _refuse(conn: _Conn, status: int, reason: str) -> None:
+    """Answer a request we will not forward, then the connection closes."""
+    if conn.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    text = (reason + "\n").encode()
+    try:
+        await conn.send(h11.Response(status_code=status, headers=[
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(text)).encode()), (b"connection", b"close")]))
+        await conn.send(h11.Data(data=text))
+        await conn.send(h11.EndOfMessage())
+    except h11.LocalProtocolError:
+        return
+    await _linger(conn.stream)
+
+
+async def _discard_body(conn: _Conn) -> bool:
+    """Read the rest of a request body nobody needs (often none: a GET's end is known
+    without reading); False if it is long, slow, or awaits 100 Continue."""
+    if conn.h11.they_are_waiting_for_100_continue:
+        return False
+    budget = DISCARD_BYTES
+    with trio.move_on_after(LINGER_S):
+        while budget > 0:
+            try:
+                event = await conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if isinstance(event, h11.EndOfMessage):
+                return True
+            if not isinstance(event, h11.Data):
+                return False
+            budget -= len(event.data)
+    return False
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read what the client still sends for a moment: closing with
+    unread bytes would send a RST, and the client could lose the answer."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    with trio.move_on_after(LINGER_S):
+        budget = LINGER_BYTES
+        while budget > 0 and (data := await stream.receive_some(READ_BYTES)):
+            budget -= len(data)
