@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from router.adaptors.http.connector import HttpConnectors
+from router.adaptors.http.frontend import HttpFrontend
 from router.adaptors.listeners import Listeners
 from router.adaptors.tcp import Connect, TcpClients, TcpConnectors
 from router.daemon.admin import SiteAdmin
@@ -41,7 +42,7 @@ from router.net.links import LinkTable
 from router.net.side import FlowSide
 from router.protocol import Open
 from router.routing import RoutingCore, ed25519_verify
-from router.site.config import SiteConfig
+from router.site.config import ListenerConfig, SiteConfig
 from router.site.directory import Site
 from router.site.tokens import GrantStore
 
@@ -91,7 +92,11 @@ class Router:
                                reserve=self.fd_reserve, connect=connect_link)
         self.tcp_clients = TcpClients(forwarder=self.forwarder, connectors=self.connectors,
                                       table=self.flows)
-        self.listeners = Listeners(serve={"tcp": self.tcp_clients.serve_client},
+        self.http_frontend = HttpFrontend(forwarder=self.forwarder, table=self.flows,
+                                          local=self.http_connectors,
+                                          config=self._listener_config)
+        self.listeners = Listeners(serve={"tcp": self.tcp_clients.serve_client,
+                                          "http": self.http_frontend.serve_connection},
                                    table=self.flows, reserve=self.fd_reserve,
                                    config=lambda: self.config)
         self.admin = SiteAdmin(site=site, config=config, identity=identity, links=self.links,
@@ -125,6 +130,10 @@ class Router:
             self.http_connectors.serve_open(side, open_msg)
         else:
             self.connectors.serve_open(side, open_msg)
+
+    def _listener_config(self, key: str) -> ListenerConfig | None:
+        """A listener's current config (its rules and options change live)."""
+        return next((lst for lst in self.config.listeners if lst.key == key), None)
 
     def _link_for(self, peer_id: str) -> Link | None:
         return self.links.link_for(peer_id)

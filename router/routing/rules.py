@@ -15,7 +15,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .choice import choose
+from .choice import BALANCED_COST_SCALE, choose
 from .core import Candidate
 
 MAX_RULES = 64  # per listener
@@ -73,7 +73,33 @@ def order_for_request(
         return _split(rule.split, candidates, strategy, outstanding, rng)
     if affinity is not None:
         return sorted(candidates, key=lambda c: _rendezvous(affinity, c.router_id))
-    return choose(candidates, strategy, outstanding, rng)
+    return _shuffle_ties(choose(candidates, strategy, outstanding, rng), strategy,
+                         outstanding, rng)
+
+
+def _shuffle_ties(order: list[Candidate], strategy: str, outstanding: Mapping[str, int],
+                  rng: random.Random) -> list[Candidate]:
+    """Sites the strategy cannot tell apart, in random order. Requests on a keep-alive
+    connection come one after another, so no flow is outstanding when the next one is
+    placed: without this, equal sites would see every request go to the same one."""
+    if strategy == "weighted":
+        return order  # already drawn at random
+
+    def rank(c: Candidate) -> tuple[float, ...]:
+        load = (outstanding.get(c.router_id, 0) + 1) * (1.0 + c.cost / BALANCED_COST_SCALE)
+        return (c.priority, load, c.cost) if strategy == "priority" else (load, c.cost)
+
+    out: list[Candidate] = []
+    i = 0
+    while i < len(order):
+        j = i + 1
+        while j < len(order) and rank(order[j]) == rank(order[i]):
+            j += 1
+        tie = order[i:j]
+        rng.shuffle(tie)
+        out += tie
+        i = j
+    return out
 
 
 def _split(split: Sequence[tuple[str, int]], candidates: Sequence[Candidate], strategy: str,

@@ -21,6 +21,7 @@ import trio
 
 from router.adaptors.http.connector import HttpConnectors
 from router.adaptors.http.flowmsg import FlowLost, MessageFlow
+from router.adaptors.http.hop import with_forwarded
 from router.adaptors.http.message import (
     Body,
     End,
@@ -202,8 +203,10 @@ async def request(peer: MessagePeer, target: bytes, body: bytes = b"", *,
                   trailers: tuple[tuple[bytes, bytes], ...] = ()) -> Reply:
     """What a listener does: send the request parts while reading the response's."""
     async def upload() -> None:
-        await peer.send(RequestHead(method=method, target=target, authority=b"api",
-                                    headers=headers, client="10.0.0.9:5555"))
+        # The listener adds x-forwarded-for and forwarded (hop.with_forwarded).
+        await peer.send(with_forwarded(RequestHead(
+            method=method, target=target, authority=b"api", headers=headers,
+            client="10.0.0.9:5555")))
         for i in range(0, len(body), 60000):
             await peer.send(Body(body[i:i + 60000]))
         if trailers:

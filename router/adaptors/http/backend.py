@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import h2.config
@@ -363,53 +363,3 @@ async def _close_after_flush(conn: H2Conn) -> None:
                     OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 await conn.stream.send_all(data)
     await close_stream(conn.stream)
-
-
-# ---- headers (a private copy of hop.py's rules until it is on main)
-_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                  b"upgrade", b"host"})
-Headers = tuple[tuple[bytes, bytes], ...]
-
-
-def strip_hop_by_hop(headers: Headers) -> list[tuple[bytes, bytes]]:
-    """Without hop-by-hop headers (and those Connection names), te only as trailers;
-    host too: the authority carries it."""
-    named = {t.strip().lower() for n, v in headers if n == b"connection" for t in v.split(b",")}
-    return [(n, v) for n, v in headers
-            if n not in _HOP and n not in named
-            and not (n == b"te" and v.strip().lower() != b"trailers")]
-
-
-def is_grpc(headers: Headers) -> bool:
-    return any(n == b"content-type" and v.lower().startswith(b"application/grpc")
-               for n, v in headers)
-
-
-def _forwarded_for(headers: list[tuple[bytes, bytes]], client: str) -> list[tuple[bytes, bytes]]:
-    if not client:
-        return headers
-    host = client.rsplit(":", 1)[0].strip("[]").encode()
-    prior = [v for n, v in headers if n == b"x-forwarded-for"]
-    rest = [(n, v) for n, v in headers if n != b"x-forwarded-for"]
-    return [*rest, (b"x-forwarded-for", b", ".join([*prior, host]))]
-
-
-def request_h1(method: bytes, target: bytes, authority: bytes, headers: Headers,
-               client: str, *, chunked: bool) -> list[tuple[bytes, bytes]]:
-    out = [(b"host", authority), *_forwarded_for(strip_hop_by_hop(headers), client)]
-    if chunked:
-        out.append((b"transfer-encoding", b"chunked"))
-    return out
-
-
-def request_h2(method: bytes, target: bytes, authority: bytes, scheme: bytes,
-               headers: Headers, client: str) -> list[tuple[bytes, bytes]]:
-    return [(b":method", method), (b":scheme", scheme or b"http"),
-            (b":authority", authority), (b":path", target),
-            *_forwarded_for(strip_hop_by_hop(headers), client)]
-
-
-def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """A backend's response or trailer headers as the message carries them."""
-    return tuple((n.lower(), v) for n, v in strip_hop_by_hop(tuple(headers))
-                 if not n.startswith(b":"))

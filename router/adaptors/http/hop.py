@@ -7,6 +7,8 @@ its own. `te: trailers` is the one end-to-end use of `te` (gRPC needs it).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from router.adaptors.http.message import Headers, RequestHead
 
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection",
@@ -60,3 +62,30 @@ def with_forwarded(head: RequestHead) -> RequestHead:
 def _quoted(text: str) -> str:
     """An RFC 7230 quoted-string."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ---- what the connector side writes to a target
+def _to_target(headers: Headers) -> list[tuple[bytes, bytes]]:
+    # host too: the authority carries it (Host for HTTP/1.1, :authority for h2)
+    return [(n, v) for n, v in strip_hop_by_hop(headers) if n != b"host"]
+
+
+def request_h1(method: bytes, target: bytes, authority: bytes, headers: Headers,
+               client: str, *, chunked: bool) -> list[tuple[bytes, bytes]]:
+    """An HTTP/1.1 target's request headers (x-forwarded-for came from the listener)."""
+    out = [(b"host", authority), *_to_target(headers)]
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    return out
+
+
+def request_h2(method: bytes, target: bytes, authority: bytes, scheme: bytes,
+               headers: Headers, client: str) -> list[tuple[bytes, bytes]]:
+    return [(b":method", method), (b":scheme", scheme or b"http"),
+            (b":authority", authority), (b":path", target), *_to_target(headers)]
+
+
+def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """A target's response or trailer headers as the message carries them."""
+    return tuple((n.lower(), v) for n, v in strip_hop_by_hop(tuple(headers))
+                 if not n.startswith(b":"))

@@ -20,12 +20,9 @@ from router.adaptors.http.backend import (
     H1Pool,
     H2Stream,
     close_stream,
-    is_grpc,
-    request_h1,
-    request_h2,
-    response_headers,
 )
 from router.adaptors.http.flowmsg import FlowLost
+from router.adaptors.http.hop import is_grpc, request_h1, request_h2, response_headers
 from router.adaptors.http.message import (
     Body,
     End,
