@@ -206,3 +206,55 @@ def test_no_site_serves_the_key_says_why(net: Net) -> None:
         net.east.sitectl("route", "delete", "api", "1")
     assert r.status_code == 503
     assert "api" in r.text
+
+
+def test_affinity_keeps_each_user_on_one_site_and_moves_only_a_gone_sites_users(
+        net: Net) -> None:
+    net.east.sitectl("listener", "set", "api", "--affinity", "header:x-user")
+    users = [f"user-{i}" for i in range(40)]
+    try:
+        with httpx.Client() as client:
+            def sites() -> dict[str, str]:
+                placed: dict[str, str] = {}
+                for user in users:
+                    seen = served_by(client, f"{net.url}/whoami", 3, headers={"x-user": user})
+                    assert len(seen) == 1, (user, seen)  # one user, one site
+                    placed[user] = next(iter(seen))
+                return placed
+
+            before = sites()
+            assert set(before.values()) == {"west", "north"}, before
+            net.backends["north"].stop()
+            try:
+                after = sites()
+            finally:
+                net.backends["north"].start()
+        assert set(after.values()) == {"west"}
+        # Only north's users moved; west's stayed where they were.
+        assert all(after[u] == "west" for u, site in before.items() if site == "west")
+    finally:
+        net.east.sitectl("listener", "set", "api", "--affinity", "")
+
+
+def test_a_post_the_backend_received_is_not_retried(net: Net) -> None:
+    net.east.sitectl("route", "add", "api", "--site", "west")
+    try:
+        with httpx.Client(timeout=30) as client:
+            before = int(client.get(f"{net.url}/crashes").text)
+            r = client.post(f"{net.url}/crash", content=b"charge the card once")
+            assert r.status_code >= 500  # the backend failed: the client is told
+            assert int(client.get(f"{net.url}/crashes").text) == before + 1
+    finally:
+        net.east.sitectl("route", "delete", "api", "1")
+
+
+def test_a_timeout_answers_504_within_its_bound(net: Net) -> None:
+    net.east.sitectl("listener", "set", "api", "--timeout", "1s")
+    try:
+        started = time.monotonic()
+        r = httpx.get(f"{net.url}/sleep/5", timeout=30)
+        took = time.monotonic() - started
+    finally:
+        net.east.sitectl("listener", "set", "api", "--timeout", "off")
+    assert r.status_code == 504, r.text
+    assert took < 4.0, took

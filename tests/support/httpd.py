@@ -9,6 +9,9 @@ GET /bytes/N          -> N bytes of `pattern(N)`, streamed
 GET /sse/N            -> N server-sent events, 0.2 s apart, each flushed as written
 GET /status/CODE      -> that status, body "status CODE"
 GET /count            -> how many requests this process served (counting this one)
+GET /sleep/S          -> 200 after S seconds
+POST /crash           -> reads the body, then drops the connection without answering
+GET /crashes          -> how many /crash requests arrived
 Every response carries x-served-by and x-request-count. Prints "ready PORT" on stdout.
 """
 
@@ -38,10 +41,15 @@ def pattern(n: int) -> bytes:
     return (UNIT * (n // len(UNIT) + 1))[:n]
 
 
+class Crash(Exception):
+    """Drop the connection without an answer (the backend failed mid-request)."""
+
+
 class App:
     def __init__(self, name: str) -> None:
         self.name = name
         self.count = 0
+        self.crashes = 0
 
     async def handle(self, method: str, path: str, body: AsyncIterator[bytes],
                      respond: Callable[[int, list[tuple[bytes, bytes]]], Awaitable[None]],
@@ -61,6 +69,9 @@ class App:
             return
         async for _ in body:  # other requests: the body is read and dropped
             pass
+        if method == "POST" and parts == ["crash"]:
+            self.crashes += 1
+            raise Crash
         if parts == ["whoami"]:
             await respond(200, [*common, (b"content-length", str(len(self.name)).encode())])
             await send(self.name.encode())
@@ -82,8 +93,12 @@ class App:
             text = f"status {parts[1]}".encode()
             await respond(int(parts[1]), [*common, (b"content-length", str(len(text)).encode())])
             await send(text)
-        elif parts == ["count"]:
-            text = str(self.count).encode()
+        elif parts[0] == "sleep" and len(parts) == 2 and parts[1].isdigit():
+            await trio.sleep(int(parts[1]))
+            await respond(200, [*common, (b"content-length", b"5")])
+            await send(b"slept")
+        elif parts in (["count"], ["crashes"]):
+            text = str(self.count if parts == ["count"] else self.crashes).encode()
             await respond(200, [*common, (b"content-length", str(len(text)).encode())])
             await send(text)
         else:
@@ -210,8 +225,8 @@ async def main(port: int, name: str, h2_mode: bool) -> None:
         try:
             await handler(app, stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError,
-                 h2.exceptions.ProtocolError):
-            pass  # a client that went away or spoke garbage: its connection only
+                 h2.exceptions.ProtocolError, Crash):
+            pass  # a client that went away or spoke garbage, or /crash: its connection only
 
     await trio.serve_listeners(guarded, listeners)
 

@@ -24,7 +24,24 @@ SEND_CHUNK = 64 * 1024
 
 
 class FlowLost(VanError):
-    """The flow was reset (by the peer, a link under it, or us); the message says why."""
+    """The flow was reset (by the peer, a link under it, or us); the message says why,
+    `code` how (None: the exchange broke off without a reset)."""
+
+    def __init__(self, reason: str, code: FlowCode | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+
+    @property
+    def not_processed(self) -> bool:
+        """The request provably never reached an application: a router on the path
+        could not forward it, the link under it went down (as the issue's retry rules
+        count it), or the serving site had no target; a reset by the target itself
+        (PEER_RESET) or an internal error means it may have been processed."""
+        return self.code in _NOT_PROCESSED
+
+
+_NOT_PROCESSED = frozenset({FlowCode.ROUTE, FlowCode.LINK_LOST, FlowCode.NO_TARGET,
+                            FlowCode.CAPACITY})
 
 
 class MessageFlow(FlowEnd):
@@ -43,7 +60,7 @@ class MessageFlow(FlowEnd):
         the flow and raises FlowLost too."""
         while not self._parts:
             if self.reset_reason is not None:
-                raise FlowLost(self.reset_reason)
+                raise FlowLost(self.reset_reason, self.reset_code)
             if self._inbox:
                 data = b"".join(self._inbox)
                 self._inbox.clear()
@@ -74,7 +91,7 @@ class MessageFlow(FlowEnd):
         record = memoryview(encode(part))
         while record:
             if self.reset_reason is not None:
-                raise FlowLost(self.reset_reason)
+                raise FlowLost(self.reset_reason, self.reset_code)
             credit = self.side.credit()
             if credit <= 0:
                 self._credit_ready = trio.Event()

@@ -113,6 +113,7 @@ class _Failure:
     reason: str
     grpc_status: int = GRPC_UNAVAILABLE
     outcome: Outcome = "reset"  # of the attempt, for the flow table
+    final: bool = False  # the request may have been processed: answer, never retry
 
 
 class _ClientGone(Exception):
@@ -177,8 +178,8 @@ class HttpFrontend:
                     if outcome is None:
                         return
                     failure = outcome
-                    if replay.overflow:
-                        break  # the body is gone: the request cannot be sent again
+                    if replay.overflow or failure.final:
+                        break  # the body is gone, or it may have been acted on
                 await _answer_error(sink, failure, grpc)
                 return
             if sink.started:
@@ -305,7 +306,11 @@ async def _receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, rep
     try:
         first = await peer.receive()
     except FlowLost as exc:
-        return _Failure(503, f"the request's flow was lost: {exc}")
+        if exc.not_processed or head.method in IDEMPOTENT:
+            return _Failure(503, f"the request's flow was lost: {exc}")
+        # The target may have acted on a POST or PATCH (it failed mid-request): never
+        # sent again.
+        return _Failure(502, f"the serving site failed: {exc}", final=True)
     if not isinstance(first, ResponseHead):
         return _Failure(502, "the serving site sent no response head")
     router_made = any(n == ROUTER_ERROR_HEADER for n, _ in first.headers)

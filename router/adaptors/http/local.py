@@ -52,16 +52,17 @@ class LocalExchange:
         try:
             await self._outbox.send(part)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise FlowLost(self._shared.reason or "the exchange ended") from None
+            raise FlowLost(self._shared.reason or "the exchange ended",
+                           self._shared.code) from None
         if self._shared.reason is not None:
-            raise FlowLost(self._shared.reason)
+            raise FlowLost(self._shared.reason, self._shared.code)
 
     async def receive(self) -> Part | None:
         try:
             part = await self._inbox.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             if self._shared.reason is not None:
-                raise FlowLost(self._shared.reason) from None
+                raise FlowLost(self._shared.reason, self._shared.code) from None
             if not self._ended:
                 raise FlowLost("the peer ended the exchange before its message ended") from None
             return None
