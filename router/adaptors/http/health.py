@@ -89,6 +89,8 @@ class OutlierTracker:
         state = self._keys.get(key)
         if state is None:
             while len(self._keys) >= self._max_keys:
+                # the least recently seen goes, ejected or not: a key nobody sends to
+                # any more matters least, and finding a healthy one would cost O(n)
                 self._keys.popitem(last=False)
             state = self._keys[key] = _KeyState(seen=now)
         else:
