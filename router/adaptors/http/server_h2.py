@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 
 READ_BYTES = 64 * 1024
 MAX_STREAMS = 100  # concurrent requests per connection
-MAX_UNSENT_BYTES = 1024 * 1024  # queued for the client; past it we stop reading
+STREAM_WINDOW_BYTES = 256 * 1024  # a client may send this much of a body unacknowledged
+CONNECTION_WINDOW_BYTES = 1024 * 1024  # ...and this much over all its streams
+MAX_UNSENT_BYTES = 1024 * 1024  # answers queued for the client; past it we stop reading
+MAX_DATA_QUEUED = 256 * 1024  # response data queued for the client; past it we wait
 RESET_BUDGET = 200  # client stream resets a connection may make in a burst...
 RESETS_PER_S = 20.0  # ...and the rate they are allowed at after it
 GOAWAY_WAIT_S = 1.0
@@ -67,10 +70,15 @@ class _Conn:
             client_side=False, header_encoding=None))
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_head_bytes})
         self.streams: dict[int, _Stream] = {}
-        self.outbox = bytearray()
-        self.in_flight = 0
+        # Queued for the client, in order (HPACK needs it): what h2 answers on its own
+        # (SETTINGS and PING acks, resets), which a client can make us queue without end,
+        # and responses, which its windows bound. Each is counted and capped on its own,
+        # so a client that writes before it reads is never stalled by its responses.
+        self.out: deque[tuple[bytes, bool]] = deque()  # (bytes, control?)
+        self.queued = {True: 0, False: 0}  # unsent bytes of each kind, incl. in flight
         self._out_ready = trio.Event()
         self._sent = trio.Event()  # a write finished: room for more
         self._window = trio.Event()  # the client opened a window
@@ -79,24 +87,25 @@ class _Conn:
         self.closing = False
 
     # ---- writing
-    def flush(self) -> None:
+    def flush(self, *, control: bool = False) -> None:
+        """Queue what h2 has to send; `control`: it answers what the client sent."""
         data = self.h2.data_to_send()
         if data:
-            self.outbox += data
+            self.out.append((data, control))
+            self.queued[control] += len(data)
             self._out_ready.set()
 
-    @property
-    def unsent(self) -> int:
-        return len(self.outbox) + self.in_flight
+    def unsent(self, control: bool) -> int:
+        return self.queued[control]
 
     # Many tasks may wait for the same thing: each wake-up sets the current event and
     # puts a fresh one in its place.
-    async def wait_room(self) -> None:
-        while self.unsent > MAX_UNSENT_BYTES:
+    async def wait_room(self, *, control: bool = False) -> None:
+        while self.unsent(control) > (MAX_UNSENT_BYTES if control else MAX_DATA_QUEUED):
             await self._sent.wait()
 
     async def drain(self) -> None:
-        while self.unsent:
+        while self.unsent(True) or self.unsent(False):
             await self._sent.wait()
 
     async def wait_window(self) -> None:
@@ -108,14 +117,14 @@ class _Conn:
 
     async def writer(self) -> None:
         while True:
-            while not self.outbox:
+            while not self.out:
                 self._out_ready = trio.Event()
                 await self._out_ready.wait()
-            data = bytes(self.outbox)
-            self.outbox.clear()
-            self.in_flight = len(data)
-            await self.stream.send_all(data)
-            self.in_flight = 0
+            chunks = list(self.out)
+            self.out.clear()
+            await self.stream.send_all(b"".join(data for data, _ in chunks))
+            for data, control in chunks:
+                self.queued[control] -= len(data)
             self._sent.set()
             self._sent = trio.Event()
 
@@ -130,10 +139,10 @@ class _Conn:
                 events = []
             for event in events:
                 self._on_event(event, nursery)
-            self.flush()
+            self.flush(control=True)
             if self.closing:
                 return
-            await self.wait_room()  # the client must read what it asked for (PINGs too)
+            await self.wait_room(control=True)  # the client must read what it asked for
             data = bytes(await self.stream.receive_some(READ_BYTES))
 
     def _on_event(self, event: h2.events.Event, nursery: trio.Nursery) -> None:
@@ -327,7 +336,8 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
     """Serve streams until the client closes, errs, or spends its reset budget."""
     conn = _Conn(stream, handle, limits, client)
     conn.h2.initiate_connection()
-    conn.flush()
+    conn.h2.increment_flow_control_window(CONNECTION_WINDOW_BYTES - 65535)  # from the default
+    conn.flush(control=True)  # SETTINGS first
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.writer)
