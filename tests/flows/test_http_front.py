@@ -7,6 +7,7 @@ import httpx
 import trio
 
 from tests.flows.test_http_front_kit import (
+    curl,
     pattern,
     running_front,
     sha,
@@ -147,3 +148,20 @@ async def test_client_gone_mid_upload_resets_the_request_flow() -> None:
         await front.wait(lambda: front.backend.aborted == 1)
         await front.wait_idle()
         assert front.table.outcomes["reset"] == 1
+
+
+async def test_curl_upload_with_expect_100_continue_and_head() -> None:
+    async with running_front() as front:
+        body = pattern(4 * MIB, seed=5)
+        path = f"/tmp/front-upload-{front.port}"
+        await trio.Path(path).write_bytes(body)
+        try:
+            proc = await curl("--data-binary", f"@{path}", f"{front.url}/sha",
+                              "-H", "Connection: x-hop", "-H", "x-hop: 1")
+        finally:
+            await trio.Path(path).unlink()
+        assert proc.stdout.decode() == sha(body), proc.stderr
+        names = dict(front.backend.heads[-1].headers)
+        assert b"expect" not in names and b"x-hop" not in names
+        proc = await curl("-I", f"{front.url}/big?n=1000")
+        assert proc.stdout.startswith(b"HTTP/1.1 200") and b"content-length: 1000" in proc.stdout

@@ -178,7 +178,9 @@ def _head(event: h11.Request, limits: MessageLimits, client: str) -> RequestHead
         rest = target.split(b"://", 1)[1]
         authority, slash, path = rest.partition(b"/")
         target = slash + path or b"/"
-    headers = strip_hop_by_hop(tuple((n, v) for n, v in raw if n != b"host"))
+    # Host becomes the authority; we answer Expect: 100-continue ourselves (when the
+    # body is first read, once a site took the request), so it goes no further.
+    headers = strip_hop_by_hop(tuple((n, v) for n, v in raw if n not in (b"host", b"expect")))
     return RequestHead(method=event.method, target=target, authority=authority,
                        scheme=b"http", headers=headers, client=client)
 
