@@ -8,6 +8,7 @@ import h2.errors
 import h2.events
 import httpx
 import trio
+import trio.testing
 
 from tests.flows.test_http_front_kit import curl, pattern, running_front, sha
 
@@ -71,9 +72,9 @@ class RawH2:
         self.h2.send_headers(sid, [(b":method", b"GET"), (b":path", path),
                                    (b":scheme", b"http"), (b":authority", b"x")])
 
-    async def events_until_closed(self) -> list[h2.events.Event]:
+    async def events_until_closed(self, timeout: float = 10) -> list[h2.events.Event]:
         events: list[h2.events.Event] = []
-        with trio.fail_after(10):
+        with trio.fail_after(timeout):
             while True:
                 try:
                     data = await self.stream.receive_some(65536)
@@ -161,3 +162,17 @@ async def test_too_many_headers_is_431_and_too_many_streams_closes() -> None:
         await front.wait_idle()  # whatever of its requests started was reset
         await front.wait(lambda: front.backend.aborted == len(front.backend.peers))
         assert (await client.get(f"{front.url}/")).text == "ok\n"
+
+
+async def test_an_idle_connection_gets_goaway(autojump_clock: trio.testing.MockClock) -> None:
+    async with running_front() as front:
+        raw = RawH2(await trio.open_tcp_stream("127.0.0.1", front.port))
+        raw.request(1, b"/")
+        raw.h2.end_stream(1)
+        await raw.flush()
+        start = trio.current_time()
+        events = await raw.events_until_closed(400)
+        assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+        goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.NO_ERROR
+        assert goaway[0].last_stream_id == 1 and trio.current_time() - start >= 300

@@ -139,11 +139,14 @@ class HttpFrontend:
         client = peer_name(stream)
         try:
             first = b""
-            while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
-                data = await stream.receive_some(len(H2_PREFACE) - len(first))
-                if not data:
-                    return
-                first += data
+            with trio.move_on_after(server_h1.HEAD_TIMEOUT_S):
+                while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
+                    data = await stream.receive_some(len(H2_PREFACE) - len(first))
+                    if not data:
+                        return
+                    first += data
+            if not first:
+                return  # nothing within the time
             handle: Handler = functools.partial(self.handle, lst)
             if first == H2_PREFACE:
                 await server_h2.serve(stream, first, handle, self.limits, client)

@@ -46,6 +46,7 @@ MAX_DATA_QUEUED = 256 * 1024  # response data queued for the client; past it we 
 RESET_BUDGET = 200  # client stream resets a connection may make in a burst...
 RESETS_PER_S = 20.0  # ...and the rate they are allowed at after it
 GOAWAY_WAIT_S = 1.0
+IDLE_TIMEOUT_S = 300.0  # a connection with no request open is closed after this
 _H2Error = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError,
             h2.exceptions.FlowControlError)
 
@@ -85,6 +86,7 @@ class _Conn:
         self.resets = float(RESET_BUDGET)
         self._reset_at = trio.current_time()
         self.closing = False
+        self._read_scope = trio.CancelScope()
 
     # ---- writing
     def flush(self, *, control: bool = False) -> None:
@@ -143,7 +145,18 @@ class _Conn:
             if self.closing:
                 return
             await self.wait_room(control=True)  # the client must read what it asked for
-            data = bytes(await self.stream.receive_some(READ_BYTES))
+            with trio.CancelScope() as self._read_scope:
+                self._arm_idle()
+                data = bytes(await self.stream.receive_some(READ_BYTES))
+            if self._read_scope.cancelled_caught:
+                self.h2.close_connection(additional_data=b"idle")
+                self.flush(control=True)
+                return
+
+    def _arm_idle(self) -> None:
+        """While no request is open, the read ends after IDLE_TIMEOUT_S."""
+        self._read_scope.deadline = (trio.current_time() + IDLE_TIMEOUT_S if not self.streams
+                                     else math.inf)
 
     def _on_event(self, event: h2.events.Event, nursery: trio.Nursery) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -232,6 +245,7 @@ class _Conn:
                     sink.reset()
         finally:
             del self.streams[st.id]
+            self._arm_idle()
             if not st.ended_out:  # answered before the body ended, or given up
                 _quiet(self.h2.reset_stream, st.id, h2.errors.ErrorCodes.NO_ERROR
                        if sink.done else h2.errors.ErrorCodes.INTERNAL_ERROR)
