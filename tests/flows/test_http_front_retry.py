@@ -42,6 +42,13 @@ async def test_an_application_5xx_is_retried_only_when_idempotent() -> None:
         resp = await client.post(f"{front.url}/", content=b"x")
         assert resp.status_code == 503 and resp.text == "app says 503\n"
         assert len(front.backend.heads) == 3
+        # a 503 a router made: the application never saw it, so even a POST goes again,
+        # its body replayed
+        front.backend.router_fail_first = 1
+        body = pattern(50_000)
+        resp = await client.post(f"{front.url}/sha", content=body)
+        assert resp.status_code == 200 and resp.text == sha(body)
+        assert len(front.backend.heads) == 5
 
 
 async def test_lost_flow_before_the_response_is_retried_then_503() -> None:

@@ -312,8 +312,10 @@ async def _receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, rep
     if not isinstance(first, ResponseHead):
         return _Failure(502, "the serving site sent no response head")
     router_made = any(n == ROUTER_ERROR_HEADER for n, _ in first.headers)
+    # A 503 a router made means the application never saw the request; any other
+    # 5xx may have done something, so only an idempotent request is sent again.
     if (first.status >= 500 and can_retry and not replay.overflow
-            and (router_made or head.method in IDEMPOTENT)):
+            and ((router_made and first.status == 503) or head.method in IDEMPOTENT)):
         return _Failure(first.status, f"the serving site answered {first.status}",
                         outcome="error")
     try:
