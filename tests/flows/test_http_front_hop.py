@@ -30,3 +30,13 @@ def test_forwarded_appends_the_client() -> None:
     out = dict(with_forwarded(head).headers)
     assert out[b"x-forwarded-for"] == b"10.0.0.1, ::1"
     assert out[b"forwarded"] == b'for=10.0.0.1, for="[::1]";host="a\\"b";proto=http'
+
+
+def test_affinity_value_from_a_header_or_a_cookie() -> None:
+    from router.adaptors.http.frontend import _affinity
+
+    headers = ((b"x-user", b"ann"), (b"cookie", b"a=1; sid=xyz; b=2"))
+    assert _affinity("header:X-User", headers) == "ann"
+    assert _affinity("cookie:sid", headers) == "xyz"
+    assert _affinity("cookie:none", headers) is None
+    assert _affinity("", headers) is None

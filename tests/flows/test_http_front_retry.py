@@ -83,3 +83,11 @@ async def test_grpc_gets_trailers_only_errors_never_an_http_5xx() -> None:
             httpx.AsyncClient(http1=False, http2=True) as client:
         resp = await client.post(f"{front.url}/slow", headers=grpc, content=b"\0" * 5)
         assert resp.status_code == 200 and resp.headers["grpc-status"] == "4"
+
+
+async def test_a_deleted_listener_answers_503_on_open_connections() -> None:
+    async with running_front() as front, httpx.AsyncClient() as client:
+        assert (await client.get(f"{front.url}/")).status_code == 200
+        del front.config["api"]
+        resp = await client.get(f"{front.url}/")
+        assert resp.status_code == 503 and resp.text == "the listener for 'api' was deleted\n"
