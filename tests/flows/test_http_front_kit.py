@@ -167,6 +167,11 @@ class Backend:
             await trio.sleep_forever()
         elif path.startswith("/lost"):
             raise trio.BrokenResourceError("lost")
+        elif path.startswith("/cut"):  # lost after the response started
+            await out.send(ResponseHead(status=200, headers=((b"content-length", b"1000"),)))
+            await out.send(Body(b"x" * 100))
+            await trio.sleep(0.05)
+            raise trio.BrokenResourceError("cut")
         elif path.startswith("/status/") or self.fail_first > 0:
             status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 503
             self.fail_first -= 1

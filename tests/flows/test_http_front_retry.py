@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.flows.test_http_front_kit import pattern, running_front, sha
 
@@ -91,3 +92,15 @@ async def test_a_deleted_listener_answers_503_on_open_connections() -> None:
         del front.config["api"]
         resp = await client.get(f"{front.url}/")
         assert resp.status_code == 503 and resp.text == "the listener for 'api' was deleted\n"
+
+
+async def test_a_flow_lost_mid_response_resets_the_client_never_looks_complete() -> None:
+    async with running_front() as front:
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.HTTPError):  # h1: the connection is reset
+                await client.get(f"{front.url}/cut")
+        async with httpx.AsyncClient(http1=False, http2=True) as client:
+            with pytest.raises(httpx.HTTPError):  # h2: the stream is reset
+                await client.get(f"{front.url}/cut")
+            assert (await client.get(f"{front.url}/")).text == "ok\n"  # same connection
+        assert len(front.backend.heads) == 3  # never retried once it started
