@@ -7,6 +7,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import httpx
+import hyperframe.frame
 import trio
 import trio.testing
 
@@ -176,3 +177,24 @@ async def test_an_idle_connection_gets_goaway(autojump_clock: trio.testing.MockC
         goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
         assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.NO_ERROR
         assert goaway[0].last_stream_id == 1 and trio.current_time() - start >= 300
+
+
+async def test_made_you_reset_flood_spends_the_same_budget() -> None:
+    """CVE-2025-8671: frames that make the server reset streams (here DATA after the
+    client ended the stream) count as resets."""
+    async with running_front() as front, h2_client() as client:
+        raw = RawH2(await trio.open_tcp_stream("127.0.0.1", front.port))
+        await raw.flush()
+        bad = b""
+        for i in range(300):
+            sid = 1 + 2 * i
+            raw.request(sid)
+            raw.h2.end_stream(sid)
+            bad += raw.h2.data_to_send() + hyperframe.frame.DataFrame(
+                sid, data=b"x").serialize()
+        await raw.stream.send_all(bad)
+        events = await raw.events_until_closed()
+        goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        assert (await client.get(f"{front.url}/")).text == "ok\n"
+        await front.wait_idle()

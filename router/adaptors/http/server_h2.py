@@ -46,6 +46,7 @@ MAX_DATA_QUEUED = 256 * 1024  # response data queued for the client; past it we 
 RESET_BUDGET = 200  # client stream resets a connection may make in a burst...
 RESETS_PER_S = 20.0  # ...and the rate they are allowed at after it
 GOAWAY_WAIT_S = 1.0
+RST_STREAM = 0x3  # the frame type
 IDLE_TIMEOUT_S = 300.0  # a connection with no request open is closed after this
 _H2Error = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError,
             h2.exceptions.FlowControlError)
@@ -91,7 +92,9 @@ class _Conn:
     # ---- writing
     def flush(self, *, control: bool = False) -> None:
         """Queue what h2 has to send; `control`: it answers what the client sent."""
-        data = self.h2.data_to_send()
+        self._queue(self.h2.data_to_send(), control=control)
+
+    def _queue(self, data: bytes, *, control: bool) -> None:
         if data:
             self.out.append((data, control))
             self.queued[control] += len(data)
@@ -141,6 +144,11 @@ class _Conn:
                 events = []
             for event in events:
                 self._on_event(event, nursery)
+            answers = self.h2.data_to_send()
+            self._queue(answers, control=True)
+            # MadeYouReset (CVE-2025-8671): streams h2 reset for frames the client sent
+            # cost the same budget as the client's own resets.
+            self._spend_resets(_rst_frames(answers))
             self.flush(control=True)
             if self.closing:
                 return
@@ -188,10 +196,14 @@ class _Conn:
         if st is not None:
             st.ended_out = True
             st.scope.cancel()  # the frontend aborts the request's flow
-        if not event.remote_reset:
+        if event.remote_reset:
+            self._spend_resets(1)
+
+    def _spend_resets(self, n: int) -> None:
+        if not n or self.closing:
             return
         now = trio.current_time()
-        self.resets = min(RESET_BUDGET, self.resets + (now - self._reset_at) * RESETS_PER_S) - 1
+        self.resets = min(RESET_BUDGET, self.resets + (now - self._reset_at) * RESETS_PER_S) - n
         self._reset_at = now
         if self.resets < 0:  # Rapid Reset: requests started and cancelled in a flood
             self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
@@ -338,6 +350,15 @@ def _quiet(fn: object, *args: object) -> None:
     """An h2 call on a stream that may be gone already."""
     with contextlib.suppress(*_H2Error):
         fn(*args)  # type: ignore[operator]
+
+
+def _rst_frames(data: bytes) -> int:
+    """How many RST_STREAM frames `data` (whole frames, as h2 emits them) holds."""
+    count, at = 0, 0
+    while at + 9 <= len(data):
+        count += data[at + 3] == RST_STREAM
+        at += 9 + int.from_bytes(data[at:at + 3], "big")
+    return count
 
 
 def _plain(headers: object) -> tuple[tuple[bytes, bytes], ...]:
