@@ -8,6 +8,7 @@ import h2.errors
 import h2.events
 import httpx
 import hyperframe.frame
+import pytest
 import trio
 import trio.testing
 
@@ -151,6 +152,10 @@ async def test_too_many_headers_is_431_and_too_many_streams_closes() -> None:
     async with running_front() as front, h2_client() as client:
         resp = await client.get(f"{front.url}/", headers={f"x-h{i}": "1" for i in range(200)})
         assert resp.status_code == 431 and resp.text == "more than 128 header fields\n"
+        # a header block past MAX_HEADER_LIST_SIZE: h2 ends that connection (HPACK state
+        # cannot be kept past a block it would not decode)
+        with pytest.raises(httpx.RemoteProtocolError, match="error_code:11"):
+            await client.get(f"{front.url}/", headers={"x-big": "a" * 70_000})
         assert front.backend.heads == []
         # past MAX_CONCURRENT_STREAMS (100), which the client was told: the connection ends
         raw = RawH2(await trio.open_tcp_stream("127.0.0.1", front.port))
