@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import httpx
 import trio
+import trio.testing
 
 from tests.flows.test_http_front_kit import (
+    curl,
     pattern,
     running_front,
     sha,
@@ -15,17 +17,15 @@ from tests.flows.test_http_front_kit import (
 MIB = 1024 * 1024
 
 
-async def raw(port: int, request: bytes, *, read_all: bool = True) -> bytes:
+async def raw(port: int, request: bytes, *, timeout: float = 10) -> bytes:
     """Send bytes as they are, read the answer until the server closes."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(request)
         out = b""
-        with trio.fail_after(10):
+        with trio.fail_after(timeout):
             while data := await stream.receive_some(65536):
                 out += data
-                if not read_all and b"\r\n\r\n" in out:
-                    break
         return out
 
 
@@ -147,3 +147,32 @@ async def test_client_gone_mid_upload_resets_the_request_flow() -> None:
         await front.wait(lambda: front.backend.aborted == 1)
         await front.wait_idle()
         assert front.table.outcomes["reset"] == 1
+
+
+async def test_curl_upload_with_expect_100_continue_and_head() -> None:
+    async with running_front() as front:
+        body = pattern(4 * MIB, seed=5)
+        path = f"/tmp/front-upload-{front.port}"
+        await trio.Path(path).write_bytes(body)
+        try:
+            proc = await curl("--data-binary", f"@{path}", f"{front.url}/sha",
+                              "-H", "Connection: x-hop", "-H", "x-hop: 1")
+        finally:
+            await trio.Path(path).unlink()
+        assert proc.stdout.decode() == sha(body), proc.stderr
+        names = dict(front.backend.heads[-1].headers)
+        assert b"expect" not in names and b"x-hop" not in names
+        proc = await curl("-I", f"{front.url}/big?n=1000")
+        assert proc.stdout.startswith(b"HTTP/1.1 200") and b"content-length: 1000" in proc.stdout
+
+
+async def test_a_slow_head_gets_408_and_an_idle_connection_closes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with running_front() as front:
+        start = trio.current_time()
+        out = await raw(front.port, b"GET / HTTP/1.1\r\nHost: x\r\n", timeout=100)
+        assert out.startswith(b"HTTP/1.1 408") and b"no complete request head in 60 s" in out
+        assert trio.current_time() - start >= 60
+        assert await raw(front.port, b"", timeout=100) == b""  # silent: closed the same
+        out = await raw(front.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=100)
+        assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"ok\n")  # ...then closed

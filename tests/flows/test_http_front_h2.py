@@ -7,7 +7,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import httpx
+import hyperframe.frame
+import pytest
 import trio
+import trio.testing
 
 from tests.flows.test_http_front_kit import curl, pattern, running_front, sha
 
@@ -71,9 +74,9 @@ class RawH2:
         self.h2.send_headers(sid, [(b":method", b"GET"), (b":path", path),
                                    (b":scheme", b"http"), (b":authority", b"x")])
 
-    async def events_until_closed(self) -> list[h2.events.Event]:
+    async def events_until_closed(self, timeout: float = 10) -> list[h2.events.Event]:
         events: list[h2.events.Event] = []
-        with trio.fail_after(10):
+        with trio.fail_after(timeout):
             while True:
                 try:
                     data = await self.stream.receive_some(65536)
@@ -149,6 +152,10 @@ async def test_too_many_headers_is_431_and_too_many_streams_closes() -> None:
     async with running_front() as front, h2_client() as client:
         resp = await client.get(f"{front.url}/", headers={f"x-h{i}": "1" for i in range(200)})
         assert resp.status_code == 431 and resp.text == "more than 128 header fields\n"
+        # a header block past MAX_HEADER_LIST_SIZE: h2 ends that connection (HPACK state
+        # cannot be kept past a block it would not decode)
+        with pytest.raises(httpx.RemoteProtocolError, match="error_code:11"):
+            await client.get(f"{front.url}/", headers={"x-big": "a" * 70_000})
         assert front.backend.heads == []
         # past MAX_CONCURRENT_STREAMS (100), which the client was told: the connection ends
         raw = RawH2(await trio.open_tcp_stream("127.0.0.1", front.port))
@@ -161,3 +168,38 @@ async def test_too_many_headers_is_431_and_too_many_streams_closes() -> None:
         await front.wait_idle()  # whatever of its requests started was reset
         await front.wait(lambda: front.backend.aborted == len(front.backend.peers))
         assert (await client.get(f"{front.url}/")).text == "ok\n"
+
+
+async def test_an_idle_connection_gets_goaway(autojump_clock: trio.testing.MockClock) -> None:
+    async with running_front() as front:
+        raw = RawH2(await trio.open_tcp_stream("127.0.0.1", front.port))
+        raw.request(1, b"/")
+        raw.h2.end_stream(1)
+        await raw.flush()
+        start = trio.current_time()
+        events = await raw.events_until_closed(400)
+        assert any(isinstance(e, h2.events.ResponseReceived) for e in events)
+        goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.NO_ERROR
+        assert goaway[0].last_stream_id == 1 and trio.current_time() - start >= 300
+
+
+async def test_made_you_reset_flood_spends_the_same_budget() -> None:
+    """CVE-2025-8671: frames that make the server reset streams (here DATA after the
+    client ended the stream) count as resets."""
+    async with running_front() as front, h2_client() as client:
+        raw = RawH2(await trio.open_tcp_stream("127.0.0.1", front.port))
+        await raw.flush()
+        bad = b""
+        for i in range(300):
+            sid = 1 + 2 * i
+            raw.request(sid)
+            raw.h2.end_stream(sid)
+            bad += raw.h2.data_to_send() + hyperframe.frame.DataFrame(
+                sid, data=b"x").serialize()
+        await raw.stream.send_all(bad)
+        events = await raw.events_until_closed()
+        goaway = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        assert (await client.get(f"{front.url}/")).text == "ok\n"
+        await front.wait_idle()

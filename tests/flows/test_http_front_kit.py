@@ -15,6 +15,7 @@ import trio
 
 from router.adaptors.http.flowmsg import FlowLost
 from router.adaptors.http.frontend import HttpFrontend
+from router.adaptors.http.hop import ROUTER_ERROR_HEADER
 from router.adaptors.http.message import (
     Body,
     End,
@@ -85,6 +86,7 @@ class Backend:
     heads: list[RequestHead] = field(default_factory=list)
     refuse: int = 0  # refuse this many exchanges first (NoTarget)
     fail_first: int = 0  # answer 503 (from the application) to this many first
+    router_fail_first: int = 0  # answer 503 as a router would (x-van-error) to these
     peers: list[MemPeer] = field(default_factory=list)
 
     @property
@@ -122,6 +124,12 @@ class Backend:
         assert isinstance(head, RequestHead)
         self.heads.append(head)
         out = peer.backend_out
+        if self.router_fail_first > 0:
+            self.router_fail_first -= 1
+            await _drain(peer)
+            await out.send(ResponseHead(status=503, headers=((ROUTER_ERROR_HEADER, b"1"),)))
+            await out.send(End())
+            return
         path = head.target.decode()
         if path.startswith("/echo"):
             await out.send(ResponseHead(status=200, headers=((b"x-echo", b"1"),)))
@@ -159,6 +167,11 @@ class Backend:
             await trio.sleep_forever()
         elif path.startswith("/lost"):
             raise trio.BrokenResourceError("lost")
+        elif path.startswith("/cut"):  # lost after the response started
+            await out.send(ResponseHead(status=200, headers=((b"content-length", b"1000"),)))
+            await out.send(Body(b"x" * 100))
+            await trio.sleep(0.05)
+            raise trio.BrokenResourceError("cut")
         elif path.startswith("/status/") or self.fail_first > 0:
             status = int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 503
             self.fail_first -= 1

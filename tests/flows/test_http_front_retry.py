@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.flows.test_http_front_kit import pattern, running_front, sha
 
@@ -42,6 +43,13 @@ async def test_an_application_5xx_is_retried_only_when_idempotent() -> None:
         resp = await client.post(f"{front.url}/", content=b"x")
         assert resp.status_code == 503 and resp.text == "app says 503\n"
         assert len(front.backend.heads) == 3
+        # a 503 a router made: the application never saw it, so even a POST goes again,
+        # its body replayed
+        front.backend.router_fail_first = 1
+        body = pattern(50_000)
+        resp = await client.post(f"{front.url}/sha", content=body)
+        assert resp.status_code == 200 and resp.text == sha(body)
+        assert len(front.backend.heads) == 5
 
 
 async def test_lost_flow_before_the_response_is_retried_then_503() -> None:
@@ -76,3 +84,23 @@ async def test_grpc_gets_trailers_only_errors_never_an_http_5xx() -> None:
             httpx.AsyncClient(http1=False, http2=True) as client:
         resp = await client.post(f"{front.url}/slow", headers=grpc, content=b"\0" * 5)
         assert resp.status_code == 200 and resp.headers["grpc-status"] == "4"
+
+
+async def test_a_deleted_listener_answers_503_on_open_connections() -> None:
+    async with running_front() as front, httpx.AsyncClient() as client:
+        assert (await client.get(f"{front.url}/")).status_code == 200
+        del front.config["api"]
+        resp = await client.get(f"{front.url}/")
+        assert resp.status_code == 503 and resp.text == "the listener for 'api' was deleted\n"
+
+
+async def test_a_flow_lost_mid_response_resets_the_client_never_looks_complete() -> None:
+    async with running_front() as front:
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.HTTPError):  # h1: the connection is reset
+                await client.get(f"{front.url}/cut")
+        async with httpx.AsyncClient(http1=False, http2=True) as client:
+            with pytest.raises(httpx.HTTPError):  # h2: the stream is reset
+                await client.get(f"{front.url}/cut")
+            assert (await client.get(f"{front.url}/")).text == "ok\n"  # same connection
+        assert len(front.backend.heads) == 3  # never retried once it started

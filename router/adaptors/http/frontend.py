@@ -36,8 +36,8 @@ from router.adaptors.http.message import (
     Trailers,
 )
 from router.flows.forwarder import Forwarder, NoRoute
-from router.flows.table import FlowEntry, FlowTable, Outcome
-from router.net.side import FlowSide
+from router.flows.table import FlowTable, Outcome
+from router.net.logthrottle import KeyedLogThrottle
 from router.net.sockets import peer_name
 from router.protocol import FlowCode
 from router.routing import Candidate
@@ -50,6 +50,7 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REPLAY_BYTES = 64 * 1024  # a request body up to this may be replayed on another site
 BACKOFF_BASE_S = 0.025
 BACKOFF_CAP_S = 0.25
+ERROR_LOG_INTERVAL_S = 10.0  # one line per key per interval for the errors we answer
 END_DRAIN_S = 1.0  # the request's END may still be going out when the response ended
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 GRPC_UNAVAILABLE = 14
@@ -133,6 +134,7 @@ class HttpFrontend:
         self._config = config
         self.limits = limits or MessageLimits()
         self._rng = random.Random()
+        self._error_log = KeyedLogThrottle(ERROR_LOG_INTERVAL_S)  # outages come in floods
 
     async def serve_connection(self, lst: ListenerConfig, stream: trio.abc.Stream) -> None:
         """Serve one client connection until it ends; closes it."""
@@ -140,11 +142,14 @@ class HttpFrontend:
         client = peer_name(stream)
         try:
             first = b""
-            while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
-                data = await stream.receive_some(len(H2_PREFACE) - len(first))
-                if not data:
-                    return
-                first += data
+            with trio.move_on_after(server_h1.HEAD_TIMEOUT_S):
+                while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
+                    data = await stream.receive_some(len(H2_PREFACE) - len(first))
+                    if not data:
+                        return
+                    first += data
+            if not first:
+                return  # nothing within the time
             handle: Handler = functools.partial(self.handle, lst)
             if first == H2_PREFACE:
                 await server_h2.serve(stream, first, handle, self.limits, client)
@@ -159,37 +164,47 @@ class HttpFrontend:
     async def handle(self, lst: ListenerConfig, head: RequestHead, body: RequestBody,
                      sink: ResponseSink) -> None:
         """One request, retries included; BrokenResourceError if the client went away."""
-        cfg = self._config(lst.key) or lst
-        head = with_forwarded(head)
         grpc = is_grpc(head.headers)
+        try:
+            failure = await self._serve_request(lst, head, body, sink)
+            if failure is not None:
+                self._error_log.log(lst.key, log, logging.WARNING, trio.current_time(),
+                                    "listener %s: %d: %s", lst.key, failure.status,
+                                    failure.reason)
+                await _answer_error(sink, failure, grpc)
+        except _ClientGone:
+            raise trio.BrokenResourceError("the client went away") from None
+
+    async def _serve_request(self, lst: ListenerConfig, head: RequestHead, body: RequestBody,
+                             sink: ResponseSink) -> _Failure | None:
+        """None once the response went (or was reset), else the error to answer."""
+        cfg = self._config(lst.key)
+        if cfg is None:  # deleted while this connection was open
+            return _Failure(503, f"the listener for {lst.key!r} was deleted")
+        head = with_forwarded(head)
         replay = _Replay()
         tried: set[str] = set()
         attempts = 1 + max(0, cfg.retries)
         failure = _Failure(503, f"no site serves {lst.key!r}")
         deadline = trio.current_time() + cfg.timeout_s if cfg.timeout_s > 0 else math.inf
-        try:
-            with trio.move_on_at(deadline):
-                for attempt in range(attempts):
-                    if attempt:
-                        await trio.sleep(self._rng.uniform(
-                            0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
-                    outcome = await self._attempt(cfg, head, body, sink, replay, tried,
-                                                  can_retry=attempt + 1 < attempts)
-                    if outcome is None:
-                        return
-                    failure = outcome
-                    if replay.overflow or failure.final:
-                        break  # the body is gone, or it may have been acted on
-                await _answer_error(sink, failure, grpc)
-                return
-            if sink.started:
-                sink.reset()
-            else:
-                await _answer_error(sink, _Failure(
-                    504, f"{lst.key!r}: no response within {cfg.timeout_s:g} s",
-                    GRPC_DEADLINE_EXCEEDED), grpc)
-        except _ClientGone:
-            raise trio.BrokenResourceError("the client went away") from None
+        with trio.move_on_at(deadline):
+            for attempt in range(attempts):
+                if attempt:
+                    await trio.sleep(self._rng.uniform(
+                        0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
+                outcome = await self._attempt(cfg, head, body, sink, replay, tried,
+                                              can_retry=attempt + 1 < attempts)
+                if outcome is None:
+                    return None
+                failure = outcome
+                if replay.overflow or failure.final:
+                    break  # the body is gone, or it may have been acted on
+            return failure
+        if sink.started:
+            sink.reset()
+            return None
+        return _Failure(504, f"{lst.key!r}: no response within {cfg.timeout_s:g} s",
+                        GRPC_DEADLINE_EXCEEDED)
 
     async def _attempt(self, cfg: ListenerConfig, head: RequestHead, body: RequestBody,
                        sink: ResponseSink, replay: _Replay, tried: set[str], *,
@@ -203,7 +218,9 @@ class HttpFrontend:
         try:
             try:
                 route = await self._forwarder.open(
-                    entry, cfg.strategy, make_end=lambda side: self._make_end(side, entry),
+                    entry, cfg.strategy,
+                    make_end=lambda side: MessageFlow(side, entry, request=False,
+                                                      limits=self.limits),
                     connect_local=self._local.exchange, order=self._order(cfg, head, tried))
             except NoRoute as exc:
                 outcome = "refused"
@@ -225,9 +242,6 @@ class HttpFrontend:
                 if isinstance(peer, MessageFlow):
                     peer.side.release()
             self._table.end(entry, outcome)
-
-    def _make_end(self, side: FlowSide, entry: FlowEntry) -> MessageFlow:
-        return MessageFlow(side, entry, request=False, limits=self.limits)
 
     def _order(self, cfg: ListenerConfig, head: RequestHead, tried: set[str]
                ) -> Callable[[list[Candidate], Mapping[str, int], random.Random],
@@ -314,8 +328,10 @@ async def _receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, rep
     if not isinstance(first, ResponseHead):
         return _Failure(502, "the serving site sent no response head")
     router_made = any(n == ROUTER_ERROR_HEADER for n, _ in first.headers)
+    # A 503 a router made means the application never saw the request; any other
+    # 5xx may have done something, so only an idempotent request is sent again.
     if (first.status >= 500 and can_retry and not replay.overflow
-            and (router_made or head.method in IDEMPOTENT)):
+            and ((router_made and first.status == 503) or head.method in IDEMPOTENT)):
         return _Failure(first.status, f"the serving site answered {first.status}",
                         outcome="error")
     try:
@@ -379,12 +395,8 @@ def _affinity(spec: str, headers: Headers) -> str | None:
     if kind == "header":
         return next((v.decode("latin-1") for n, v in headers if n == want), None)
     if kind == "cookie":
-        for n, v in headers:
-            if n != b"cookie":
-                continue
-            for pair in v.split(b";"):
-                k, _, val = pair.strip().partition(b"=")
-                if k.lower() == want:
-                    return val.decode("latin-1")
+        pairs = (pair.strip().partition(b"=") for n, v in headers if n == b"cookie"
+                 for pair in v.split(b";"))
+        return next((val.decode("latin-1") for k, _, val in pairs if k.lower() == want), None)
     return None
 

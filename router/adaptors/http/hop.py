@@ -46,7 +46,7 @@ def is_grpc(headers: Headers) -> bool:
 def with_forwarded(head: RequestHead) -> RequestHead:
     """The head with the client's address appended to x-forwarded-for and forwarded
     (RFC 7239), for the application behind the far connector."""
-    host = head.client.rpartition(":")[0].strip("[]") or head.client
+    host = head.client.rpartition(":")[0].strip("[]") or "unknown"  # RFC 7239 6.2
     node = f'"[{host}]"' if ":" in host else host
     mine = (f"for={node};host={_quoted(head.authority.decode('latin-1'))};"
             f"proto={head.scheme.decode('latin-1')}").encode()

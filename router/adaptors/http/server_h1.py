@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 READ_BYTES = 64 * 1024
 _NO_BODY_STATUS = (204, 304)
+HEAD_TIMEOUT_S = 60.0  # for a request head, from the end of the previous exchange
 LINGER_S = 1.0
 LINGER_BYTES = 1024 * 1024
 DISCARD_BYTES = 64 * 1024  # of an unread request body, to keep the connection
@@ -140,7 +141,12 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
     conn.h11.receive_data(first)
     while True:
         try:
-            event = await conn.next_event()
+            with trio.move_on_after(HEAD_TIMEOUT_S) as waited:
+                event = await conn.next_event()
+            if waited.cancelled_caught:  # idle, or a head sent slowly (Slowloris)
+                if conn.h11.trailing_data[0]:
+                    await _refuse(conn, 408, f"no complete request head in {HEAD_TIMEOUT_S:g} s")
+                return
             if not isinstance(event, h11.Request):
                 return  # closed (or the client sent nothing more)
             head = _head(event, limits, client)
@@ -178,7 +184,9 @@ def _head(event: h11.Request, limits: MessageLimits, client: str) -> RequestHead
         rest = target.split(b"://", 1)[1]
         authority, slash, path = rest.partition(b"/")
         target = slash + path or b"/"
-    headers = strip_hop_by_hop(tuple((n, v) for n, v in raw if n != b"host"))
+    # Host becomes the authority; we answer Expect: 100-continue ourselves (when the
+    # body is first read, once a site took the request), so it goes no further.
+    headers = strip_hop_by_hop(tuple((n, v) for n, v in raw if n not in (b"host", b"expect")))
     return RequestHead(method=event.method, target=target, authority=authority,
                        scheme=b"http", headers=headers, client=client)
 

@@ -39,10 +39,15 @@ if TYPE_CHECKING:
 
 READ_BYTES = 64 * 1024
 MAX_STREAMS = 100  # concurrent requests per connection
-MAX_UNSENT_BYTES = 1024 * 1024  # queued for the client; past it we stop reading
+STREAM_WINDOW_BYTES = 256 * 1024  # a client may send this much of a body unacknowledged
+CONNECTION_WINDOW_BYTES = 1024 * 1024  # ...and this much over all its streams
+MAX_UNSENT_BYTES = 1024 * 1024  # answers queued for the client; past it we stop reading
+MAX_DATA_QUEUED = 256 * 1024  # response data queued for the client; past it we wait
 RESET_BUDGET = 200  # client stream resets a connection may make in a burst...
 RESETS_PER_S = 20.0  # ...and the rate they are allowed at after it
 GOAWAY_WAIT_S = 1.0
+RST_STREAM = 0x3  # the frame type
+IDLE_TIMEOUT_S = 300.0  # a connection with no request open is closed after this
 _H2Error = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError,
             h2.exceptions.FlowControlError)
 
@@ -67,36 +72,45 @@ class _Conn:
             client_side=False, header_encoding=None))
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
             h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_head_bytes})
         self.streams: dict[int, _Stream] = {}
-        self.outbox = bytearray()
-        self.in_flight = 0
+        # Queued for the client, in order (HPACK needs it): what h2 answers on its own
+        # (SETTINGS and PING acks, resets), which a client can make us queue without end,
+        # and responses, which its windows bound. Each is counted and capped on its own,
+        # so a client that writes before it reads is never stalled by its responses.
+        self.out: deque[tuple[bytes, bool]] = deque()  # (bytes, control?)
+        self.queued = {True: 0, False: 0}  # unsent bytes of each kind, incl. in flight
         self._out_ready = trio.Event()
         self._sent = trio.Event()  # a write finished: room for more
         self._window = trio.Event()  # the client opened a window
         self.resets = float(RESET_BUDGET)
         self._reset_at = trio.current_time()
         self.closing = False
+        self._read_scope = trio.CancelScope()
 
     # ---- writing
-    def flush(self) -> None:
-        data = self.h2.data_to_send()
+    def flush(self, *, control: bool = False) -> None:
+        """Queue what h2 has to send; `control`: it answers what the client sent."""
+        self._queue(self.h2.data_to_send(), control=control)
+
+    def _queue(self, data: bytes, *, control: bool) -> None:
         if data:
-            self.outbox += data
+            self.out.append((data, control))
+            self.queued[control] += len(data)
             self._out_ready.set()
 
-    @property
-    def unsent(self) -> int:
-        return len(self.outbox) + self.in_flight
+    def unsent(self, control: bool) -> int:
+        return self.queued[control]
 
     # Many tasks may wait for the same thing: each wake-up sets the current event and
     # puts a fresh one in its place.
-    async def wait_room(self) -> None:
-        while self.unsent > MAX_UNSENT_BYTES:
+    async def wait_room(self, *, control: bool = False) -> None:
+        while self.unsent(control) > (MAX_UNSENT_BYTES if control else MAX_DATA_QUEUED):
             await self._sent.wait()
 
     async def drain(self) -> None:
-        while self.unsent:
+        while self.unsent(True) or self.unsent(False):
             await self._sent.wait()
 
     async def wait_window(self) -> None:
@@ -108,14 +122,14 @@ class _Conn:
 
     async def writer(self) -> None:
         while True:
-            while not self.outbox:
+            while not self.out:
                 self._out_ready = trio.Event()
                 await self._out_ready.wait()
-            data = bytes(self.outbox)
-            self.outbox.clear()
-            self.in_flight = len(data)
-            await self.stream.send_all(data)
-            self.in_flight = 0
+            chunks = list(self.out)
+            self.out.clear()
+            await self.stream.send_all(b"".join(data for data, _ in chunks))
+            for data, control in chunks:
+                self.queued[control] -= len(data)
             self._sent.set()
             self._sent = trio.Event()
 
@@ -130,11 +144,27 @@ class _Conn:
                 events = []
             for event in events:
                 self._on_event(event, nursery)
-            self.flush()
+            answers = self.h2.data_to_send()
+            self._queue(answers, control=True)
+            # MadeYouReset (CVE-2025-8671): streams h2 reset for frames the client sent
+            # cost the same budget as the client's own resets.
+            self._spend_resets(_rst_frames(answers))
+            self.flush(control=True)
             if self.closing:
                 return
-            await self.wait_room()  # the client must read what it asked for (PINGs too)
-            data = bytes(await self.stream.receive_some(READ_BYTES))
+            await self.wait_room(control=True)  # the client must read what it asked for
+            with trio.CancelScope() as self._read_scope:
+                self._arm_idle()
+                data = bytes(await self.stream.receive_some(READ_BYTES))
+            if self._read_scope.cancelled_caught:
+                self.h2.close_connection(additional_data=b"idle")
+                self.flush(control=True)
+                return
+
+    def _arm_idle(self) -> None:
+        """While no request is open, the read ends after IDLE_TIMEOUT_S."""
+        self._read_scope.deadline = (trio.current_time() + IDLE_TIMEOUT_S if not self.streams
+                                     else math.inf)
 
     def _on_event(self, event: h2.events.Event, nursery: trio.Nursery) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -166,10 +196,14 @@ class _Conn:
         if st is not None:
             st.ended_out = True
             st.scope.cancel()  # the frontend aborts the request's flow
-        if not event.remote_reset:
+        if event.remote_reset:
+            self._spend_resets(1)
+
+    def _spend_resets(self, n: int) -> None:
+        if not n or self.closing:
             return
         now = trio.current_time()
-        self.resets = min(RESET_BUDGET, self.resets + (now - self._reset_at) * RESETS_PER_S) - 1
+        self.resets = min(RESET_BUDGET, self.resets + (now - self._reset_at) * RESETS_PER_S) - n
         self._reset_at = now
         if self.resets < 0:  # Rapid Reset: requests started and cancelled in a flood
             self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
@@ -223,6 +257,7 @@ class _Conn:
                     sink.reset()
         finally:
             del self.streams[st.id]
+            self._arm_idle()
             if not st.ended_out:  # answered before the body ended, or given up
                 _quiet(self.h2.reset_stream, st.id, h2.errors.ErrorCodes.NO_ERROR
                        if sink.done else h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -317,6 +352,15 @@ def _quiet(fn: object, *args: object) -> None:
         fn(*args)  # type: ignore[operator]
 
 
+def _rst_frames(data: bytes) -> int:
+    """How many RST_STREAM frames `data` (whole frames, as h2 emits them) holds."""
+    count, at = 0, 0
+    while at + 9 <= len(data):
+        count += data[at + 3] == RST_STREAM
+        at += 9 + int.from_bytes(data[at:at + 3], "big")
+    return count
+
+
 def _plain(headers: object) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((bytes(n), bytes(v)) for n, v in headers  # type: ignore[attr-defined]
                  if not bytes(n).startswith(b":"))
@@ -327,7 +371,8 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
     """Serve streams until the client closes, errs, or spends its reset budget."""
     conn = _Conn(stream, handle, limits, client)
     conn.h2.initiate_connection()
-    conn.flush()
+    conn.h2.increment_flow_control_window(CONNECTION_WINDOW_BYTES - 65535)  # from the default
+    conn.flush(control=True)  # SETTINGS first
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.writer)
