@@ -27,6 +27,7 @@ from router.flows.records import FLOW_RECORDS_MAX, Counters, RecordRing
 
 Role = Literal["listener", "connector"]  # the end where the client is, or the target
 Outcome = Literal["ok", "refused", "reset", "error"]
+PATH_MAX = 256  # characters of a request's path kept in its record
 
 
 @dataclass(slots=True, eq=False)
@@ -114,10 +115,17 @@ class FlowTable:
             del self._outstanding[router_id]
 
     # ---- what an HTTP listener notes on a request's entry (one entry per request)
-    def note_request(self, entry: FlowEntry, *, method: str, path: str) -> None:
-        """The entry is the client's request `method path` (counted as one at its end)."""
+    def note_request(self, entry: FlowEntry, *, method: str | bytes, path: str | bytes
+                     ) -> None:
+        """The entry is the client's request `method path` (counted as one at its end).
+        The record keeps the path without its query (it may carry secrets), cut to
+        PATH_MAX characters so that 10 000 records stay small."""
+        if isinstance(method, bytes):
+            method = method.decode("latin-1")
+        if isinstance(path, bytes):
+            path = path.decode("latin-1")
         entry.method = method
-        entry.path = path
+        entry.path = path.partition("?")[0][:PATH_MAX]
 
     def note_attempt(self, entry: FlowEntry, reason: str) -> None:
         """Another attempt starts (a retry), because of `reason` ("west: 503")."""

@@ -89,6 +89,15 @@ def test_http_fields_and_counters() -> None:
     assert s.flows["api", "listener", "ok"] == 5 and s.flows["api", "listener", "reset"] == 1
 
 
+def test_request_line_as_bytes_and_the_path_without_its_query() -> None:
+    table = FlowTable()
+    e = table.begin("api", "listener")
+    table.note_request(e, method=b"GET", path=b"/orders/7?token=secret")
+    assert (e.method, e.path) == ("GET", "/orders/7")
+    table.note_request(e, method="GET", path="/" + "a" * 10_000)
+    assert e.path is not None and len(e.path) == 256
+
+
 def test_a_tcp_flow_is_a_flow_not_a_request() -> None:
     table = FlowTable()
     table.end(table.begin("db", "listener"), "refused")
