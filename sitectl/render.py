@@ -86,7 +86,18 @@ def render_status(st: dict[str, Any]) -> str:
     flows = st["flows"]
     lines.append(f"flows: {flows['active']} active, {flows['opened']} opened, "
                  f"{flows['refused']} refused")
+    http = [(key, t["http"]) for key, t in st.get("traffic", {}).items() if "http" in t]
+    if http:
+        lines.append("http requests:")
+        lines.extend(render_requests(key, h) for key, h in http)
     return "\n".join(lines)
+
+
+def render_requests(key: str, h: dict[str, Any]) -> str:
+    """One line per HTTP key: requests, by status class, the error share."""
+    classes = " ".join(f"{_t(c)} {n}" for c, n in h["by_status_class"].items())
+    return (f"  {_t(key):<20} {h['requests']} requests ({classes}), "
+            f"errors {h['error_share'] * 100:.1f}%")
 
 
 def render_routes(routes: list[dict[str, Any]], strategy: str, indent: str = "") -> str:

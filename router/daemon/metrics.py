@@ -14,10 +14,16 @@ from functools import partial
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from router.daemon.view import RouterView
+from router.flows.table import FlowTable
 from router.net.accept import FdReserve, serve_listeners
 from router.net.errors import guarded
 
@@ -42,6 +48,7 @@ class RouterCollector(Collector):
         moved.add_metric(["to_link"], c.bytes_out)
         moved.add_metric(["to_socket"], c.bytes_in)
         yield moved
+        yield from per_key_metrics(c)
         up = GaugeMetricFamily("vanrouter_link_up", "1 if the link is up",
                                labels=["link", "peer_site", "direction"])
         rtt = GaugeMetricFamily("vanrouter_link_rtt_seconds", "Last keepalive round trip",
@@ -62,6 +69,32 @@ class RouterCollector(Collector):
         yield link_bytes
         yield GaugeMetricFamily("vanrouter_routers_known", "Routers in the link-state database",
                                 value=len(r.routing.records()))
+
+
+
+def per_key_metrics(c: FlowTable) -> Iterator[Metric]:
+    """Counters per routing key, kept by the flow table as flows and requests end."""
+    flows = CounterMetricFamily("vanrouter_flows", "Flows ended, by routing key",
+                                labels=["key", "role", "outcome"])
+    for (key, role, outcome), n in sorted(c.stats.flows.items()):
+        flows.add_metric([key, role, outcome], n)
+    yield flows
+    requests = CounterMetricFamily(
+        "vanrouter_http_requests", "HTTP requests answered by an http listener here",
+        labels=["key", "method", "status_class", "site"])
+    for labels, n in sorted(c.stats.requests.items()):
+        requests.add_metric(list(labels), n)
+    yield requests
+    duration = HistogramMetricFamily(
+        "vanrouter_http_request_duration_seconds",
+        "HTTP request duration, from its head to the end of the response",
+        labels=["key"])
+    for key, st in sorted(c.stats.http.items()):
+        duration.add_metric([key], st.latency.cumulative(), sum_value=st.latency.sum)
+    yield duration
+    yield CounterMetricFamily("vanrouter_flow_records_dropped",
+                              "Flow records dropped from the full ring (oldest first)",
+                              value=c.records.dropped)
 
 
 def make_registry(router: RouterView) -> CollectorRegistry:

@@ -60,7 +60,20 @@ def site_status(r: RouterView) -> dict[str, Any]:
         "connectors": [dataclasses.asdict(con) for con in cfg.connectors],
         "keys": keys,
         "flows": r.flows.counters(),
+        "traffic": traffic(r),
     }
+
+
+def traffic(r: RouterView) -> dict[str, dict[str, Any]]:
+    """Per routing key: flows ended by role, and for HTTP keys the requests with
+    their error share (5xx, errors we generated, no response, over all)."""
+    stats = r.flows.stats
+    out: dict[str, dict[str, Any]] = {}
+    for key, roles in sorted(stats.flows_by_key().items()):
+        out[key] = {"flows": roles}
+    for key, st in sorted(stats.http.items()):
+        out.setdefault(key, {"flows": {}})["http"] = st.as_dict()
+    return out
 
 
 def network_status(r: RouterView) -> dict[str, Any]:

@@ -4,8 +4,12 @@ An end registers (routing key, role, client, trace) when it starts, notes the
 serving router once it has one, adds its bytes as they move and reports its
 outcome when it ends. This is the one place for the counters that status and
 metrics show, for the outstanding flows per serving router that the "balanced"
-strategy reads, and (next) for flow records. The table also owns the nursery the
-flows' tasks run in, so that draining is one wait on one condition (`wait_idle`).
+strategy reads, and for the records of ended flows and the per-key counters kept
+from them (flows/records.py). An HTTP listener notes each request's method, path,
+response and retries on its entry (`note_request`, `note_response`, `note_attempt`);
+a TCP flow leaves those at their defaults, so its path costs what it did. The table
+also owns the nursery the flows' tasks run in, so that draining is one wait on one
+condition (`wait_idle`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from typing import Any, Literal
 
 import trio
 
+from router.flows.records import FLOW_RECORDS_MAX, Counters, RecordRing
+
 Role = Literal["listener", "connector"]  # the end where the client is, or the target
 Outcome = Literal["ok", "refused", "reset", "error"]
+PATH_MAX = 256  # characters of a request's path kept in its record
 
 
 @dataclass(slots=True, eq=False)
@@ -36,10 +43,22 @@ class FlowEntry:
     server_router: str | None = None  # the router serving it, once chosen
     bytes_in: int = 0  # link -> local socket
     bytes_out: int = 0  # local socket -> link
+    end: float | None = None  # set when it ends: the entry is then its record
+    outcome: Outcome | None = None
+    # HTTP requests only (see FlowTable.note_*); plain defaults keep TCP's cost.
+    method: str | None = None  # None: not an HTTP request (the counters skip it)
+    path: str | None = None
+    status: int | None = None  # the HTTP status the client got
+    grpc_status: int | None = None  # for gRPC, once known (trailers)
+    by_router: bool = False  # the response was an error we generated, not the backend's
+    attempts: int = 1
+    retry_reasons: tuple[str, ...] = ()  # why each attempt after the first happened
+    ttfb_s: float | None = None  # start to the response head
+    served_by_site: str | None = None
 
 
 class FlowTable:
-    def __init__(self) -> None:
+    def __init__(self, records_max: int = FLOW_RECORDS_MAX) -> None:
         self._ids = itertools.count(1)
         self._active: dict[int, FlowEntry] = {}
         self._outstanding: Counter[str] = Counter()
@@ -51,6 +70,8 @@ class FlowTable:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        self.records = RecordRing(records_max)
+        self.stats = Counters()
 
     # ---- registration
     def begin(self, key: str, role: Role, *, client: str = "?",
@@ -64,7 +85,10 @@ class FlowTable:
         return entry
 
     def serving(self, entry: FlowEntry, router_id: str) -> None:
-        """The flow is being served by `router_id` (counted until it ends)."""
+        """The flow is being served by `router_id` (counted until it ends). Again
+        for the same entry (a request's next attempt) moves it to the new router."""
+        if entry.server_router is not None:
+            self._release(entry.server_router)
         entry.server_router = router_id
         self._outstanding[router_id] += 1
 
@@ -72,9 +96,11 @@ class FlowTable:
         if self._active.pop(entry.id, None) is None:
             return  # ended twice: count once
         if entry.server_router is not None:
-            self._outstanding[entry.server_router] -= 1
-            if not self._outstanding[entry.server_router]:
-                del self._outstanding[entry.server_router]
+            self._release(entry.server_router)
+        entry.end = time.time()
+        entry.outcome = outcome
+        self.records.append(entry)
+        self.stats.add(entry)
         self._done_in += entry.bytes_in
         self._done_out += entry.bytes_out
         self.outcomes[outcome] += 1
@@ -82,6 +108,43 @@ class FlowTable:
             self.refused += 1
         if not self._active:
             self._idle.set()
+
+    def _release(self, router_id: str) -> None:
+        self._outstanding[router_id] -= 1
+        if not self._outstanding[router_id]:
+            del self._outstanding[router_id]
+
+    # ---- what an HTTP listener notes on a request's entry (one entry per request)
+    def note_request(self, entry: FlowEntry, *, method: str | bytes, path: str | bytes
+                     ) -> None:
+        """The entry is the client's request `method path` (counted as one at its end).
+        The record keeps the path without its query (it may carry secrets), cut to
+        PATH_MAX characters so that 10 000 records stay small."""
+        if isinstance(method, bytes):
+            method = method.decode("latin-1")
+        if isinstance(path, bytes):
+            path = path.decode("latin-1")
+        entry.method = method
+        entry.path = path.partition("?")[0][:PATH_MAX]
+
+    def note_attempt(self, entry: FlowEntry, reason: str) -> None:
+        """Another attempt starts (a retry), because of `reason` ("west: 503")."""
+        entry.attempts += 1
+        entry.retry_reasons += (reason,)
+
+    def note_response(self, entry: FlowEntry, *, status: int, site: str | None,
+                      by_router: bool = False, ttfb_s: float | None = None) -> None:
+        """The response head went to the client: its status, the site that answered
+        (None if none did), whether we generated it. Time to first byte is taken now
+        unless given."""
+        entry.status = status
+        entry.served_by_site = site
+        entry.by_router = by_router
+        entry.ttfb_s = ttfb_s if ttfb_s is not None else max(0.0, time.time() - entry.start)
+
+    def note_grpc_status(self, entry: FlowEntry, code: int) -> None:
+        """A gRPC response's grpc-status (from its trailers, or a trailers-only answer)."""
+        entry.grpc_status = code
 
     # ---- what status, metrics and the strategies read
     @property
