@@ -1,9 +1,8 @@
 """Request counts in /metrics and `sitectl status`: two router subprocesses (east's http
 listener, west's HTTP/1.1 connector to tests/support/httpd.py), requests from httpx.
 
-Each request is a flow in the table of both routers, counted per key now. The HTTP
-fields (method, status class, serving site, error share) need the listener to call
-FlowTable.note_request/note_response: those assertions are strict xfails until it does."""
+Each request is a flow in the table of both routers, counted per key; the listener's
+router also counts it by method, status class and serving site, with the error share."""
 
 from __future__ import annotations
 
@@ -19,7 +18,6 @@ from tests.e2e.test_e2e_http import Backend
 from tests.support.sites import Site, free_port, link, site_env, wait_for
 
 REQUESTS = 20
-NOT_WIRED = "frontend does not call note_request yet"
 
 
 class Net:
@@ -99,7 +97,6 @@ def test_status_json_counts_flows_per_key(net: Net) -> None:
     assert net.west.status()["traffic"]["api"]["flows"] == {"connector": REQUESTS}
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_WIRED)
 def test_requests_by_method_status_class_and_site_in_metrics(net: Net) -> None:
     text = net.scrape("east")
     assert sample(text, "vanrouter_http_requests_total", key="api", method="GET",
@@ -110,7 +107,6 @@ def test_requests_by_method_status_class_and_site_in_metrics(net: Net) -> None:
                   le="+Inf") == REQUESTS
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_WIRED)
 def test_status_shows_request_counts_and_error_share(net: Net) -> None:
     http = net.east.status()["traffic"]["api"]["http"]
     assert http["requests"] == REQUESTS and http["error_share"] == 0.0

@@ -13,7 +13,10 @@ async def test_503_says_why_when_no_site_serves_the_key() -> None:
         resp = await client.get(f"{front.url}/")
         assert resp.status_code == 503
         assert resp.text == "no site serves 'api': no reachable site has a connector for it\n"
-        assert front.table.outcomes["refused"] == 3  # the first try and 2 retries
+        # One request, refused after the first try and 2 retries.
+        assert front.table.outcomes["refused"] == 1
+        (record,) = front.table.records.recent(1)
+        assert record.attempts == 3 and record.status == 503 and record.by_router
 
 
 async def test_retry_after_a_refusal_then_served() -> None:

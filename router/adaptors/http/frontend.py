@@ -23,6 +23,7 @@ import trio
 
 from router.adaptors.http import server_h1, server_h2
 from router.adaptors.http.flowmsg import FlowLost, MessageFlow
+from router.adaptors.http.health import OutlierTracker, RetryBudget, order_without_ejected
 from router.adaptors.http.hop import ROUTER_ERROR_HEADER, is_grpc, with_forwarded
 from router.adaptors.http.message import (
     Body,
@@ -36,7 +37,7 @@ from router.adaptors.http.message import (
     Trailers,
 )
 from router.flows.forwarder import Forwarder, NoRoute
-from router.flows.table import FlowTable, Outcome
+from router.flows.table import FlowEntry, FlowTable, Outcome
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.sockets import peer_name
 from router.protocol import FlowCode
@@ -135,6 +136,8 @@ class HttpFrontend:
         self.limits = limits or MessageLimits()
         self._rng = random.Random()
         self._error_log = KeyedLogThrottle(ERROR_LOG_INTERVAL_S)  # outages come in floods
+        self._sites = OutlierTracker()  # by router id: failing sites are tried last
+        self._budgets: dict[str, RetryBudget] = {}  # by routing key
 
     async def serve_connection(self, lst: ListenerConfig, stream: trio.abc.Stream) -> None:
         """Serve one client connection until it ends; closes it."""
@@ -165,56 +168,78 @@ class HttpFrontend:
                      sink: ResponseSink) -> None:
         """One request, retries included; BrokenResourceError if the client went away."""
         grpc = is_grpc(head.headers)
+        # One entry per request (its attempts, bytes and answer), as records count it.
+        entry = self._table.begin(lst.key, "listener", client=head.client)
+        self._table.note_request(entry, method=head.method, path=head.target)
+        outcome: Outcome = "error"
         try:
-            failure = await self._serve_request(lst, head, body, sink)
+            failure, outcome = await self._serve_request(lst, entry, head, body, sink)
             if failure is not None:
                 self._error_log.log(lst.key, log, logging.WARNING, trio.current_time(),
                                     "listener %s: %d: %s", lst.key, failure.status,
                                     failure.reason)
+                self._table.note_response(entry, status=failure.status, site=None,
+                                          by_router=True)
+                if grpc:
+                    self._table.note_grpc_status(entry, failure.grpc_status)
                 await _answer_error(sink, failure, grpc)
         except _ClientGone:
+            outcome = "reset"
             raise trio.BrokenResourceError("the client went away") from None
+        except BaseException:
+            outcome = "reset"
+            raise
+        finally:
+            self._table.end(entry, outcome)
 
-    async def _serve_request(self, lst: ListenerConfig, head: RequestHead, body: RequestBody,
-                             sink: ResponseSink) -> _Failure | None:
-        """None once the response went (or was reset), else the error to answer."""
+    async def _serve_request(self, lst: ListenerConfig, entry: FlowEntry, head: RequestHead,
+                             body: RequestBody, sink: ResponseSink
+                             ) -> tuple[_Failure | None, Outcome]:
+        """(None once the response went or was reset, else the error to answer; the
+        request's outcome)."""
         cfg = self._config(lst.key)
         if cfg is None:  # deleted while this connection was open
-            return _Failure(503, f"the listener for {lst.key!r} was deleted")
+            return _Failure(503, f"the listener for {lst.key!r} was deleted"), "refused"
         head = with_forwarded(head)
         replay = _Replay()
         tried: set[str] = set()
         attempts = 1 + max(0, cfg.retries)
+        budget = self._budgets.setdefault(cfg.key, RetryBudget(trio.current_time()))
+        budget.on_request(trio.current_time())
         failure = _Failure(503, f"no site serves {lst.key!r}")
         deadline = trio.current_time() + cfg.timeout_s if cfg.timeout_s > 0 else math.inf
         with trio.move_on_at(deadline):
             for attempt in range(attempts):
                 if attempt:
+                    if not budget.can_retry(trio.current_time()):
+                        break  # retries would more than double the load: answer now
+                    self._table.note_attempt(entry, failure.reason)
                     await trio.sleep(self._rng.uniform(
                         0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
-                outcome = await self._attempt(cfg, head, body, sink, replay, tried,
-                                              can_retry=attempt + 1 < attempts)
-                if outcome is None:
-                    return None
-                failure = outcome
+                result, outcome = await self._attempt(cfg, entry, head, body, sink, replay,
+                                                      tried, can_retry=attempt + 1 < attempts)
+                if result is None:
+                    return None, outcome
+                failure = result
                 if replay.overflow or failure.final:
                     break  # the body is gone, or it may have been acted on
-            return failure
+            return failure, failure.outcome
         if sink.started:
             sink.reset()
-            return None
+            return None, "reset"
         return _Failure(504, f"{lst.key!r}: no response within {cfg.timeout_s:g} s",
-                        GRPC_DEADLINE_EXCEEDED)
+                        GRPC_DEADLINE_EXCEEDED), "error"
 
-    async def _attempt(self, cfg: ListenerConfig, head: RequestHead, body: RequestBody,
-                       sink: ResponseSink, replay: _Replay, tried: set[str], *,
-                       can_retry: bool) -> _Failure | None:
-        """One try at a site: None when the response went to the client (or could not
-        complete), a _Failure when the request provably was not processed."""
-        entry = self._table.begin(cfg.key, "listener", client=head.client)
+    async def _attempt(self, cfg: ListenerConfig, entry: FlowEntry, head: RequestHead,
+                       body: RequestBody, sink: ResponseSink, replay: _Replay, tried: set[str],
+                       *, can_retry: bool) -> tuple[_Failure | None, Outcome]:
+        """One try at a site: (None when the response went to the client, or could not
+        complete; a _Failure when the request may be tried again or must be answered
+        by us), and the attempt's outcome."""
         outcome: Outcome = "error"
         peer: MessagePeer | None = None
         finished = False
+        router_id: str | None = None
         try:
             try:
                 route = await self._forwarder.open(
@@ -224,14 +249,16 @@ class HttpFrontend:
                     connect_local=self._local.exchange, order=self._order(cfg, head, tried))
             except NoRoute as exc:
                 outcome = "refused"
-                return _Failure(503, f"no site serves {cfg.key!r}: {exc}", outcome="refused")
+                return (_Failure(503, f"no site serves {cfg.key!r}: {exc}", outcome="refused"),
+                        outcome)
             tried.add(route.site)
+            router_id = route.router_id
             peer = route.end if route.end is not None else route.target
             assert peer is not None
-            result, finished = await self._exchange(peer, head, body, sink, replay,
-                                                    can_retry=can_retry)
+            result, finished = await self._exchange(peer, entry, route.site, head, body, sink,
+                                                    replay, can_retry=can_retry)
             outcome = "ok" if finished else (result.outcome if result else "reset")
-            return result
+            return result, outcome
         except BaseException:
             outcome = "reset"
             raise
@@ -241,7 +268,10 @@ class HttpFrontend:
                     peer.abort(FlowCode.PEER_RESET, "the HTTP exchange ended unfinished")
                 if isinstance(peer, MessageFlow):
                     peer.side.release()
-            self._table.end(entry, outcome)
+            if router_id is not None:  # a 5xx or a broken exchange counts against the site
+                failed = outcome != "ok" or (entry.status or 0) >= 500
+                self._sites.record(router_id, ok=not failed, now=trio.current_time(),
+                                   reason=f"{entry.status or outcome}")
 
     def _order(self, cfg: ListenerConfig, head: RequestHead, tried: set[str]
                ) -> Callable[[list[Candidate], Mapping[str, int], random.Random],
@@ -253,20 +283,23 @@ class HttpFrontend:
                   rng: random.Random) -> list[Candidate]:
             ranked = order_for_request(cfg.routes, facts, cands, strategy=cfg.strategy,
                                        outstanding=outstanding, rng=rng, affinity=affinity)
+            ranked = order_without_ejected(ranked, self._sites, trio.current_time())
             # Sites already tried go last: a retry prefers another site, yet a site
             # that refused for a moment may still serve when it is the only one.
             return ([c for c in ranked if c.site not in tried]
                     + [c for c in ranked if c.site in tried])
         return order
 
-    async def _exchange(self, peer: MessagePeer, head: RequestHead, body: RequestBody,
-                        sink: ResponseSink, replay: _Replay, *, can_retry: bool
-                        ) -> tuple[_Failure | None, bool]:
+    async def _exchange(self, peer: MessagePeer, entry: FlowEntry, site: str,
+                        head: RequestHead, body: RequestBody, sink: ResponseSink,
+                        replay: _Replay, *, can_retry: bool) -> tuple[_Failure | None, bool]:
         """(failure or None, whether both messages completed)."""
         pump = _Pump()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump.run, peer, head, body, replay, nursery.cancel_scope)
-            result = await _receive(peer, head, sink, replay, pump, can_retry=can_retry)
+            note = functools.partial(_note_response, self._table, entry, site)
+            result = await _receive(peer, head, sink, replay, pump, can_retry=can_retry,
+                                    note=note)
             if result is not None or not replay.ended:
                 nursery.cancel_scope.cancel()  # failed, or answered before the body ended
             else:  # the END is on its way: let it go, unless the flow has no credit
@@ -313,8 +346,18 @@ class _Pump:
             scope.cancel()
 
 
+def _note_response(table: FlowTable, entry: FlowEntry, site: str, head: ResponseHead) -> None:
+    """The response head reaches the client: the record takes its status."""
+    table.note_response(entry, status=head.status, site=site,
+                        by_router=any(n == ROUTER_ERROR_HEADER for n, _ in head.headers))
+    grpc_status = next((v for n, v in head.headers if n == b"grpc-status"), None)
+    if grpc_status is not None and grpc_status.isdigit():
+        table.note_grpc_status(entry, int(grpc_status))
+
+
 async def _receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, replay: _Replay,
-                   pump: _Pump, *, can_retry: bool) -> _Failure | bool | None:
+                   pump: _Pump, *, can_retry: bool, note: Callable[[ResponseHead], None]
+                   ) -> _Failure | bool | None:
     """The response to the client: None once it all went, a _Failure if the request
     may be retried, False if it broke off (the client was reset)."""
     try:
@@ -334,6 +377,7 @@ async def _receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, rep
             and ((router_made and first.status == 503) or head.method in IDEMPOTENT)):
         return _Failure(first.status, f"the serving site answered {first.status}",
                         outcome="error")
+    note(first)
     try:
         await sink.send(first)
         part: Part | None = first
