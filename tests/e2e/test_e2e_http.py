@@ -258,3 +258,17 @@ def test_a_timeout_answers_504_within_its_bound(net: Net) -> None:
         net.east.sitectl("listener", "set", "api", "--timeout", "off")
     assert r.status_code == 504, r.text
     assert took < 4.0, took
+
+
+def test_a_site_answering_5xx_is_ejected_and_its_requests_served_elsewhere(net: Net) -> None:
+    with httpx.Client() as client:
+        # GETs are retried elsewhere after a 5xx: the client only ever sees 200.
+        for _ in range(30):
+            r = client.get(f"{net.url}/failon/west")
+            assert r.status_code == 200 and r.headers["x-served-by"] == "north"
+        # West failed 5 times in a row by now: it is tried last, so it sees none.
+        before = int(httpx.get(f"http://127.0.0.1:{net.backends['west'].port}/count").text)
+        for _ in range(20):
+            assert client.get(f"{net.url}/failon/west").status_code == 200
+        after = int(httpx.get(f"http://127.0.0.1:{net.backends['west'].port}/count").text)
+    assert after == before + 1  # only the /count request itself

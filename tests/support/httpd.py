@@ -10,6 +10,7 @@ GET /sse/N            -> N server-sent events, 0.2 s apart, each flushed as writ
 GET /status/CODE      -> that status, body "status CODE"
 GET /count            -> how many requests this process served (counting this one)
 GET /sleep/S          -> 200 after S seconds
+GET /failon/NAME      -> 500 from the backend named NAME, 200 from the others
 POST /crash           -> reads the body, then drops the connection without answering
 GET /crashes          -> how many /crash requests arrived
 Every response carries x-served-by and x-request-count. Prints "ready PORT" on stdout.
@@ -93,6 +94,10 @@ class App:
             text = f"status {parts[1]}".encode()
             await respond(int(parts[1]), [*common, (b"content-length", str(len(text)).encode())])
             await send(text)
+        elif parts[0] == "failon" and len(parts) == 2:
+            status = 500 if parts[1] == self.name else 200
+            await respond(status, [*common, (b"content-length", b"2")])
+            await send(b"ok" if status == 200 else b"no")
         elif parts[0] == "sleep" and len(parts) == 2 and parts[1].isdigit():
             await trio.sleep(int(parts[1]))
             await respond(200, [*common, (b"content-length", b"5")])
