@@ -16,7 +16,7 @@ import os
 import trio
 
 from router.flows.end import FlowEnd
-from router.flows.table import FlowEntry
+from router.flows.entry import FlowEntry
 from router.net.errors import only
 from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK, abort_socket

@@ -15,8 +15,10 @@ import trio
 
 from router.adaptors.socketflow import SocketFlow
 from router.adaptors.stream import StreamFlow
+from router.flows.end import PendingOpen
+from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute, NoTarget
-from router.flows.table import FlowEntry, FlowTable, Outcome
+from router.flows.table import FlowTable
 from router.net.errors import connect_reason, guarded, only
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
@@ -97,12 +99,12 @@ class TcpConnectors:
         """An OPEN for a key this site serves (from the link reader: must not block)."""
         entry = self._table.begin(open_msg.routing_key, "connector",
                                   client=open_msg.client_addr, trace=open_msg.trace)
-        end = _Pending(side)
+        end = PendingOpen(side)
         side.attach(end)
         self._table.spawn(guarded, f"flow for {open_msg.routing_key}", self._serve,
                           end, entry, open_msg)
 
-    async def _serve(self, pending: _Pending, entry: FlowEntry, open_msg: Open) -> None:
+    async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
         side = pending.side
         outcome: Outcome = "error"
         target: trio.abc.Stream | None = None
@@ -138,22 +140,6 @@ class TcpConnectors:
             if target is not None and not pumped:
                 await _close_abortively(target)
 
-
-class _Pending:
-    """The flow's handler until the target answers: only a reset can matter."""
-
-    def __init__(self, side: FlowSide) -> None:
-        self.side = side
-        self.reset_reason: str | None = None
-
-    def on_reset(self, code: FlowCode, reason: str) -> None:
-        self.reset_reason = reason
-
-    def on_accepted(self, window: int) -> None: ...
-    def on_refused(self, code: FlowCode, reason: str) -> None: ...
-    def on_data(self, data: bytes) -> None: ...
-    def on_credit(self) -> None: ...
-    def on_fin(self) -> None: ...
 
 
 class TcpClients:

@@ -13,7 +13,7 @@ from collections import deque
 import trio
 
 from router.errors import VanError
-from router.flows.table import FlowEntry
+from router.flows.entry import FlowEntry
 from router.net.side import FlowSide
 from router.protocol import FlowCode
 
@@ -92,3 +92,21 @@ class FlowEnd:
             self.reset_reason, self.reset_code = reason, code
             self.side.reset(code, reason)
         self._scope.cancel()
+
+
+class PendingOpen:
+    """The handler of an incoming OPEN until the serving side answers it: only a
+    reset (the opener gave up) can arrive before ACCEPT."""
+
+    def __init__(self, side: FlowSide) -> None:
+        self.side = side
+        self.reset_reason: str | None = None
+
+    def on_reset(self, code: FlowCode, reason: str) -> None:
+        self.reset_reason = reason
+
+    def on_accepted(self, window: int) -> None: ...
+    def on_refused(self, code: FlowCode, reason: str) -> None: ...
+    def on_data(self, data: bytes) -> None: ...
+    def on_credit(self) -> None: ...
+    def on_fin(self) -> None: ...

@@ -20,7 +20,8 @@ import trio
 
 from router.errors import VanError
 from router.flows.end import FlowEnd, FlowRefusedError
-from router.flows.table import FlowEntry, FlowTable
+from router.flows.entry import FlowEntry
+from router.flows.table import FlowTable
 from router.flows.transit import Transit
 from router.net.link import Link
 from router.net.side import FlowSide

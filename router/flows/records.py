@@ -11,10 +11,9 @@ import bisect
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from router.flows.table import FlowEntry
+from router.flows.entry import FlowEntry
 
 FLOW_RECORDS_MAX = 10_000  # records kept per router (a [limits] field later)
 # Prometheus' default buckets, seconds: 5 ms to 10 s (+Inf is implied).

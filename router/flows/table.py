@@ -18,43 +18,14 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
+from router.flows.entry import FlowEntry, Outcome, Role
 from router.flows.records import FLOW_RECORDS_MAX, Counters, RecordRing
 
-Role = Literal["listener", "connector"]  # the end where the client is, or the target
-Outcome = Literal["ok", "refused", "reset", "error"]
 PATH_MAX = 256  # characters of a request's path kept in its record
-
-
-@dataclass(slots=True, eq=False)
-class FlowEntry:
-    """One flow end while it lives; the bytes are counted by its data path."""
-
-    id: int
-    key: str
-    role: Role
-    client: str
-    trace: tuple[str, ...]
-    start: float = field(default_factory=time.time)
-    server_router: str | None = None  # the router serving it, once chosen
-    bytes_in: int = 0  # link -> local socket
-    bytes_out: int = 0  # local socket -> link
-    end: float | None = None  # set when it ends: the entry is then its record
-    outcome: Outcome | None = None
-    # HTTP requests only (see FlowTable.note_*); plain defaults keep TCP's cost.
-    method: str | None = None  # None: not an HTTP request (the counters skip it)
-    path: str | None = None
-    status: int | None = None  # the HTTP status the client got
-    grpc_status: int | None = None  # for gRPC, once known (trailers)
-    by_router: bool = False  # the response was an error we generated, not the backend's
-    attempts: int = 1
-    retry_reasons: tuple[str, ...] = ()  # why each attempt after the first happened
-    ttfb_s: float | None = None  # start to the response head
-    served_by_site: str | None = None
 
 
 class FlowTable:

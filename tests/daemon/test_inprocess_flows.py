@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from router.adaptors.stream import StreamFlow
+from router.flows.entry import FlowEntry
 from router.flows.forwarder import Route
-from router.flows.table import FlowEntry
 from router.net.side import FlowSide
 from router.protocol import FlowCode
 from router.site.config import ConnectorConfig

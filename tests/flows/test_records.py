@@ -12,8 +12,9 @@ from prometheus_client.registry import Collector
 
 from router.daemon.metrics import per_key_metrics
 from router.daemon.status import traffic
+from router.flows.entry import FlowEntry
 from router.flows.records import LATENCY_BUCKETS, Histogram, record_dict
-from router.flows.table import FlowEntry, FlowTable
+from router.flows.table import FlowTable
 from sitectl.render import render_requests
 
 

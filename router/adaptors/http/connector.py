@@ -31,8 +31,10 @@ from router.adaptors.http.message import (
     MessagePeer,
 )
 from router.adaptors.http.relay import H1Lease, Lease, give_back, serve
+from router.flows.end import PendingOpen
+from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import NoTarget
-from router.flows.table import FlowEntry, FlowTable, Outcome
+from router.flows.table import FlowTable
 from router.net.errors import connect_reason, guarded
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
@@ -122,12 +124,12 @@ class HttpConnectors:
         """An OPEN for an HTTP key (from the link reader: must not block)."""
         entry = self._table.begin(open_msg.routing_key, "connector",
                                   client=open_msg.client_addr, trace=open_msg.trace)
-        pending = _Pending(side)
+        pending = PendingOpen(side)
         side.attach(pending)
         self._table.spawn(guarded, f"HTTP request for {open_msg.routing_key}", self._serve,
                           pending, entry, open_msg)
 
-    async def _serve(self, pending: _Pending, entry: FlowEntry, open_msg: Open) -> None:
+    async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
         side = pending.side
         outcome: Outcome = "error"
         accepted = False
@@ -191,19 +193,3 @@ class HttpConnectors:
         self.h1.clear()
         self.h2.clear()
 
-
-class _Pending:
-    """The flow's handler until a backend connection is had: only a reset matters."""
-
-    def __init__(self, side: FlowSide) -> None:
-        self.side = side
-        self.reset_reason: str | None = None
-
-    def on_reset(self, code: FlowCode, reason: str) -> None:
-        self.reset_reason = reason
-
-    def on_accepted(self, window: int) -> None: ...
-    def on_refused(self, code: FlowCode, reason: str) -> None: ...
-    def on_data(self, data: bytes) -> None: ...
-    def on_credit(self) -> None: ...
-    def on_fin(self) -> None: ...

@@ -16,7 +16,7 @@ import trio
 from router.adaptors.http.message import MessageError, MessageLimits, MessageReader, Part, encode
 from router.errors import VanError
 from router.flows.end import FlowEnd
-from router.flows.table import FlowEntry
+from router.flows.entry import FlowEntry
 from router.net.side import FlowSide
 from router.protocol import FlowCode, FlowError
 

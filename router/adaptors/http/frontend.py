@@ -15,29 +15,38 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import trio
 
 from router.adaptors.http import server_h1, server_h2
-from router.adaptors.http.flowmsg import FlowLost, MessageFlow
+from router.adaptors.http.attempt import (
+    END_DRAIN_S,
+    GRPC_DEADLINE_EXCEEDED,
+    ClientGone,
+    Failure,
+    Handler,
+    Pump,
+    Replay,
+    RequestBody,
+    ResponseSink,
+    answer_error,
+    note_response,
+    receive,
+)
+from router.adaptors.http.flowmsg import MessageFlow
 from router.adaptors.http.health import OutlierTracker, RetryBudget, order_without_ejected
-from router.adaptors.http.hop import ROUTER_ERROR_HEADER, is_grpc, with_forwarded
+from router.adaptors.http.hop import is_grpc, with_forwarded
 from router.adaptors.http.message import (
-    Body,
-    End,
     Headers,
     MessageLimits,
     MessagePeer,
-    Part,
     RequestHead,
-    ResponseHead,
-    Trailers,
 )
+from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute
-from router.flows.table import FlowEntry, FlowTable, Outcome
+from router.flows.table import FlowTable
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.sockets import peer_name
 from router.protocol import FlowCode
@@ -48,14 +57,9 @@ from router.site.config import ListenerConfig
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-REPLAY_BYTES = 64 * 1024  # a request body up to this may be replayed on another site
 BACKOFF_BASE_S = 0.025
 BACKOFF_CAP_S = 0.25
 ERROR_LOG_INTERVAL_S = 10.0  # one line per key per interval for the errors we answer
-END_DRAIN_S = 1.0  # the request's END may still be going out when the response ended
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
-GRPC_UNAVAILABLE = 14
-GRPC_DEADLINE_EXCEEDED = 4
 
 
 class LocalHttp(Protocol):
@@ -64,65 +68,6 @@ class LocalHttp(Protocol):
     async def exchange(self, key: str) -> MessagePeer:
         """A peer that serves one request for `key` here; NoTarget if this site cannot."""
         ...
-
-
-class RequestBody(Protocol):
-    """The client's request body, as the server reads it (BrokenResourceError: the
-    client went away or reset the request)."""
-
-    async def next(self) -> Body | Trailers | End: ...
-    def done(self, part: Part) -> None:
-        """`part` was handed on: the client may send that much more."""
-
-
-class ResponseSink(Protocol):
-    """Where the response goes (BrokenResourceError: the client went away)."""
-
-    started: bool  # a head went out: an error can no longer be a response
-
-    async def send(self, part: Part, *, last: bool = False) -> None:
-        """One response part; `last` on a head: the response has no body (trailers-only)."""
-
-    def reset(self) -> None:
-        """The response cannot complete: make the client see a failure, not an end."""
-
-
-@dataclass
-class _Replay:
-    """The request body sent so far, while it fits REPLAY_BYTES."""
-
-    parts: list[Part] = field(default_factory=list)
-    size: int = 0
-    overflow: bool = False  # past the buffer: this request can no longer be retried
-    ended: bool = False  # the client's message is complete (End read)
-    unacked: Part | None = None  # read from the client, not yet handed on
-
-    def add(self, part: Part) -> None:
-        if isinstance(part, Body):
-            self.size += len(part.data)
-        if self.size > REPLAY_BYTES:
-            self.overflow = True
-            self.parts.clear()
-        elif not self.overflow:
-            self.parts.append(part)
-
-
-@dataclass
-class _Failure:
-    """An attempt that did not reach the client: what to answer if it was the last."""
-
-    status: int
-    reason: str
-    grpc_status: int = GRPC_UNAVAILABLE
-    outcome: Outcome = "reset"  # of the attempt, for the flow table
-    final: bool = False  # the request may have been processed: answer, never retry
-
-
-class _ClientGone(Exception):
-    pass
-
-
-Handler = Callable[[RequestHead, RequestBody, ResponseSink], Awaitable[None]]
 
 
 class HttpFrontend:
@@ -182,8 +127,8 @@ class HttpFrontend:
                                           by_router=True)
                 if grpc:
                     self._table.note_grpc_status(entry, failure.grpc_status)
-                await _answer_error(sink, failure, grpc)
-        except _ClientGone:
+                await answer_error(sink, failure, grpc)
+        except ClientGone:
             outcome = "reset"
             raise trio.BrokenResourceError("the client went away") from None
         except BaseException:
@@ -194,19 +139,19 @@ class HttpFrontend:
 
     async def _serve_request(self, lst: ListenerConfig, entry: FlowEntry, head: RequestHead,
                              body: RequestBody, sink: ResponseSink
-                             ) -> tuple[_Failure | None, Outcome]:
+                             ) -> tuple[Failure | None, Outcome]:
         """(None once the response went or was reset, else the error to answer; the
         request's outcome)."""
         cfg = self._config(lst.key)
         if cfg is None:  # deleted while this connection was open
-            return _Failure(503, f"the listener for {lst.key!r} was deleted"), "refused"
+            return Failure(503, f"the listener for {lst.key!r} was deleted"), "refused"
         head = with_forwarded(head)
-        replay = _Replay()
+        replay = Replay()
         tried: set[str] = set()
         attempts = 1 + max(0, cfg.retries)
         budget = self._budgets.setdefault(cfg.key, RetryBudget(trio.current_time()))
         budget.on_request(trio.current_time())
-        failure = _Failure(503, f"no site serves {lst.key!r}")
+        failure = Failure(503, f"no site serves {lst.key!r}")
         deadline = trio.current_time() + cfg.timeout_s if cfg.timeout_s > 0 else math.inf
         with trio.move_on_at(deadline):
             for attempt in range(attempts):
@@ -227,14 +172,14 @@ class HttpFrontend:
         if sink.started:
             sink.reset()
             return None, "reset"
-        return _Failure(504, f"{lst.key!r}: no response within {cfg.timeout_s:g} s",
+        return Failure(504, f"{lst.key!r}: no response within {cfg.timeout_s:g} s",
                         GRPC_DEADLINE_EXCEEDED), "error"
 
     async def _attempt(self, cfg: ListenerConfig, entry: FlowEntry, head: RequestHead,
-                       body: RequestBody, sink: ResponseSink, replay: _Replay, tried: set[str],
-                       *, can_retry: bool) -> tuple[_Failure | None, Outcome]:
+                       body: RequestBody, sink: ResponseSink, replay: Replay, tried: set[str],
+                       *, can_retry: bool) -> tuple[Failure | None, Outcome]:
         """One try at a site: (None when the response went to the client, or could not
-        complete; a _Failure when the request may be tried again or must be answered
+        complete; a Failure when the request may be tried again or must be answered
         by us), and the attempt's outcome."""
         outcome: Outcome = "error"
         peer: MessagePeer | None = None
@@ -249,7 +194,7 @@ class HttpFrontend:
                     connect_local=self._local.exchange, order=self._order(cfg, head, tried))
             except NoRoute as exc:
                 outcome = "refused"
-                return (_Failure(503, f"no site serves {cfg.key!r}: {exc}", outcome="refused"),
+                return (Failure(503, f"no site serves {cfg.key!r}: {exc}", outcome="refused"),
                         outcome)
             tried.add(route.site)
             router_id = route.router_id
@@ -292,135 +237,23 @@ class HttpFrontend:
 
     async def _exchange(self, peer: MessagePeer, entry: FlowEntry, site: str,
                         head: RequestHead, body: RequestBody, sink: ResponseSink,
-                        replay: _Replay, *, can_retry: bool) -> tuple[_Failure | None, bool]:
+                        replay: Replay, *, can_retry: bool) -> tuple[Failure | None, bool]:
         """(failure or None, whether both messages completed)."""
-        pump = _Pump()
+        pump = Pump()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump.run, peer, head, body, replay, nursery.cancel_scope)
-            note = functools.partial(_note_response, self._table, entry, site)
-            result = await _receive(peer, head, sink, replay, pump, can_retry=can_retry,
+            note = functools.partial(note_response, self._table, entry, site)
+            result = await receive(peer, head, sink, replay, pump, can_retry=can_retry,
                                     note=note)
             if result is not None or not replay.ended:
                 nursery.cancel_scope.cancel()  # failed, or answered before the body ended
             else:  # the END is on its way: let it go, unless the flow has no credit
                 nursery.cancel_scope.deadline = trio.current_time() + END_DRAIN_S
         if pump.client_gone:
-            raise _ClientGone()
-        if isinstance(result, _Failure):
+            raise ClientGone()
+        if isinstance(result, Failure):
             return result, False
         return None, pump.sent and pump.delivered
-
-
-@dataclass
-class _Pump:
-    """The request direction of one attempt, and how both directions ended."""
-
-    sent: bool = False  # the whole request went into the flow
-    delivered: bool = False  # the whole response went to the client
-    client_gone: bool = False
-
-    async def run(self, peer: MessagePeer, head: RequestHead, body: RequestBody,
-                  replay: _Replay, scope: trio.CancelScope) -> None:
-        """The head, the replayed body, then the rest as the client sends it."""
-        try:
-            await peer.send(head)
-            for part in list(replay.parts):
-                await peer.send(part)
-            if replay.unacked is not None:
-                body.done(replay.unacked)
-                replay.unacked = None
-            while not replay.ended:
-                part = await body.next()
-                replay.unacked = part
-                replay.add(part)
-                replay.ended = isinstance(part, End)
-                await peer.send(part)
-                body.done(part)
-                replay.unacked = None
-            peer.finish()
-            self.sent = True
-        except FlowLost:
-            return  # the response side sees it too
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.client_gone = True
-            scope.cancel()
-
-
-def _note_response(table: FlowTable, entry: FlowEntry, site: str, head: ResponseHead) -> None:
-    """The response head reaches the client: the record takes its status."""
-    table.note_response(entry, status=head.status, site=site,
-                        by_router=any(n == ROUTER_ERROR_HEADER for n, _ in head.headers))
-    grpc_status = next((v for n, v in head.headers if n == b"grpc-status"), None)
-    if grpc_status is not None and grpc_status.isdigit():
-        table.note_grpc_status(entry, int(grpc_status))
-
-
-async def _receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, replay: _Replay,
-                   pump: _Pump, *, can_retry: bool, note: Callable[[ResponseHead], None]
-                   ) -> _Failure | bool | None:
-    """The response to the client: None once it all went, a _Failure if the request
-    may be retried, False if it broke off (the client was reset)."""
-    try:
-        first = await peer.receive()
-    except FlowLost as exc:
-        if exc.not_processed or head.method in IDEMPOTENT:
-            return _Failure(503, f"the request's flow was lost: {exc}")
-        # The target may have acted on a POST or PATCH (it failed mid-request): never
-        # sent again.
-        return _Failure(502, f"the serving site failed: {exc}", final=True)
-    if not isinstance(first, ResponseHead):
-        return _Failure(502, "the serving site sent no response head")
-    router_made = any(n == ROUTER_ERROR_HEADER for n, _ in first.headers)
-    # A 503 a router made means the application never saw the request; any other
-    # 5xx may have done something, so only an idempotent request is sent again.
-    if (first.status >= 500 and can_retry and not replay.overflow
-            and ((router_made and first.status == 503) or head.method in IDEMPOTENT)):
-        return _Failure(first.status, f"the serving site answered {first.status}",
-                        outcome="error")
-    note(first)
-    try:
-        await sink.send(first)
-        part: Part | None = first
-        while not isinstance(part, End):
-            part = await peer.receive()
-            if part is None:
-                raise FlowLost("the response ended without its end")
-            await sink.send(part)
-    except FlowLost:
-        sink.reset()
-        return False
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pump.client_gone = True
-        return False
-    pump.delivered = True
-    return None
-
-
-async def _answer_error(sink: ResponseSink, failure: _Failure, grpc: bool) -> None:
-    """A response we generate: the reason as text, or gRPC's trailers-only form."""
-    try:
-        if grpc:
-            await sink.send(ResponseHead(status=200, headers=(
-                (b"content-type", b"application/grpc"),
-                (b"grpc-status", str(failure.grpc_status).encode()),
-                (b"grpc-message", _grpc_message(failure.reason)),
-                (ROUTER_ERROR_HEADER, b"1"))), last=True)
-            return
-        text = (failure.reason + "\n").encode()
-        await sink.send(ResponseHead(status=failure.status, headers=(
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(text)).encode()),
-            (ROUTER_ERROR_HEADER, b"1"))))
-        await sink.send(Body(text))
-        await sink.send(End())
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        raise _ClientGone() from None
-
-
-def _grpc_message(text: str) -> bytes:
-    """grpc-message is percent-encoded UTF-8."""
-    return "".join(c if " " <= c <= "~" and c != "%" else
-                   "".join(f"%{b:02X}" for b in c.encode()) for c in text).encode()
 
 
 def _facts(head: RequestHead) -> RequestFacts:

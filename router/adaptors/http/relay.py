@@ -32,7 +32,7 @@ from router.adaptors.http.message import (
     ResponseHead,
     Trailers,
 )
-from router.flows.table import Outcome
+from router.flows.entry import Outcome
 from router.protocol import FlowCode
 
 

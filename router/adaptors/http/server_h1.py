@@ -8,11 +8,10 @@ the frontend, so a smuggling attempt never leaves this connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import h11
 import trio
 
+from router.adaptors.http.attempt import Handler
 from router.adaptors.http.hop import strip_hop_by_hop
 from router.adaptors.http.message import (
     Body,
@@ -25,9 +24,6 @@ from router.adaptors.http.message import (
     Trailers,
 )
 from router.net.sockets import abort_socket
-
-if TYPE_CHECKING:
-    from router.adaptors.http.frontend import Handler
 
 READ_BYTES = 64 * 1024
 _NO_BODY_STATUS = (204, 304)

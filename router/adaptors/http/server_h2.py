@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
@@ -23,6 +22,7 @@ import h2.exceptions
 import h2.settings
 import trio
 
+from router.adaptors.http.attempt import Handler
 from router.adaptors.http.hop import strip_hop_by_hop
 from router.adaptors.http.message import (
     Body,
@@ -33,9 +33,6 @@ from router.adaptors.http.message import (
     ResponseHead,
     Trailers,
 )
-
-if TYPE_CHECKING:
-    from router.adaptors.http.frontend import Handler
 
 READ_BYTES = 64 * 1024
 MAX_STREAMS = 100  # concurrent requests per connection

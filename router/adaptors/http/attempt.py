@@ -1,0 +1,209 @@
+"""One attempt of an HTTP request at a site: the request's direction into the flow
+(with the replay buffer), the response's to the client, and the answers we make
+ourselves (text, or gRPC's trailers-only form).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from router.adaptors.http.flowmsg import FlowLost
+from router.adaptors.http.hop import ROUTER_ERROR_HEADER
+from router.adaptors.http.message import (
+    Body,
+    End,
+    MessagePeer,
+    Part,
+    RequestHead,
+    ResponseHead,
+    Trailers,
+)
+from router.flows.entry import FlowEntry, Outcome
+from router.flows.table import FlowTable
+
+log = logging.getLogger(__name__)
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+REPLAY_BYTES = 64 * 1024  # a request body up to this may be replayed on another site
+END_DRAIN_S = 1.0  # the request's END may still be going out when the response ended
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+GRPC_UNAVAILABLE = 14
+GRPC_DEADLINE_EXCEEDED = 4
+
+
+class RequestBody(Protocol):
+    """The client's request body, as the server reads it (BrokenResourceError: the
+    client went away or reset the request)."""
+
+    async def next(self) -> Body | Trailers | End: ...
+    def done(self, part: Part) -> None:
+        """`part` was handed on: the client may send that much more."""
+
+
+class ResponseSink(Protocol):
+    """Where the response goes (BrokenResourceError: the client went away)."""
+
+    started: bool  # a head went out: an error can no longer be a response
+
+    async def send(self, part: Part, *, last: bool = False) -> None:
+        """One response part; `last` on a head: the response has no body (trailers-only)."""
+
+    def reset(self) -> None:
+        """The response cannot complete: make the client see a failure, not an end."""
+
+
+@dataclass
+class Replay:
+    """The request body sent so far, while it fits REPLAY_BYTES."""
+
+    parts: list[Part] = field(default_factory=list)
+    size: int = 0
+    overflow: bool = False  # past the buffer: this request can no longer be retried
+    ended: bool = False  # the client's message is complete (End read)
+    unacked: Part | None = None  # read from the client, not yet handed on
+
+    def add(self, part: Part) -> None:
+        if isinstance(part, Body):
+            self.size += len(part.data)
+        if self.size > REPLAY_BYTES:
+            self.overflow = True
+            self.parts.clear()
+        elif not self.overflow:
+            self.parts.append(part)
+
+
+@dataclass
+class Failure:
+    """An attempt that did not reach the client: what to answer if it was the last."""
+
+    status: int
+    reason: str
+    grpc_status: int = GRPC_UNAVAILABLE
+    outcome: Outcome = "reset"  # of the attempt, for the flow table
+    final: bool = False  # the request may have been processed: answer, never retry
+
+
+class ClientGone(Exception):
+    pass
+
+
+Handler = Callable[[RequestHead, RequestBody, ResponseSink], Awaitable[None]]
+
+
+@dataclass
+class Pump:
+    """The request direction of one attempt, and how both directions ended."""
+
+    sent: bool = False  # the whole request went into the flow
+    delivered: bool = False  # the whole response went to the client
+    client_gone: bool = False
+
+    async def run(self, peer: MessagePeer, head: RequestHead, body: RequestBody,
+                  replay: Replay, scope: trio.CancelScope) -> None:
+        """The head, the replayed body, then the rest as the client sends it."""
+        try:
+            await peer.send(head)
+            for part in list(replay.parts):
+                await peer.send(part)
+            if replay.unacked is not None:
+                body.done(replay.unacked)
+                replay.unacked = None
+            while not replay.ended:
+                part = await body.next()
+                replay.unacked = part
+                replay.add(part)
+                replay.ended = isinstance(part, End)
+                await peer.send(part)
+                body.done(part)
+                replay.unacked = None
+            peer.finish()
+            self.sent = True
+        except FlowLost:
+            return  # the response side sees it too
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.client_gone = True
+            scope.cancel()
+
+
+def note_response(table: FlowTable, entry: FlowEntry, site: str, head: ResponseHead) -> None:
+    """The response head reaches the client: the record takes its status."""
+    table.note_response(entry, status=head.status, site=site,
+                        by_router=any(n == ROUTER_ERROR_HEADER for n, _ in head.headers))
+    grpc_status = next((v for n, v in head.headers if n == b"grpc-status"), None)
+    if grpc_status is not None and grpc_status.isdigit():
+        table.note_grpc_status(entry, int(grpc_status))
+
+
+async def receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, replay: Replay,
+                   pump: Pump, *, can_retry: bool, note: Callable[[ResponseHead], None]
+                   ) -> Failure | bool | None:
+    """The response to the client: None once it all went, a Failure if the request
+    may be retried, False if it broke off (the client was reset)."""
+    try:
+        first = await peer.receive()
+    except FlowLost as exc:
+        if exc.not_processed or head.method in IDEMPOTENT:
+            return Failure(503, f"the request's flow was lost: {exc}")
+        # The target may have acted on a POST or PATCH (it failed mid-request): never
+        # sent again.
+        return Failure(502, f"the serving site failed: {exc}", final=True)
+    if not isinstance(first, ResponseHead):
+        return Failure(502, "the serving site sent no response head")
+    router_made = any(n == ROUTER_ERROR_HEADER for n, _ in first.headers)
+    # A 503 a router made means the application never saw the request; any other
+    # 5xx may have done something, so only an idempotent request is sent again.
+    if (first.status >= 500 and can_retry and not replay.overflow
+            and ((router_made and first.status == 503) or head.method in IDEMPOTENT)):
+        return Failure(first.status, f"the serving site answered {first.status}",
+                        outcome="error")
+    note(first)
+    try:
+        await sink.send(first)
+        part: Part | None = first
+        while not isinstance(part, End):
+            part = await peer.receive()
+            if part is None:
+                raise FlowLost("the response ended without its end")
+            await sink.send(part)
+    except FlowLost:
+        sink.reset()
+        return False
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pump.client_gone = True
+        return False
+    pump.delivered = True
+    return None
+
+
+async def answer_error(sink: ResponseSink, failure: Failure, grpc: bool) -> None:
+    """A response we generate: the reason as text, or gRPC's trailers-only form."""
+    try:
+        if grpc:
+            await sink.send(ResponseHead(status=200, headers=(
+                (b"content-type", b"application/grpc"),
+                (b"grpc-status", str(failure.grpc_status).encode()),
+                (b"grpc-message", _grpc_message(failure.reason)),
+                (ROUTER_ERROR_HEADER, b"1"))), last=True)
+            return
+        text = (failure.reason + "\n").encode()
+        await sink.send(ResponseHead(status=failure.status, headers=(
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(text)).encode()),
+            (ROUTER_ERROR_HEADER, b"1"))))
+        await sink.send(Body(text))
+        await sink.send(End())
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise ClientGone() from None
+
+
+def _grpc_message(text: str) -> bytes:
+    """grpc-message is percent-encoded UTF-8."""
+    return "".join(c if " " <= c <= "~" and c != "%" else
+                   "".join(f"%{b:02X}" for b in c.encode()) for c in text).encode()
+
+
