@@ -205,6 +205,8 @@ class H2Stream:
                 if self.conn.h2.streams.get(self.id) is not None \
                         and not self.conn.h2.streams[self.id].closed:
                     self.conn.h2.reset_stream(self.id, h2.errors.ErrorCodes.CANCEL)
+                    # now, not with the next stream's frames: the backend may be silent
+                    self.conn.pool.nursery().start_soon(_flush_quietly, self.conn)
         self.conn.active -= 1
         self.conn.pool.released(self.conn)
 
@@ -363,3 +365,8 @@ async def _close_after_flush(conn: H2Conn) -> None:
                     OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 await conn.stream.send_all(data)
     await close_stream(conn.stream)
+
+
+async def _flush_quietly(conn: H2Conn) -> None:
+    with contextlib.suppress(BackendError):  # a lost connection: `run` says why
+        await conn.flush()

@@ -43,9 +43,10 @@ class H1Lease:
 
 
 Lease = H1Lease | H2Stream
-GRPC_UNIMPLEMENTED = ResponseHead(status=200, headers=(
-    (b"content-type", b"application/grpc"), (b"grpc-status", b"12"),
-    (b"grpc-message", b"gRPC needs an http2 connector")))
+# As a head and trailers: a head that ends the stream has no form in a flow's message.
+GRPC_UNIMPLEMENTED = (ResponseHead(status=200, headers=((b"content-type", b"application/grpc"),)),
+                      Trailers(((b"grpc-status", b"12"),
+                                (b"grpc-message", b"gRPC needs an http2 connector"))))
 
 
 async def give_back(lease: Lease) -> None:
@@ -69,7 +70,8 @@ async def serve(peer: MessagePeer, lease: Lease) -> Outcome:
     if isinstance(lease, H1Lease) and is_grpc(head.headers):
         await give_back(lease)
         try:
-            await peer.send(GRPC_UNIMPLEMENTED)
+            for part in GRPC_UNIMPLEMENTED:
+                await peer.send(part)
             await peer.send(End())
             peer.finish()
             await _drain(peer)
@@ -248,8 +250,16 @@ async def _serve_h2(peer: MessagePeer, head: RequestHead, slot: H2Stream) -> Out
                 if isinstance(event, h2.events.ResponseReceived):
                     slot.response_started = True
                     status = dict(event.headers or ()).get(b":status", b"0")
-                    await peer.send(ResponseHead(status=int(status),
-                                                 headers=response_headers(event.headers or [])))
+                    got = response_headers(event.headers or [])
+                    if event.stream_ended is not None and is_grpc(got):
+                        # gRPC trailers-only: the message vocabulary has no "head ends the
+                        # stream", so its metadata travels as trailers, where clients need it.
+                        await peer.send(ResponseHead(status=int(status), headers=tuple(
+                            (n, v) for n, v in got if n == b"content-type")))
+                        await peer.send(Trailers(tuple(
+                            (n, v) for n, v in got if n != b"content-type")))
+                    else:
+                        await peer.send(ResponseHead(status=int(status), headers=got))
                 elif isinstance(event, h2.events.DataReceived):
                     if event.data:
                         await peer.send(Body(event.data))
