@@ -217,10 +217,6 @@ def test_a_deadline_that_expires(net: Net, ch: grpc.Channel) -> None:
     assert rpc(ch, "unary_unary", "Unary")(b"after", timeout=10) == b"after"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the connector stops watching the request's flow once the request ended "
-    "(relay._serve_h2's upload returns after _drain), so a client's RST_STREAM never "
-    "resets the backend stream: MessagePeer has no way to wait for a reset"))
 def test_a_cancelled_call_reaches_the_backend(net: Net, ch: grpc.Channel) -> None:
     direct = net.direct()  # watched from outside the VAN: our polls must not nudge it
     started, cancelled = stats(direct)

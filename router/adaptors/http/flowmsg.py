@@ -52,6 +52,7 @@ class MessageFlow(FlowEnd):
         self._reader = MessageReader(request=request, limits=limits or MessageLimits())
         self._parts: deque[Part] = deque()
         self._fin_sent = False
+        self._lost = trio.Event()
 
     # ---- receiving
     async def receive(self) -> Part | None:
@@ -84,6 +85,14 @@ class MessageFlow(FlowEnd):
         super().on_reset(code, reason)
         self._data_ready.set()
         self._credit_ready.set()
+        self._lost.set()
+
+    async def wait_lost(self) -> str:
+        """Until the flow is reset (the client gave up, a link died); the reason. The
+        serving side waits on it after the request ended, so a cancelled call reaches
+        the backend instead of running to its end."""
+        await self._lost.wait()
+        return self.reset_reason or "reset"
 
     # ---- sending
     async def send(self, part: Part) -> None:

@@ -22,12 +22,14 @@ class _Shared:
         self.reason: str | None = None
         self.code: FlowCode | None = None
         self.channels: list[trio.MemorySendChannel[Part] | trio.MemoryReceiveChannel[Part]] = []
+        self.aborted = trio.Event()
 
     def abort(self, code: FlowCode, reason: str) -> None:
         if self.reason is None:
             self.reason, self.code = reason, code
             for ch in self.channels:
                 ch.close()
+            self.aborted.set()
 
 
 class LocalExchange:
@@ -75,6 +77,11 @@ class LocalExchange:
 
     def abort(self, code: FlowCode, reason: str) -> None:
         self._shared.abort(code, reason)
+
+    async def wait_lost(self) -> str:
+        """Until the exchange is aborted (by either end); the reason."""
+        await self._shared.aborted.wait()
+        return self._shared.reason or "aborted"
 
 
 def local_pair() -> tuple[LocalExchange, LocalExchange]:

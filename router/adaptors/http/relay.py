@@ -205,6 +205,7 @@ async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Out
 async def _serve_h2(peer: MessagePeer, head: RequestHead, slot: H2Stream) -> Outcome:
     relay = _Relay(peer)
     refused = False
+    watching = trio.CancelScope()
     try:
         first = await peer.receive()
     except FlowLost:
@@ -234,6 +235,9 @@ async def _serve_h2(peer: MessagePeer, head: RequestHead, slot: H2Stream) -> Out
                     await slot.send_data(b"", end=True)
                     closed = True
             await _drain(peer, part)
+            with watching:  # the request ended: a reset now means the client gave up
+                await peer.wait_lost()
+                relay.lost()
         except FlowLost:
             relay.lost()
         except (BackendError, h2.exceptions.H2Error):
@@ -269,6 +273,7 @@ async def _serve_h2(peer: MessagePeer, head: RequestHead, slot: H2Stream) -> Out
                 elif isinstance(event, h2.events.StreamEnded):
                     await peer.send(End())
                     peer.finish()
+                    watching.cancel()  # the exchange is complete: no reset can matter
                     return
                 elif isinstance(event, h2.events.StreamReset):
                     code = event.error_code
