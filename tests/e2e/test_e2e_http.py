@@ -272,3 +272,32 @@ def test_a_site_answering_5xx_is_ejected_and_its_requests_served_elsewhere(net: 
             assert client.get(f"{net.url}/failon/west").status_code == 200
         after = int(httpx.get(f"http://127.0.0.1:{net.backends['west'].port}/count").text)
     assert after == before + 1  # only the /count request itself
+
+
+def test_a_site_killed_mid_run_fails_in_flight_requests_cleanly_and_new_ones_go_elsewhere(
+        tmp_path: Path) -> None:
+    net = Net(tmp_path)
+    try:
+        outcomes: Counter[str] = Counter()
+        with httpx.Client(timeout=30) as client:
+            # Long downloads in flight on north when it dies: each either completes
+            # intact or fails visibly (a status or a broken connection), never short.
+            want = hashlib.sha256(pattern(20 * MB)).hexdigest()
+            net.east.sitectl("route", "add", "api", "--site", "north")
+            with client.stream("GET", f"{net.url}/bytes/{20 * MB}") as r:
+                got = hashlib.sha256()
+                net.north.kill()
+                try:
+                    for chunk in r.iter_bytes():
+                        got.update(chunk)
+                    outcomes["intact" if got.hexdigest() == want else "short"] += 1
+                except httpx.HTTPError:
+                    outcomes["broken"] += 1
+            net.east.sitectl("route", "delete", "api", "1")
+            assert outcomes["short"] == 0, outcomes
+            # New requests go to the site that is left.
+            wait_for(lambda: net.east.status()["keys"]["api"]["served_by"] == ["west"],
+                     what="north withdrawn")
+            assert served_by(client, f"{net.url}/whoami", 20) == {"west": 20}
+    finally:
+        net.stop()

@@ -13,7 +13,9 @@ async def test_503_says_why_when_no_site_serves_the_key() -> None:
         resp = await client.get(f"{front.url}/")
         assert resp.status_code == 503
         assert resp.text == "no site serves 'api': no reachable site has a connector for it\n"
-        # One request, refused after the first try and 2 retries.
+        # One request, refused after the first try and 2 retries (its entry ends
+        # just after the answer went out).
+        await front.wait_idle()
         assert front.table.outcomes["refused"] == 1
         (record,) = front.table.records.recent(1)
         assert record.attempts == 3 and record.status == 503 and record.by_router
