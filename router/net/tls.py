@@ -55,6 +55,7 @@ class TLSStream(trio.abc.Stream):
         self._eof = False
         # Ciphertext a non-blocking write could not take; it goes out before anything else.
         self._backlog: list[bytes] = []
+        self._torn = False  # a write broke off mid-record: the stream is unusable
         sock = getattr(transport, "socket", None)
         self._fd: int | None = sock.fileno() if sock is not None else None
         # Reads land in this reusable buffer (readv): recv(256 KiB) would allocate 256 KiB
@@ -79,7 +80,7 @@ class TLSStream(trio.abc.Stream):
         ssl_write = self._ssl.write
         for part in parts:
             ssl_write(part)
-        if self._fd is None or self._send_lock.locked() or self._backlog:
+        if self._fd is None or self._send_lock.locked() or self._backlog or self._torn:
             return False
         chunks = self._drain_bio()
         try:
@@ -103,17 +104,22 @@ class TLSStream(trio.abc.Stream):
 
     async def _flush(self) -> None:
         async with self._send_lock:
+            if self._torn:
+                raise trio.BrokenResourceError("link transport failed mid-write earlier")
             while self._backlog or self._out.pending:
                 chunks = self._backlog + self._drain_bio()
                 self._backlog = []
                 for chunk in chunks:
                     try:
                         await self.transport.send_all(chunk)
-                    except trio.ClosedResourceError:
+                    except BaseException as exc:
+                        # Part of this record may be out, the rest is not: nothing
+                        # written after it (close_notify included) could be decrypted.
+                        self._torn = True
+                        if isinstance(exc, trio.BrokenResourceError | OSError):
+                            raise trio.BrokenResourceError(
+                                f"link transport failed: {exc}") from exc
                         raise
-                    except (trio.BrokenResourceError, OSError) as exc:
-                        raise trio.BrokenResourceError(
-                            f"link transport failed: {exc}") from exc
 
     async def _fill(self) -> bool:
         """Read more ciphertext; False at transport EOF."""
@@ -247,10 +253,11 @@ class TLSStream(trio.abc.Stream):
     async def aclose(self) -> None:
         """Send close_notify (briefly, best effort), then close the transport."""
         try:
-            with trio.move_on_after(1), contextlib.suppress(ssl.SSLError):
-                with contextlib.suppress(ssl.SSLWantReadError):
-                    self._ssl.unwrap()
-                await self._flush()
+            if not self._torn:  # else the peer could not read it anyway
+                with trio.move_on_after(1), contextlib.suppress(ssl.SSLError):
+                    with contextlib.suppress(ssl.SSLWantReadError):
+                        self._ssl.unwrap()
+                    await self._flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
