@@ -15,11 +15,11 @@ import trio
 
 from router.adaptors.socketflow import SocketFlow
 from router.adaptors.stream import StreamFlow
-from router.flows.end import PendingOpen
+from router.flows.end import PendingOpen, accept_incoming
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute, NoTarget
 from router.flows.table import FlowTable
-from router.net.errors import connect_reason, guarded, only
+from router.net.errors import connect_reason, only
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK, abort_socket, peer_name
@@ -97,12 +97,7 @@ class TcpConnectors:
 
     def serve_open(self, side: FlowSide, open_msg: Open) -> None:
         """An OPEN for a key this site serves (from the link reader: must not block)."""
-        entry = self._table.begin(open_msg.routing_key, "connector",
-                                  client=open_msg.client_addr, trace=open_msg.trace)
-        end = PendingOpen(side)
-        side.attach(end)
-        self._table.spawn(guarded, f"flow for {open_msg.routing_key}", self._serve,
-                          end, entry, open_msg)
+        accept_incoming(self._table, side, open_msg, self._serve, "flow")
 
     async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
         side = pending.side

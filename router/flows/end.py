@@ -9,13 +9,16 @@ kind of local peer (a TCP socket, any trio stream, an HTTP exchange next).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from router.errors import VanError
 from router.flows.entry import FlowEntry
+from router.flows.table import FlowTable
+from router.net.errors import guarded
 from router.net.side import FlowSide
-from router.protocol import FlowCode
+from router.protocol import FlowCode, Open
 
 
 class FlowRefusedError(VanError):
@@ -110,3 +113,17 @@ class PendingOpen:
     def on_data(self, data: bytes) -> None: ...
     def on_credit(self) -> None: ...
     def on_fin(self) -> None: ...
+
+
+ServeIncoming = Callable[[PendingOpen, FlowEntry, Open], Awaitable[None]]
+
+
+def accept_incoming(table: FlowTable, side: FlowSide, open_msg: Open, serve: ServeIncoming,
+                    what: str) -> None:
+    """An OPEN this site serves (from the link reader: must not block): registered in
+    the table, held by a PendingOpen, and served by `serve` in the flows' nursery."""
+    entry = table.begin(open_msg.routing_key, "connector", client=open_msg.client_addr,
+                        trace=open_msg.trace)
+    pending = PendingOpen(side)
+    side.attach(pending)
+    table.spawn(guarded, f"{what} for {open_msg.routing_key}", serve, pending, entry, open_msg)

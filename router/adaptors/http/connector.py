@@ -31,7 +31,7 @@ from router.adaptors.http.message import (
     MessagePeer,
 )
 from router.adaptors.http.relay import H1Lease, Lease, give_back, serve
-from router.flows.end import PendingOpen
+from router.flows.end import PendingOpen, accept_incoming
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import NoTarget
 from router.flows.table import FlowTable
@@ -122,12 +122,7 @@ class HttpConnectors:
     # ---- requests from other sites
     def serve_open(self, side: FlowSide, open_msg: Open) -> None:
         """An OPEN for an HTTP key (from the link reader: must not block)."""
-        entry = self._table.begin(open_msg.routing_key, "connector",
-                                  client=open_msg.client_addr, trace=open_msg.trace)
-        pending = PendingOpen(side)
-        side.attach(pending)
-        self._table.spawn(guarded, f"HTTP request for {open_msg.routing_key}", self._serve,
-                          pending, entry, open_msg)
+        accept_incoming(self._table, side, open_msg, self._serve, "HTTP request")
 
     async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
         side = pending.side
