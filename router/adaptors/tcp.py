@@ -119,7 +119,7 @@ class TcpConnectors:
                 outcome = "reset"
                 return
             end = _end_for(target)(side, entry)
-            side.attach(end)
+            pending.hand_over(end)
             if not side.accept(self._window):
                 outcome = "reset"  # the flow ended meanwhile
                 return

@@ -17,6 +17,7 @@ from router.errors import VanError
 from router.flows.entry import FlowEntry
 from router.flows.table import FlowTable
 from router.net.errors import guarded
+from router.net.link import FlowHandler
 from router.net.side import FlowSide
 from router.protocol import FlowCode, Open
 
@@ -98,21 +99,38 @@ class FlowEnd:
 
 
 class PendingOpen:
-    """The handler of an incoming OPEN until the serving side answers it: only a
-    reset (the opener gave up) can arrive before ACCEPT."""
+    """The handler of an incoming OPEN until the serving side has its end: keeps the
+    early data and FIN that may come with the OPEN (bounded by the HELLO's early_bytes,
+    which the link enforces) and notes a reset (the opener gave up)."""
 
     def __init__(self, side: FlowSide) -> None:
         self.side = side
         self.reset_reason: str | None = None
+        self._early: list[bytes] = []
+        self._fin = False
+
+    def hand_over(self, handler: FlowHandler) -> None:
+        """From now on `handler` gets the flow's events, starting with the early ones."""
+        self.side.attach(handler)
+        early, self._early = self._early, []
+        for data in early:
+            handler.on_data(data)
+        if self._fin:
+            handler.on_fin()
 
     def on_reset(self, code: FlowCode, reason: str) -> None:
         self.reset_reason = reason
+        self._early.clear()
+
+    def on_data(self, data: bytes) -> None:
+        self._early.append(data)
+
+    def on_fin(self) -> None:
+        self._fin = True
 
     def on_accepted(self, window: int) -> None: ...
     def on_refused(self, code: FlowCode, reason: str) -> None: ...
-    def on_data(self, data: bytes) -> None: ...
     def on_credit(self) -> None: ...
-    def on_fin(self) -> None: ...
 
 
 ServeIncoming = Callable[[PendingOpen, FlowEntry, Open], Awaitable[None]]

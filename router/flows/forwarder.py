@@ -77,10 +77,13 @@ class Forwarder:
     async def open(self, entry: FlowEntry, strategy: str, *,
                    make_end: Callable[[FlowSide], E],
                    connect_local: Callable[[str], Awaitable[T]],
-                   order: Order | None = None) -> Route[T, E]:
+                   order: Order | None = None,
+                   early: Callable[[E], None] | None = None) -> Route[T, E]:
         """The first serving site that takes the flow; NoRoute (with every site's
         reason) if none does. The table counts the flow as served by it from here.
-        `order` (per request, for HTTP) replaces the strategy's order of the sites."""
+        `order` (per request, for HTTP) replaces the strategy's order of the sites.
+        `early` writes what it can into a new end right after its OPEN, in the same
+        write (early data: a request need not wait for the ACCEPT)."""
         reasons: list[str] = []
         candidates = self.routing.candidates(entry.key)
         outstanding = self._table.outstanding
@@ -88,7 +91,7 @@ class Forwarder:
                  else choose(candidates, strategy, outstanding, self._rng))
         for cand in sites:
             for attempt in range(1, ROUTE_ATTEMPTS + 1):
-                route = await self._try(entry, cand, reasons, make_end, connect_local)
+                route = await self._try(entry, cand, reasons, make_end, connect_local, early)
                 if isinstance(route, Route):
                     self._table.serving(entry, cand.router_id)
                     return route
@@ -106,7 +109,8 @@ class Forwarder:
 
     async def _try(self, entry: FlowEntry, cand: Candidate, reasons: list[str],
                    make_end: Callable[[FlowSide], E],
-                   connect_local: Callable[[str], Awaitable[T]]) -> Route[T, E] | bool:
+                   connect_local: Callable[[str], Awaitable[T]],
+                   early: Callable[[E], None] | None) -> Route[T, E] | bool:
         """The route, or whether the path (True) or the site (False) failed."""
         if cand.next_hop is None:
             try:
@@ -125,7 +129,10 @@ class Forwarder:
                         client_addr=entry.client, trace=(self.router_id,),
                         window=self._window)
         try:
-            end.side.open(open_msg, end)
+            with link.batch():
+                end.side.open(open_msg, end)
+                if early is not None:
+                    early(end)
             await end.wait_answer(self._open_timeout)
         except FlowRefusedError as exc:
             reasons.append(f"{cand.site}: {exc}")

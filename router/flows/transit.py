@@ -60,7 +60,7 @@ class TransitHalf:
                 self._pending[0] = data[sent:]
                 return
             self._pending.popleft()
-        if self._fin_pending:
+        if self._fin_pending and self.side.can_fin():  # else: once accepted
             self._fin_pending = False
             self._fin_sent = True
             self.side.fin()
@@ -74,6 +74,7 @@ class TransitHalf:
     def on_accepted(self, window: int) -> None:
         # The opener may have given up meanwhile: its RESET reaches us next.
         self.peer.side.accept(window)
+        self._flush()  # early data the next hop could not take before, and FIN
 
     def on_refused(self, code: FlowCode, reason: str) -> None:
         self.peer.side.refuse(code, reason)

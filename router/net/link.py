@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal, Protocol
 
 import trio
@@ -132,6 +132,7 @@ class Link:
         self._wake = trio.Event()
         self._writing = False
         self._dispatching = False
+        self._corked = 0  # inside batch(): frames wait for one write at its end
         self._drained = trio.Event()
         self._cancel = trio.CancelScope()
         self.closed_reason: str | None = None
@@ -153,7 +154,7 @@ class Link:
         """The connection has bytes to send: write them now if the socket takes them
         without blocking (no task switch on the latency path), else wake the writer.
         Inside a batch of received events, one write happens after the batch."""
-        if self._dispatching or self._writing or self._wake.is_set():
+        if self._corked or self._dispatching or self._writing or self._wake.is_set():
             if self.conn.unsent_control_bytes > self._control_cap:
                 self._end_not_reading()
             return
@@ -166,6 +167,22 @@ class Link:
             self._wake.set()
         if self._taken is not None:
             self._taken.set()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commands inside leave in one write at the end (an OPEN with its early data,
+        a response's head, body and end), instead of a write each."""
+        self._corked += 1
+        try:
+            yield
+        finally:
+            self._corked -= 1
+            if not self._corked:
+                self.kick()
+
+    @property
+    def over_buffer_limit(self) -> bool:
+        return self.conn.outgoing_bytes > self.buffer_limit
 
     async def wait_drained(self) -> None:
         """Back-pressure: wait while the outgoing queue is over its limit."""

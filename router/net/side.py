@@ -57,10 +57,21 @@ class FlowSide:
             self.conn.refuse_flow(self.flow_id, code, reason)
         self.link.kick()
 
-    def send(self, data: bytes | bytearray | memoryview) -> None:
-        """DATA within the flow's credit (FlowError otherwise, or if the flow ended)."""
+    def send(self, data: bytes | bytearray | memoryview, *, flush: bool = True) -> None:
+        """DATA within the flow's credit (FlowError otherwise, or if the flow ended).
+        `flush=False`: the caller's next command on this link sends it along."""
         self.conn.send_data(self.flow_id, data)
-        self.link.kick()
+        if flush:
+            self.link.kick()
+
+    def can_fin(self) -> bool:
+        """FIN may go now: the flow is open, or opening toward a peer that takes early
+        data."""
+        return self.conn.can_fin(self.flow_id)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """The commands inside leave in one write (see Link.batch)."""
+        return self.link.batch()
 
     def fin(self) -> bool:
         """Half-close; False if the flow was reset meanwhile."""

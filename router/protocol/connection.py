@@ -27,7 +27,7 @@ from .events import (
     PongReceived,
     RoutingReceived,
 )
-from .flows import CAN_RECV_DATA, CAN_SEND_DATA, Flow, FlowInput, FlowState
+from .flows import CAN_RECV_DATA, CAN_SEND_DATA, UNANSWERED, Flow, FlowInput, FlowState
 from .frames import (
     CREDIT_BODY,
     HEADER,
@@ -135,6 +135,16 @@ class LinkConnection:
     @property
     def peer_hello(self) -> Hello | None:
         return self._peer_hello
+
+    @property
+    def _peer_early_bytes(self) -> int:
+        return self._peer_hello.early_bytes if self._peer_hello is not None else 0
+
+    def can_fin(self, flow_id: int) -> bool:
+        """FIN may go out now (not before ACCEPT to a peer that takes no early data)."""
+        flow = self._flows.get(flow_id)
+        return flow is not None and flow.can(FlowInput.SEND_FIN) and (
+            flow.state is not FlowState.OPENING or self._peer_early_bytes > 0)
 
     @property
     def outgoing_bytes(self) -> int:
@@ -382,7 +392,8 @@ class LinkConnection:
             refuse = Refuse(code=FlowCode.CAPACITY, reason=reason)
             self._queue(FrameType.REFUSE, flow_id, refuse.to_wire())
             return None
-        flow = Flow(flow_id, FlowState.IDLE, request.window, 0)
+        # Until we answer, the peer may send what our HELLO offered as early data.
+        flow = Flow(flow_id, FlowState.IDLE, request.window, self._hello.early_bytes)
         flow.on_peer(FlowInput.RECV_OPEN, "OPEN")
         self._flows[flow_id] = flow
         return FlowOpened(flow_id=flow_id, open=request)
@@ -393,7 +404,9 @@ class LinkConnection:
         if flow is None:
             return None
         flow.on_peer(FlowInput.RECV_ACCEPT, "ACCEPT")
-        flow.send_credit = accept.window
+        # The window counts from the OPEN: what we sent early is already in it.
+        early_sent = self._peer_early_bytes - flow.send_credit
+        flow.send_credit = max(0, accept.window - early_sent)
         return FlowAccepted(flow_id=flow_id, window=accept.window)
 
     def _on_refuse(self, flow_id: int, body: bytes, now: float) -> Event | None:
@@ -491,17 +504,23 @@ class LinkConnection:
         if flow_id > MAX_FLOW_ID:
             raise FlowError("flow ids exhausted on this link")
         self._next_id += 2
-        flow = Flow(flow_id, FlowState.IDLE, 0, open.window)
+        # Early data: the peer holds up to its early_bytes until it answers.
+        flow = Flow(flow_id, FlowState.IDLE, self._peer_early_bytes, open.window)
         flow.on_local(FlowInput.SEND_OPEN)
         self._flows[flow_id] = flow
         self._queue(FrameType.OPEN, flow_id, open.to_wire())
         return flow_id
 
     def accept_flow(self, flow_id: int, window: int) -> None:
-        accept = Accept(window=window)
+        Accept(window=window)  # ValueError for a bad window, before any state change
         flow = self._local_flow(flow_id)
+        # The window counts from the OPEN and holds what arrived early; never below
+        # the early offer, so the opener's credit cannot go negative.
+        window = max(window, flow.window)
+        accept = Accept(window=window)
         flow.on_local(FlowInput.SEND_ACCEPT)
-        flow.recv_allowance = flow.window = window
+        flow.recv_allowance += window - flow.window
+        flow.window = window
         self._queue(FrameType.ACCEPT, flow_id, accept.to_wire())
 
     def refuse_flow(self, flow_id: int, code: FlowCode, reason: str) -> None:
@@ -539,7 +558,12 @@ class LinkConnection:
         if n < 0:
             raise ValueError(f"cannot grant negative credit {n}")
         flow = self._flows.get(flow_id)
-        if flow is None or not n or not flow.can(FlowInput.SEND_CREDIT):
+        if flow is None or not n:
+            return
+        if flow.state in UNANSWERED:  # early data consumed: granted with the rest later
+            flow.unacked += n
+            return
+        if not flow.can(FlowInput.SEND_CREDIT):
             return
         unacked = flow.unacked + n
         if unacked < (flow.window >> 2):
@@ -553,6 +577,9 @@ class LinkConnection:
 
     def send_fin(self, flow_id: int) -> None:
         flow = self._local_flow(flow_id)
+        if flow.state is FlowState.OPENING and not self._peer_early_bytes:
+            raise FlowError(f"cannot send fin on flow {flow_id} before it is accepted: "
+                            "the peer takes no early data")
         if flow.on_local(FlowInput.SEND_FIN) is FlowState.CLOSED:
             del self._flows[flow_id]
         self._queue(FrameType.FIN, flow_id, b"")

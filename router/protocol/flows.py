@@ -16,7 +16,9 @@ __all__ = ["TRANSITIONS", "Flow", "FlowInput", "FlowState"]
 class FlowState(Enum):
     IDLE = "idle"  # before OPEN in either direction; never stored
     OPENING = "opening"  # we sent OPEN, awaiting ACCEPT or REFUSE
+    OPENING_FIN = "opening_fin"  # ...and FIN already (the whole message went early)
     OPEN_RECEIVED = "open_received"  # peer sent OPEN, we have not answered
+    OPEN_RECEIVED_FIN = "open_received_fin"  # ...and its FIN
     OPEN = "open"
     LOCAL_CLOSED = "local_closed"  # we sent FIN; peer may still send
     REMOTE_CLOSED = "remote_closed"  # peer sent FIN; we may still send
@@ -50,6 +52,16 @@ TRANSITIONS: dict[tuple[FlowState, FlowInput], FlowState] = {
     (S.OPENING, I.RECV_REFUSE): S.CLOSED,
     (S.OPEN_RECEIVED, I.SEND_ACCEPT): S.OPEN,
     (S.OPEN_RECEIVED, I.SEND_REFUSE): S.CLOSED,
+    # Early data: DATA and FIN before the answer, within the acceptor's early_bytes
+    # (the connection checks that the peer offered any before FIN goes out).
+    (S.OPENING, I.SEND_DATA): S.OPENING,
+    (S.OPENING, I.SEND_FIN): S.OPENING_FIN,
+    (S.OPENING_FIN, I.RECV_ACCEPT): S.LOCAL_CLOSED,
+    (S.OPENING_FIN, I.RECV_REFUSE): S.CLOSED,
+    (S.OPEN_RECEIVED, I.RECV_DATA): S.OPEN_RECEIVED,
+    (S.OPEN_RECEIVED, I.RECV_FIN): S.OPEN_RECEIVED_FIN,
+    (S.OPEN_RECEIVED_FIN, I.SEND_ACCEPT): S.REMOTE_CLOSED,
+    (S.OPEN_RECEIVED_FIN, I.SEND_REFUSE): S.CLOSED,
     (S.OPEN, I.SEND_DATA): S.OPEN,
     (S.OPEN, I.RECV_DATA): S.OPEN,
     (S.OPEN, I.SEND_CREDIT): S.OPEN,
@@ -66,7 +78,8 @@ TRANSITIONS: dict[tuple[FlowState, FlowInput], FlowState] = {
     (S.REMOTE_CLOSED, I.SEND_FIN): S.CLOSED,
 }
 # Either side may abandon a flow at any point before it is closed.
-for _state in (S.OPENING, S.OPEN_RECEIVED, S.OPEN, S.LOCAL_CLOSED, S.REMOTE_CLOSED):
+for _state in (S.OPENING, S.OPENING_FIN, S.OPEN_RECEIVED, S.OPEN_RECEIVED_FIN, S.OPEN,
+               S.LOCAL_CLOSED, S.REMOTE_CLOSED):
     TRANSITIONS[_state, I.SEND_RESET] = S.CLOSED
     TRANSITIONS[_state, I.RECV_RESET] = S.CLOSED
 del _state
@@ -74,6 +87,8 @@ del _state
 # Precomputed for the DATA hot path: one set lookup instead of a tuple build per frame.
 CAN_RECV_DATA = frozenset(s for (s, i) in TRANSITIONS if i is I.RECV_DATA)
 CAN_SEND_DATA = frozenset(s for (s, i) in TRANSITIONS if i is I.SEND_DATA)
+# Not answered yet: credit granted back accrues, and goes out after ACCEPT.
+UNANSWERED = frozenset({S.OPEN_RECEIVED, S.OPEN_RECEIVED_FIN})
 
 
 class Flow:

@@ -38,6 +38,7 @@ MAX_WINDOW = 2**31 - 1  # credit windows are signed-31-bit like HTTP/2's
 MIN_FRAME_BYTES = 1024  # below this, framing overhead would dominate
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_KEEPALIVE_SECONDS = 3600.0
+MAX_EARLY_BYTES = 1024 * 1024  # early DATA a router may offer to hold per flow
 
 _MSGPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 
@@ -91,8 +92,10 @@ def _pack(body: dict[str, Any]) -> bytes:
     return data
 
 
-def _unpack(kind: str, data: bytes, required: tuple[str, ...]) -> dict[str, Any]:
-    """Decode a msgpack map and pick out ``required`` keys, ignoring any others."""
+def _unpack(kind: str, data: bytes, required: tuple[str, ...],
+            optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Decode a msgpack map and pick out ``required`` keys (and ``optional`` ones that
+    are there), ignoring any others."""
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except _MSGPACK_ERRORS as exc:
@@ -106,7 +109,7 @@ def _unpack(kind: str, data: bytes, required: tuple[str, ...]) -> dict[str, Any]
     for key in required:
         if key not in body:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{kind} message lacks field {key!r}")
-    return {key: body[key] for key in required}
+    return {key: body[key] for key in (*required, *(k for k in optional if k in body))}
 
 
 def _invalid(kind: str, exc: ValueError) -> ProtocolError:
@@ -121,12 +124,17 @@ class Hello:
     site: str
     max_frame_bytes: int  # largest DATA payload we accept
     keepalive_interval: float  # seconds; we PING after this much send-idleness
+    # DATA (and FIN) the peer may send on a flow it opens before our ACCEPT, so a short
+    # request costs no round trip. Optional on the wire: a peer that does not name it
+    # (an older router) takes none, and is sent none.
+    early_bytes: int = 0
 
     def __post_init__(self) -> None:
         _check_str("router_id", self.router_id, cap=MAX_NAME_CHARS, nonempty=True)
         _check_str("site", self.site, cap=MAX_NAME_CHARS, nonempty=True)
         _check_int("max_frame_bytes", self.max_frame_bytes, lo=MIN_FRAME_BYTES, hi=MAX_FRAME_BYTES)
         _check_seconds("keepalive_interval", self.keepalive_interval, hi=MAX_KEEPALIVE_SECONDS)
+        _check_int("early_bytes", self.early_bytes, lo=0, hi=MAX_EARLY_BYTES)
 
     def to_wire(self) -> bytes:
         return _pack(
@@ -135,12 +143,14 @@ class Hello:
                 "site": self.site,
                 "max_frame_bytes": self.max_frame_bytes,
                 "keepalive_interval": self.keepalive_interval,
+                "early_bytes": self.early_bytes,
             }
         )
 
     @classmethod
     def from_wire(cls, data: bytes) -> Self:
-        f = _unpack("HELLO", data, ("router_id", "site", "max_frame_bytes", "keepalive_interval"))
+        f = _unpack("HELLO", data, ("router_id", "site", "max_frame_bytes", "keepalive_interval"),
+                    optional=("early_bytes",))
         interval = f["keepalive_interval"]
         if isinstance(interval, int) and not isinstance(interval, bool):
             f["keepalive_interval"] = float(interval)

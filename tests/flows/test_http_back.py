@@ -19,6 +19,7 @@ import h11
 import pytest
 import trio
 
+from router.adaptors.http.backend import IDLE_PER_TARGET, is_quiet
 from router.adaptors.http.connector import HttpConnectors
 from router.adaptors.http.flowmsg import FlowLost, MessageFlow
 from router.adaptors.http.hop import with_forwarded
@@ -94,6 +95,10 @@ async def h1_handler(backend: Backend, stream: trio.SocketStream) -> None:
                     for i in range(0, n, 65536):
                         await send(h11.Data(data=body[i:i + 65536]))
                     await send(h11.EndOfMessage())
+                elif path == b"/quit":  # answers as keep-alive, then closes while idle
+                    await send(h11.Response(status_code=204, headers=[]))
+                    await send(h11.EndOfMessage())
+                    return
                 elif path == b"/die":
                     await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
                                           b"only ten b")
@@ -263,6 +268,7 @@ async def test_local_h1_bodies_both_ways_and_keepalive() -> None:
 
 
 async def test_local_pool_keeps_at_most_its_bound_idle() -> None:
+    n = IDLE_PER_TARGET + 4
     with trio.fail_after(60):
         async with serving(h1_handler) as be, connectors() as hc:
             hc.set_targets([ConnectorConfig(key="api", host="127.0.0.1", port=be.port,
@@ -272,14 +278,31 @@ async def test_local_pool_keeps_at_most_its_bound_idle() -> None:
                 assert (await request(await hc.exchange("api"), b"/slow")).head.status == 200
 
             async with trio.open_nursery() as nursery:
-                for _ in range(12):
+                for _ in range(n):
                     nursery.start_soon(one)
             pool = hc.h1[f"127.0.0.1:{be.port}"]
-            assert be.connections == 12 and len(pool.idle) == pool.max_idle < 12
+            assert be.connections == n and len(pool.idle) == pool.max_idle < n
             async with trio.open_nursery() as nursery:
                 for _ in range(4):
                     nursery.start_soon(one)
-            assert be.connections == 12  # served by idle ones
+            assert be.connections == n  # served by idle ones
+
+
+async def test_local_pool_never_hands_out_a_connection_the_backend_closed() -> None:
+    """No task watches idle connections: taking one checks it is quiet, so a backend
+    that closed it while idle costs a new connection, not a failed request."""
+    with trio.fail_after(30):
+        async with serving(h1_handler) as be, connectors() as hc:
+            hc.set_targets([ConnectorConfig(key="api", host="127.0.0.1", port=be.port,
+                                            protocol="http1")])
+            for _ in range(3):
+                assert (await request(await hc.exchange("api"), b"/quit")).head.status == 204
+                pool = hc.h1[f"127.0.0.1:{be.port}"]
+                with trio.fail_after(5):  # the backend's FIN reaches the idle connection
+                    while pool.idle and is_quiet(pool.idle[-1][0].stream):
+                        await trio.sleep(0.01)
+            assert (await request(await hc.exchange("api"), b"/x")).head.status == 204
+            assert be.connections == 4 and be.requests == 4
 
 
 async def test_local_no_target_and_dead_backend() -> None:

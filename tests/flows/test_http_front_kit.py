@@ -51,7 +51,7 @@ class MemPeer:
         self.backend_out, self.from_backend = trio.open_memory_channel[Part | None](4)
         self.aborted: str | None = None
 
-    async def send(self, part: Part) -> None:
+    async def send(self, part: Part, *, more: bool = False) -> None:
         if self.aborted:
             raise FlowLost(self.aborted)
         try:
@@ -66,6 +66,9 @@ class MemPeer:
             return await self.from_backend.receive()
         except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
             raise FlowLost("backend went away") from None
+
+    def ready(self) -> bool:
+        return self.from_backend.statistics().current_buffer_used > 0
 
     def finish(self) -> None:
         self.to_backend.close()

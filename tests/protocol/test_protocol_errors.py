@@ -224,10 +224,10 @@ def test_credit_restores_window() -> None:
     assert conn.receive_data(frame(FrameType.DATA, 1, b"y" * 10), T0)
 
 
-def test_data_before_accept_is_state_error() -> None:
-    conn = ready()
+def test_data_before_accept_past_the_early_offer_is_flow_control_error() -> None:
+    conn = ready()  # our HELLO offers no early data
     conn.receive_data(frame(FrameType.OPEN, 1, request().to_wire()), T0)
-    raises(conn, frame(FrameType.DATA, 1, b"x"), ErrorCode.FLOW_STATE)
+    raises(conn, frame(FrameType.DATA, 1, b"x"), ErrorCode.FLOW_CONTROL)
 
 
 def test_data_after_fin_is_state_error() -> None:
@@ -301,15 +301,13 @@ def test_local_misuse_raises_flow_error() -> None:
         conn.accept_flow(1, -1)
 
 
-def test_opener_cannot_send_before_accept() -> None:
-    conn = ready(Role.DIALER)
+def test_opener_cannot_send_before_accept_without_an_early_offer() -> None:
+    conn = ready(Role.DIALER)  # the peer's HELLO offers no early data
     fid = conn.open_flow(request())
     with pytest.raises(FlowError):
         conn.send_data(fid, b"x")
     with pytest.raises(FlowError):
         conn.send_fin(fid)
-    with pytest.raises(FlowError):
-        conn.send_data(fid, b"")  # the state is checked even with nothing to send
     conn.reset_flow(fid, FlowCode.PEER_RESET, "abandoned")
     assert conn.flow_ids() == []
 

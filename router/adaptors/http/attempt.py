@@ -12,7 +12,7 @@ from typing import Protocol
 
 import trio
 
-from router.adaptors.http.flowmsg import FlowLost
+from router.adaptors.http.flowmsg import FlowLost, MessageFlow
 from router.adaptors.http.hop import ROUTER_ERROR_HEADER
 from router.adaptors.http.message import (
     Body,
@@ -41,6 +41,8 @@ class RequestBody(Protocol):
     client went away or reset the request)."""
 
     async def next(self) -> Body | Trailers | End: ...
+    def next_nowait(self) -> Body | Trailers | End | None:
+        """The next part if it is at hand without waiting (or an error), else None."""
     def done(self, part: Part) -> None:
         """`part` was handed on: the client may send that much more."""
 
@@ -50,8 +52,9 @@ class ResponseSink(Protocol):
 
     started: bool  # a head went out: an error can no longer be a response
 
-    async def send(self, part: Part, *, last: bool = False) -> None:
-        """One response part; `last` on a head: the response has no body (trailers-only)."""
+    async def send(self, part: Part, *, last: bool = False, more: bool = False) -> None:
+        """One response part; `last` on a head: the response has no body (trailers-only);
+        `more`: the next part is at hand, so this one may wait to go out with it."""
 
     def reset(self) -> None:
         """The response cannot complete: make the client see a failure, not an end."""
@@ -66,6 +69,9 @@ class Replay:
     overflow: bool = False  # past the buffer: this request can no longer be retried
     ended: bool = False  # the client's message is complete (End read)
     unacked: Part | None = None  # read from the client, not yet handed on
+    # Read from the client before a site took the request, and too big for the
+    # buffer: it goes first once one did (an overflow then ends the retries).
+    held: Part | None = None
 
     def add(self, part: Part) -> None:
         if isinstance(part, Body):
@@ -102,19 +108,63 @@ class Pump:
     sent: bool = False  # the whole request went into the flow
     delivered: bool = False  # the whole response went to the client
     client_gone: bool = False
+    _head_sent: bool = False  # into the current end
+    _replayed: int = 0  # parts of replay.parts already in the current end
+
+    def start(self, peer: MessageFlow, head: RequestHead, body: RequestBody,
+              replay: Replay) -> None:
+        """What of the request is at hand and fits the flow's early credit goes now,
+        in the OPEN's write (a GET whole, with its FIN); `run` sends the rest. Called
+        for each site tried, so a refusal loses nothing: what it reads from the
+        client goes into the replay buffer (or, past it, waits in `replay.held`)."""
+        self.sent, self._head_sent, self._replayed = False, False, 0
+        if not peer.send_nowait(head):
+            return
+        self._head_sent = True
+        while self._replayed < len(replay.parts):
+            if not peer.send_nowait(replay.parts[self._replayed]):
+                return
+            self._replayed += 1
+        if replay.held is not None:
+            return  # it goes once a site took the request
+        if replay.unacked is not None:
+            body.done(replay.unacked)
+            replay.unacked = None
+        while not replay.ended:
+            part = body.next_nowait()
+            if part is None:
+                return
+            if isinstance(part, Body) and replay.size + len(part.data) > REPLAY_BYTES:
+                replay.held = part  # past the replay buffer: never before an ACCEPT
+                return
+            replay.unacked = part
+            replay.add(part)
+            replay.ended = isinstance(part, End)
+            if not peer.send_nowait(part):
+                return  # `run` sends it from replay.parts
+            self._replayed += 1
+            body.done(part)
+            replay.unacked = None
+        if peer.can_finish():
+            peer.finish()
+            self.sent = True
 
     async def run(self, peer: MessagePeer, head: RequestHead, body: RequestBody,
                   replay: Replay, scope: trio.CancelScope) -> None:
         """The head, the replayed body, then the rest as the client sends it."""
         try:
-            await peer.send(head)
-            for part in list(replay.parts):
+            if not self._head_sent:
+                await peer.send(head)
+            for part in replay.parts[self._replayed:]:
                 await peer.send(part)
             if replay.unacked is not None:
                 body.done(replay.unacked)
                 replay.unacked = None
             while not replay.ended:
-                part = await body.next()
+                if replay.held is not None:
+                    part, replay.held = replay.held, None
+                else:
+                    part = await body.next()
                 replay.unacked = part
                 replay.add(part)
                 replay.ended = isinstance(part, End)
@@ -163,13 +213,13 @@ async def receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, repl
                         outcome="error")
     note(first)
     try:
-        await sink.send(first)
+        await sink.send(first, more=peer.ready())
         part: Part | None = first
         while not isinstance(part, End):
             part = await peer.receive()
             if part is None:
                 raise FlowLost("the response ended without its end")
-            await sink.send(part)
+            await sink.send(part, more=peer.ready())
     except FlowLost:
         sink.reset()
         return False

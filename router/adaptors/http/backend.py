@@ -13,6 +13,7 @@ the backend's window follows the flow's credit.
 from __future__ import annotations
 
 import contextlib
+import select
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from router.net.sockets import abort_socket
 
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 READ_CHUNK = 64 * 1024
-IDLE_PER_TARGET = 8  # keep-alive HTTP/1.1 connections kept per target
+IDLE_PER_TARGET = 64  # keep-alive HTTP/1.1 connections kept per target
 IDLE_TIMEOUT_S = 30.0  # an idle connection is closed after this
 H2_WINDOW = 1024 * 1024  # our receive window per stream (bytes the backend may send ahead)
 
@@ -59,7 +60,6 @@ class H1Conn:
         self.endpoint = endpoint
         self.h11 = h11.Connection(h11.CLIENT)
         self.broken = False
-        self._watch: trio.CancelScope | None = None
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -81,6 +81,18 @@ class H1Conn:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BackendError(f"{self.endpoint}: connection lost: {exc or 'closed'}") from None
 
+    def event_at_hand(self) -> h11.Event | None:
+        """The next event if it needs no read (None: it does, or the response ended);
+        BackendError on garbage."""
+        try:
+            event = self.h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BackendError(f"{self.endpoint}: bad HTTP/1.1 from backend: {exc}") from None
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return None
+        assert not isinstance(event, type)
+        return event
+
     def reusable(self) -> bool:
         """Both messages complete and keep-alive: ready for the next request."""
         if self.broken or self.h11.our_state is not h11.DONE \
@@ -95,45 +107,81 @@ class H1Conn:
 
 @dataclass(eq=False)
 class H1Pool:
-    """Idle keep-alive connections to one target (most recently used first)."""
+    """Idle keep-alive connections to one target (most recently used last).
+
+    No task watches an idle connection (that cost a task, two epoll changes and a
+    cancel per request): `take` checks that it is quiet (a backend that closed it, or
+    sent bytes unasked, made it readable) and not past the idle timeout, and one
+    sweeper per pool closes those left idle too long.
+    """
 
     endpoint: str
     nursery: Callable[[], trio.Nursery]
     max_idle: int = IDLE_PER_TARGET
     idle_timeout: float = IDLE_TIMEOUT_S
-    idle: list[H1Conn] = field(default_factory=list)
+    idle: list[tuple[H1Conn, float]] = field(default_factory=list)  # (conn, idle since)
     opened: int = 0  # connections made to this target, ever
+    _sweeping: bool = False
 
     def take(self) -> H1Conn | None:
+        now = trio.current_time()
         while self.idle:
-            conn = self.idle.pop()
-            if conn._watch is not None:
-                conn._watch.cancel()
-            if not conn.broken:
+            conn, since = self.idle.pop()
+            if not conn.broken and now - since < self.idle_timeout and is_quiet(conn.stream):
                 return conn
+            _close_now(conn.stream)
         return None
 
     async def put(self, conn: H1Conn, *, unused: bool = False) -> None:
         """Back to the pool after an exchange (`unused`: no request was sent on it)."""
         if ((unused and not conn.broken) or conn.reusable()) and len(self.idle) < self.max_idle:
-            conn._watch = trio.CancelScope(deadline=trio.current_time() + self.idle_timeout)
-            self.idle.append(conn)
-            self.nursery().start_soon(self._watch, conn, conn._watch)
+            self.idle.append((conn, trio.current_time()))
+            if not self._sweeping:
+                self._sweeping = True
+                self.nursery().start_soon(self._sweep)
         else:
             await close_stream(conn.stream)
 
-    async def _watch(self, conn: H1Conn, scope: trio.CancelScope) -> None:
-        with scope, contextlib.suppress(OSError, trio.BrokenResourceError,
-                                        trio.ClosedResourceError):
-            await conn.stream.receive_some(1)  # EOF or unsolicited bytes: unusable
-            conn.broken = True
-        if conn in self.idle:  # not taken: it timed out or broke
-            self.idle.remove(conn)
-            await close_stream(conn.stream)
+    async def _sweep(self) -> None:
+        """Close what stayed idle past the timeout (or broke); ends when none is idle."""
+        try:
+            while self.idle:
+                await trio.sleep(self.idle_timeout / 4)
+                now = trio.current_time()
+                keep = []
+                for conn, since in self.idle:
+                    if now - since < self.idle_timeout and is_quiet(conn.stream):
+                        keep.append((conn, since))
+                    else:
+                        _close_now(conn.stream)
+                self.idle[:] = keep
+        finally:
+            self._sweeping = False
 
     async def aclose(self) -> None:
         while (conn := self.take()) is not None:
             await close_stream(conn.stream)
+
+
+def is_quiet(stream: trio.abc.Stream) -> bool:
+    """An idle keep-alive connection has nothing to read: EOF or stray bytes mean the
+    backend closed it or broke the protocol (one poll, no wait)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    try:
+        return not poller.poll(0)
+    except OSError:
+        return False
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        sock.close()
+
 
 
 # ---- HTTP/2

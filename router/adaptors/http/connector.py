@@ -67,6 +67,7 @@ class HttpConnectors:
         self._connect_timeout = connect_timeout
         self._connect = connect
         self._targets: tuple[ConnectorConfig, ...] = ()
+        self._by_key: dict[str, list[tuple[ConnectorConfig, str]]] = {}  # with "host:port"
         self._turn: Counter[str] = Counter()
         self.h1: dict[str, H1Pool] = {}  # by "host:port"
         self.h2: dict[str, H2Pool] = {}
@@ -74,6 +75,10 @@ class HttpConnectors:
 
     def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None:
         self._targets = tuple(c for c in connectors if c.protocol in PROTOCOLS)
+        self._by_key = {}
+        for con in self._targets:  # formatted once, not per request
+            host = f"[{con.host}]" if ":" in con.host else con.host  # as Endpoint writes it
+            self._by_key.setdefault(con.key, []).append((con, f"{host}:{con.port}"))
 
     def serves(self, key: str) -> bool:
         return any(c.key == key for c in self._targets)
@@ -82,15 +87,14 @@ class HttpConnectors:
     async def lease(self, key: str) -> Lease:
         """A connection (HTTP/1.1) or a stream slot (HTTP/2) to one of `key`'s targets,
         rotating over several; NoTarget with each target's reason if none answers."""
-        targets = [c for c in self._targets if c.key == key]
+        targets = self._by_key.get(key)
         if not targets:
             raise NoTarget(f"site {self.site} has no HTTP connector for {key!r}")
         start = self._turn[key]
         self._turn[key] += 1
         errors = []
         for i in range(len(targets)):
-            con = targets[(start + i) % len(targets)]
-            endpoint = str(con.endpoint)
+            con, endpoint = targets[(start + i) % len(targets)]
             try:
                 return await self._lease_one(con, endpoint)
             except (OSError, trio.TooSlowError) as exc:
@@ -141,7 +145,7 @@ class HttpConnectors:
                 return
             flow = MessageFlow(side, entry, request=True)
             if pending.reset_reason is None:
-                side.attach(flow)
+                pending.hand_over(flow)
                 accepted = side.accept(self._window)
             if not accepted:  # the opener gave up meanwhile
                 await give_back(lease)

@@ -81,6 +81,11 @@ class MessageFlow(FlowEnd):
             await self._data_ready.wait()  # DATA, FIN or a reset (on_reset sets it)
         return self._parts.popleft()
 
+    def ready(self) -> bool:
+        """`receive` would return without waiting."""
+        return bool(self._parts or self._inbox or self._remote_fin
+                    or self.reset_reason is not None)
+
     def on_reset(self, code: FlowCode, reason: str) -> None:
         super().on_reset(code, reason)
         self._data_ready.set()
@@ -95,25 +100,48 @@ class MessageFlow(FlowEnd):
         return self.reset_reason or "reset"
 
     # ---- sending
-    async def send(self, part: Part) -> None:
-        """Write one part; FlowLost if the flow is gone."""
+    async def send(self, part: Part, *, more: bool = False) -> None:
+        """Write one part; FlowLost if the flow is gone. `more`: another part follows
+        at once, so the bytes may wait for its write (any wait here sends them first)."""
         record = memoryview(encode(part))
         while record:
             if self.reset_reason is not None:
                 raise FlowLost(self.reset_reason, self.reset_code)
             credit = self.side.credit()
             if credit <= 0:
+                self.side.link.kick()
                 self._credit_ready = trio.Event()
                 await self._credit_ready.wait()
                 continue
             n = min(credit, len(record), SEND_CHUNK)
             try:
-                self.side.send(record[:n])
+                self.side.send(record[:n], flush=not more)
             except FlowError as exc:
                 raise FlowLost(f"flow ended: {exc}") from None
             self.entry.bytes_out += n
             record = record[n:]
-            await self.side.link.wait_drained()
+            if self.side.link.over_buffer_limit:
+                self.side.link.kick()
+                await self.side.link.wait_drained()
+
+    def send_nowait(self, part: Part) -> bool:
+        """Write `part` now if the flow's credit (before ACCEPT: the early data the
+        peer takes) holds it whole; False, having sent nothing, if not."""
+        if self.reset_reason is not None:
+            return False
+        record = encode(part)
+        if len(record) > self.side.credit():
+            return False
+        try:
+            self.side.send(record)
+        except FlowError:
+            return False
+        self.entry.bytes_out += len(record)
+        return True
+
+    def can_finish(self) -> bool:
+        """`finish` would half-close now (before ACCEPT only if the peer takes early FIN)."""
+        return self.side.can_fin()
 
     def finish(self) -> None:
         """Our message is complete: half-close the flow (after END was sent)."""

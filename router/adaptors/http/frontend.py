@@ -43,6 +43,7 @@ from router.adaptors.http.message import (
     MessageLimits,
     MessagePeer,
     RequestHead,
+    ResponseHead,
 )
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute
@@ -185,13 +186,15 @@ class HttpFrontend:
         peer: MessagePeer | None = None
         finished = False
         router_id: str | None = None
+        pump = Pump()
         try:
             try:
                 route = await self._forwarder.open(
                     entry, cfg.strategy,
                     make_end=lambda side: MessageFlow(side, entry, request=False,
                                                       limits=self.limits),
-                    connect_local=self._local.exchange, order=self._order(cfg, head, tried))
+                    connect_local=self._local.exchange, order=self._order(cfg, head, tried),
+                    early=lambda end: pump.start(end, head, body, replay))
             except NoRoute as exc:
                 outcome = "refused"
                 return (Failure(503, f"no site serves {cfg.key!r}: {exc}", outcome="refused"),
@@ -201,7 +204,7 @@ class HttpFrontend:
             peer = route.end if route.end is not None else route.target
             assert peer is not None
             result, finished = await self._exchange(peer, entry, route.site, head, body, sink,
-                                                    replay, can_retry=can_retry)
+                                                    replay, pump, can_retry=can_retry)
             outcome = "ok" if finished else (result.outcome if result else "reset")
             return result, outcome
         except BaseException:
@@ -237,23 +240,37 @@ class HttpFrontend:
 
     async def _exchange(self, peer: MessagePeer, entry: FlowEntry, site: str,
                         head: RequestHead, body: RequestBody, sink: ResponseSink,
-                        replay: Replay, *, can_retry: bool) -> tuple[Failure | None, bool]:
+                        replay: Replay, pump: Pump, *, can_retry: bool
+                        ) -> tuple[Failure | None, bool]:
         """(failure or None, whether both messages completed)."""
-        pump = Pump()
+        note = functools.partial(note_response, self._table, entry, site)
+        if pump.sent:  # the whole request went with the OPEN: only the response is left
+            result = await receive(peer, head, sink, replay, pump, can_retry=can_retry,
+                                   note=note)
+        else:
+            result = await self._both_ways(peer, head, body, sink, replay, pump, note,
+                                           can_retry=can_retry)
+        if pump.client_gone:
+            raise ClientGone()
+        if isinstance(result, Failure):
+            return result, False
+        return None, pump.sent and pump.delivered
+
+    async def _both_ways(self, peer: MessagePeer, head: RequestHead, body: RequestBody,
+                         sink: ResponseSink, replay: Replay, pump: Pump,
+                         note: Callable[[ResponseHead], None], *, can_retry: bool
+                         ) -> Failure | bool | None:
+        """The request's rest into the flow while the response comes back."""
+        result: Failure | bool | None = False  # if the pump cancels it: the client left
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump.run, peer, head, body, replay, nursery.cancel_scope)
-            note = functools.partial(note_response, self._table, entry, site)
             result = await receive(peer, head, sink, replay, pump, can_retry=can_retry,
                                     note=note)
             if result is not None or not replay.ended:
                 nursery.cancel_scope.cancel()  # failed, or answered before the body ended
             else:  # the END is on its way: let it go, unless the flow has no credit
                 nursery.cancel_scope.deadline = trio.current_time() + END_DRAIN_S
-        if pump.client_gone:
-            raise ClientGone()
-        if isinstance(result, Failure):
-            return result, False
-        return None, pump.sent and pump.delivered
+        return result
 
 
 def _facts(head: RequestHead) -> RequestFacts:

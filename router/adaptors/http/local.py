@@ -50,7 +50,7 @@ class LocalExchange:
     def reset_code(self) -> FlowCode | None:
         return self._shared.code
 
-    async def send(self, part: Part) -> None:
+    async def send(self, part: Part, *, more: bool = False) -> None:
         try:
             await self._outbox.send(part)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -71,6 +71,10 @@ class LocalExchange:
         if isinstance(part, End):
             self._ended = True
         return part
+
+    def ready(self) -> bool:
+        return (self._inbox.statistics().current_buffer_used > 0
+                or self._shared.reason is not None)
 
     def finish(self) -> None:
         self._outbox.close()

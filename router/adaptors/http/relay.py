@@ -166,33 +166,43 @@ async def _serve_h1(peer: MessagePeer, head: RequestHead, lease: H1Lease) -> Out
     async def download() -> None:
         nonlocal returned
         try:
+            event = await conn.next_event()
             while True:
-                event = await conn.next_event()
+                # What one read brought goes out in one write: `more` while the next
+                # event is at hand (the end's half-close sends the last).
+                after = conn.event_at_hand()
+                more = after is not None
                 if isinstance(event, h11.Response):
                     await peer.send(ResponseHead(status=event.status_code,
-                                                 headers=response_headers(event.headers)))
+                                                 headers=response_headers(event.headers)),
+                                    more=more)
                 elif isinstance(event, h11.Data):
-                    await peer.send(Body(bytes(event.data)))
+                    await peer.send(Body(bytes(event.data)), more=more)
                 elif isinstance(event, h11.EndOfMessage):
                     if conn.h11.our_state is h11.DONE:  # reusable before the client knows
                         returned = True
                         await lease.pool.put(conn)
                     if event.headers:
-                        await peer.send(Trailers(response_headers(event.headers)))
-                    await peer.send(End())
+                        await peer.send(Trailers(response_headers(event.headers)), more=True)
+                    await peer.send(End(), more=True)
                     peer.finish()
                     return
                 elif isinstance(event, h11.ConnectionClosed):
                     raise BackendError(f"{conn.endpoint}: backend closed the connection")
+                event = after if after is not None else await conn.next_event()
         except BackendError as exc:
             relay.fail(FlowCode.PEER_RESET, str(exc))
         except FlowLost:
             relay.lost()
 
     with relay.scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(upload)
-            nursery.start_soon(download)
+        if isinstance(first, End):  # no body: the request goes whole, then the answer
+            await upload()
+            await download()
+        else:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upload)
+                nursery.start_soon(download)
     if returned:
         pass
     elif relay.outcome() == "ok":

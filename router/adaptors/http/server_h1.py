@@ -46,6 +46,12 @@ class _Conn:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
         self.broken = False
+        self._out = bytearray()
+
+    async def send_pending(self) -> None:
+        if self._out:
+            out, self._out = self._out, bytearray()
+            await self.stream.send_all(out)
 
     async def next_event(self) -> object:
         while True:
@@ -54,10 +60,14 @@ class _Conn:
                 return event
             self.h11.receive_data(bytes(await self.stream.receive_some(READ_BYTES)))
 
-    async def send(self, event: h11.Event) -> None:
+    async def send(self, event: h11.Event, *, more: bool = False) -> None:
+        """`more`: keep the bytes for the next send (one write for a head and body)."""
         data = self.h11.send(event)
         if data:
-            await self.stream.send_all(data)
+            self._out += data
+        if self._out and not more:
+            out, self._out = self._out, bytearray()
+            await self.stream.send_all(out)
 
 
 class _Body:
@@ -76,6 +86,22 @@ class _Body:
             event = await self._conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise trio.BrokenResourceError(f"bad request body: {exc}") from None
+        return self._part(event)
+
+    def next_nowait(self) -> Body | Trailers | End | None:
+        if self._end_next:
+            return End()
+        if self._conn.h11.they_are_waiting_for_100_continue:
+            return None  # the 100 goes out from `next`
+        try:
+            event = self._conn.h11.next_event()
+        except h11.RemoteProtocolError:
+            return None  # `next` meets it again and says so
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return None
+        return self._part(event)
+
+    def _part(self, event: object) -> Body | Trailers | End:
         if isinstance(event, h11.Data):
             return Body(bytes(event.data))
         if isinstance(event, h11.EndOfMessage):
@@ -99,28 +125,33 @@ class _Sink:
         self._chunked = False
         self._trailers: list[tuple[bytes, bytes]] = []
 
-    async def send(self, part: Part, *, last: bool = False) -> None:
+    async def send(self, part: Part, *, last: bool = False, more: bool = False) -> None:
         try:
-            await self._send(part, last)
+            await self._send(part, last, more)
         except h11.LocalProtocolError as exc:  # e.g. a body longer than its content-length
             self.reset()
             raise trio.BrokenResourceError(f"cannot send the response: {exc}") from None
 
-    async def _send(self, part: Part, last: bool) -> None:
+    async def _send(self, part: Part, last: bool, more: bool) -> None:
         if isinstance(part, ResponseHead):
             headers = strip_hop_by_hop(part.headers)
             self.started = True
             self._bodyless |= part.status in _NO_BODY_STATUS or part.status < 200
             self._chunked = (not any(n == b"content-length" for n, _ in headers)
                              and self._conn.h11.their_http_version == b"1.1")
-            await self._conn.send(h11.Response(status_code=part.status, headers=list(headers)))
+            await self._conn.send(h11.Response(status_code=part.status, headers=list(headers)),
+                                  more=more or last)
             if last:
                 await self._conn.send(h11.EndOfMessage())
         elif isinstance(part, Body):
             if part.data and not self._bodyless:
-                await self._conn.send(h11.Data(data=part.data))
+                await self._conn.send(h11.Data(data=part.data), more=more)
+            elif not more:
+                await self._conn.send_pending()
         elif isinstance(part, Trailers):
             self._trailers = list(part.headers)
+            if not more:
+                await self._conn.send_pending()
         elif isinstance(part, End):
             trailers = self._trailers if self._chunked and not self._bodyless else []
             await self._conn.send(h11.EndOfMessage(headers=trailers))

@@ -283,6 +283,16 @@ class _Body:
             self._st.unacked.append(flow)
         return part
 
+    def next_nowait(self) -> Body | Trailers | End | None:
+        try:
+            part, flow = self._st.inbox.receive_nowait()
+        except trio.WouldBlock:
+            return None
+        assert isinstance(part, (Body, Trailers, End))
+        if isinstance(part, Body):
+            self._st.unacked.append(flow)
+        return part
+
     def done(self, part: Part) -> None:
         if isinstance(part, Body) and self._st.unacked:
             flow = self._st.unacked.popleft()
@@ -298,7 +308,8 @@ class _Sink:
         self.started = False
         self.done = False
 
-    async def send(self, part: Part, *, last: bool = False) -> None:
+    async def send(self, part: Part, *, last: bool = False, more: bool = False) -> None:
+        # `more` needs nothing here: the connection's writer sends what queued meanwhile.
         try:
             await self._send(part, last)
         except _H2Error as exc:  # the client reset the stream, or the connection closes
