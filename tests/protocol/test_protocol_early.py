@@ -11,6 +11,7 @@ from router.protocol import (
     DataReceived,
     ErrorCode,
     FlowAccepted,
+    FlowCode,
     FlowError,
     FlowFinished,
     FlowOpened,
@@ -125,15 +126,14 @@ def test_early_data_is_dropped_with_a_refusal() -> None:
     d.send_data(fid, b"x" * 10)
     d.send_fin(fid)
     pump(d, a)
-    a.refuse_flow(fid, code=__import__("router.protocol").protocol.FlowCode.NO_TARGET,
-                  reason="none")
+    a.refuse_flow(fid, FlowCode.NO_TARGET, "none")
     at_d, _ = pump(d, a)
     assert isinstance(at_d[0], FlowRefused)
     assert d.flow_ids() == a.flow_ids() == []
 
 
 def test_no_early_data_or_fin_toward_a_peer_that_offers_none() -> None:
-    d, a = linked(early_a=0)
+    d, _ = linked(early_a=0)
     fid = d.open_flow(request())
     assert d.credit(fid) == 0
     assert not d.can_fin(fid)
