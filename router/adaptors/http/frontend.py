@@ -20,7 +20,7 @@ from typing import Protocol
 
 import trio
 
-from router.adaptors.http import server_h1, server_h2
+from router.adaptors.http import server_h1, server_h2, tunnel
 from router.adaptors.http.attempt import (
     END_DRAIN_S,
     GRPC_DEADLINE_EXCEEDED,
@@ -43,6 +43,7 @@ from router.adaptors.http.message import (
     MessageLimits,
     MessagePeer,
     RequestHead,
+    proposes_tunnel,
 )
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute
@@ -153,7 +154,7 @@ class HttpFrontend:
         budget.on_request(trio.current_time())
         failure = Failure(503, f"no site serves {lst.key!r}")
         deadline = trio.current_time() + cfg.timeout_s if cfg.timeout_s > 0 else math.inf
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(deadline) as bound:
             for attempt in range(attempts):
                 if attempt:
                     if not budget.can_retry(trio.current_time()):
@@ -162,7 +163,8 @@ class HttpFrontend:
                     await trio.sleep(self._rng.uniform(
                         0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
                 result, outcome = await self._attempt(cfg, entry, head, body, sink, replay,
-                                                      tried, can_retry=attempt + 1 < attempts)
+                                                      tried, can_retry=attempt + 1 < attempts,
+                                                      bound=bound)
                 if result is None:
                     return None, outcome
                 failure = result
@@ -177,10 +179,12 @@ class HttpFrontend:
 
     async def _attempt(self, cfg: ListenerConfig, entry: FlowEntry, head: RequestHead,
                        body: RequestBody, sink: ResponseSink, replay: Replay, tried: set[str],
-                       *, can_retry: bool) -> tuple[Failure | None, Outcome]:
+                       *, can_retry: bool, bound: trio.CancelScope
+                       ) -> tuple[Failure | None, Outcome]:
         """One try at a site: (None when the response went to the client, or could not
         complete; a Failure when the request may be tried again or must be answered
-        by us), and the attempt's outcome."""
+        by us), and the attempt's outcome. `bound`: the request's timeout, lifted
+        once it became a tunnel."""
         outcome: Outcome = "error"
         peer: MessagePeer | None = None
         finished = False
@@ -200,8 +204,10 @@ class HttpFrontend:
             router_id = route.router_id
             peer = route.end if route.end is not None else route.target
             assert peer is not None
+            if isinstance(peer, MessageFlow) and proposes_tunnel(head):
+                peer.expect_tunnel(head)  # before the request goes: the answer may switch
             result, finished = await self._exchange(peer, entry, route.site, head, body, sink,
-                                                    replay, can_retry=can_retry)
+                                                    replay, can_retry=can_retry, bound=bound)
             outcome = "ok" if finished else (result.outcome if result else "reset")
             return result, outcome
         except BaseException:
@@ -237,15 +243,17 @@ class HttpFrontend:
 
     async def _exchange(self, peer: MessagePeer, entry: FlowEntry, site: str,
                         head: RequestHead, body: RequestBody, sink: ResponseSink,
-                        replay: Replay, *, can_retry: bool) -> tuple[Failure | None, bool]:
-        """(failure or None, whether both messages completed)."""
-        pump = Pump()
+                        replay: Replay, *, can_retry: bool, bound: trio.CancelScope
+                        ) -> tuple[Failure | None, bool]:
+        """(failure or None, whether both messages completed: a tunnel's both ways)."""
+        pump = Pump(hold_fin=proposes_tunnel(head))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump.run, peer, head, body, replay, nursery.cancel_scope)
             note = functools.partial(note_response, self._table, entry, site)
             result = await receive(peer, head, sink, replay, pump, can_retry=can_retry,
                                     note=note)
-            if result is not None or not replay.ended:
+            if (result is not None and not isinstance(result, tunnel.Switched)) \
+                    or not replay.ended:
                 nursery.cancel_scope.cancel()  # failed, or answered before the body ended
             else:  # the END is on its way: let it go, unless the flow has no credit
                 nursery.cancel_scope.deadline = trio.current_time() + END_DRAIN_S
@@ -253,6 +261,12 @@ class HttpFrontend:
             raise ClientGone()
         if isinstance(result, Failure):
             return result, False
+        if isinstance(result, tunnel.Switched):
+            # A tunnel lives as long as its two ends want it: no request timeout, and
+            # no idle timeout either (as for TCP); the flow's credit bounds its bytes.
+            bound.deadline = math.inf
+            return None, pump.sent and await tunnel.splice(peer, result.stream, result.prefix,
+                                                           who="the client")
         return None, pump.sent and pump.delivered
 
 
