@@ -172,6 +172,8 @@ async def receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, repl
     try:
         if pump.hold_fin and switches(head, first.status):
             return await tunnel.switch(peer, sink, first, sink.send)
+        if first.status == 101:
+            raise FlowLost("the serving site switched protocols unasked")
         await sink.send(first)
         part: Part | None = first
         while not isinstance(part, End):
