@@ -44,6 +44,7 @@ from router.adaptors.http.message import (
     MessagePeer,
     RequestHead,
     proposes_tunnel,
+    switches,
 )
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute
@@ -220,7 +221,11 @@ class HttpFrontend:
                 if isinstance(peer, MessageFlow):
                     peer.side.release()
             if router_id is not None:  # a 5xx or a broken exchange counts against the site
-                failed = outcome != "ok" or (entry.status or 0) >= 500
+                # ...but not how a tunnel ended: a client that drops its WebSocket is
+                # no fault of the site, which answered the switch.
+                tunnelled = entry.status is not None and switches(head, entry.status)
+                failed = ((outcome != "ok" and not tunnelled)
+                          or (entry.status or 0) >= 500)
                 self._sites.record(router_id, ok=not failed, now=trio.current_time(),
                                    reason=f"{entry.status or outcome}")
 
