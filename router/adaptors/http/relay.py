@@ -77,11 +77,10 @@ async def serve(peer: MessagePeer, lease: Lease,
             lease.release()
             return await tunnel.answer(peer, 501, f"{tunnel.what(head)} needs an http1 "
                                        "connector (tunnels are HTTP/1.1 only)")
-        if lease.reused and fresh is not None:  # a tunnel never takes a pooled one
+        own = None if lease.reused and fresh is not None else lease.conn
+        if own is None:  # a tunnel never takes a pooled connection
             await give_back(lease)
-            return await tunnel.serve_h1(peer, head, None, lease.conn.endpoint, fresh)
-        return await tunnel.serve_h1(peer, head, lease.conn, lease.conn.endpoint, fresh
-                                     or _no_fresh)
+        return await tunnel.serve_h1(peer, head, own, lease.conn.endpoint, fresh)
     if isinstance(lease, H1Lease) and is_grpc(head.headers):
         await give_back(lease)
         try:
@@ -99,10 +98,6 @@ async def serve(peer: MessagePeer, lease: Lease,
         return await _serve_h2(peer, head, lease)
     finally:
         lease.release()
-
-
-async def _no_fresh(endpoint: str) -> trio.abc.Stream:
-    raise OSError(f"no new connection to {endpoint}")
 
 
 async def _drain(peer: MessagePeer, part: Part | None = None) -> None:

@@ -155,10 +155,11 @@ async def switch(peer: MessagePeer, sink: object, head: ResponseHead,
 
 # ---- the connector's side
 async def serve_h1(peer: MessagePeer, head: RequestHead, conn: H1Conn | None, endpoint: str,
-                   fresh: FreshConnection) -> Outcome:
+                   fresh: FreshConnection | None) -> Outcome:
     """A request that proposes a tunnel, on `conn` (fresh, never pooled) or else on a new
-    connection to `endpoint`; closes it."""
+    connection to `endpoint` (by `fresh`); closes it."""
     if conn is None:
+        assert fresh is not None
         try:
             conn = H1Conn(await fresh(endpoint), endpoint)
         except (OSError, trio.TooSlowError) as exc:
