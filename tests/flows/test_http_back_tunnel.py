@@ -28,6 +28,7 @@ from router.adaptors.http.message import (
     RequestHead,
     ResponseHead,
 )
+from router.flows.table import FlowTable
 from router.site.config import ConnectorConfig
 from tests.flows.test_http_back import connectors, linked, open_flow
 from tests.support import httpd, ws
@@ -217,3 +218,32 @@ async def test_an_http2_target_answers_501_for_a_tunnel() -> None:
                            b"HTTP/1.1 only)\n"
             peer.finish()
             assert await peer.receive() is None
+
+
+async def test_a_fresh_connection_that_fails_is_a_router_503() -> None:
+    """The pool had a connection, the tunnel's own could not be made: a 503 the router
+    made (x-van-error), which a listener may retry on another site."""
+    calls = 0
+
+    async def connect(host: str, port: int) -> trio.abc.Stream:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(111, "Connection refused")
+        return await trio.open_tcp_stream(host, port)
+
+    with trio.fail_after(30):
+        async with backend() as be, trio.open_nursery() as nursery:
+            table = FlowTable()
+            await nursery.start(table.run)
+            hc = HttpConnectors(site="west", table=table, window=256 * 1024,
+                                connect_timeout=5, connect=connect)
+            hc.set_targets([ConnectorConfig(key="api", host="127.0.0.1", port=be.port,
+                                            protocol="http1")])
+            assert await plain_get(await hc.exchange("api")) == 200
+            head, body = await propose(await hc.exchange("api"), websocket_head())
+            assert head.status == 503 and dict(head.headers)[ROUTER_ERROR_HEADER] == b"1"
+            assert body == f"127.0.0.1:{be.port}: Connection refused\n".encode()
+            assert len(hc.h1[f"127.0.0.1:{be.port}"].idle) == 1  # the pooled one, back
+            await hc.aclose()
+            nursery.cancel_scope.cancel()
