@@ -21,6 +21,7 @@ from router.adaptors.http.message import (
     End,
     MessageLimits,
     Part,
+    Raw,
     RequestHead,
     ResponseHead,
     Trailers,
@@ -83,7 +84,10 @@ class MemPeer:
 class Backend:
     """Answers by path: /echo streams the body back, /sha answers its sha256 (and
     its trailers as response trailers), /big?n= sends n bytes, /slow never
-    answers, /status/N answers N, /lost drops the flow; anything else a short 200."""
+    answers, /status/N answers N, /lost drops the flow; anything else a short 200.
+    Tunnels (a CONNECT, or /upgrade...): switch (2xx, 101), then echo the bytes until
+    the client's half-close and half-close after it; /upgrade/refuse answers 426,
+    /upgrade/hangup sends "bye" and half-closes first; the bytes "reset" drop it."""
 
     nursery: trio.Nursery
     heads: list[RequestHead] = field(default_factory=list)
@@ -91,6 +95,8 @@ class Backend:
     fail_first: int = 0  # answer 503 (from the application) to this many first
     router_fail_first: int = 0  # answer 503 as a router would (x-van-error) to these
     peers: list[MemPeer] = field(default_factory=list)
+    tunnels: int = 0  # switched
+    tunnelled: bytearray = field(default_factory=bytearray)  # what came through them
 
     @property
     def aborted(self) -> int:
@@ -134,6 +140,9 @@ class Backend:
             await out.send(End())
             return
         path = head.target.decode()
+        if head.method == b"CONNECT" or path.startswith("/upgrade"):
+            await self._tunnel(peer, head, path)
+            return
         if path.startswith("/echo"):
             await out.send(ResponseHead(status=200, headers=((b"x-echo", b"1"),)))
             while not isinstance(part := await peer.backend_in.receive(), End):
@@ -191,6 +200,39 @@ class Backend:
             await out.send(ResponseHead(status=200, headers=((b"content-length", b"3"),)))
             await out.send(Body(b"ok\n"))
             await out.send(End())
+
+
+    async def _tunnel(self, peer: MemPeer, head: RequestHead, path: str) -> None:
+        await _drain(peer)
+        out = peer.backend_out
+        if path.endswith("/refuse"):
+            await out.send(ResponseHead(status=426, headers=(
+                (b"content-length", b"16"), (b"upgrade", b"websocket"))))
+            await out.send(Body(b"no upgrade here\n"))
+            await out.send(End())
+            return
+        token = dict(head.headers).get(b"upgrade")
+        await out.send(ResponseHead(status=200 if head.method == b"CONNECT" else 101,
+                                    headers=((b"upgrade", token),) if token else ()))
+        await out.send(End())
+        self.tunnels += 1
+        hangup = path.endswith("/hangup")
+        if hangup:
+            await out.send(Raw(b"bye"))
+            await out.send(None)  # our half-close: the client may still send
+        while True:
+            try:
+                part = await peer.backend_in.receive()
+            except trio.EndOfChannel:
+                break
+            assert isinstance(part, Raw), part
+            self.tunnelled += part.data
+            if part.data == b"reset":
+                raise trio.BrokenResourceError("reset")  # closed without a half-close
+            if not hangup:
+                await out.send(part)
+        if not hangup:
+            await out.send(None)
 
 
 async def _drain(peer: MemPeer) -> None:

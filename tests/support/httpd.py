@@ -13,6 +13,11 @@ GET /sleep/S          -> 200 after S seconds
 GET /failon/NAME      -> 500 from the backend named NAME, 200 from the others
 POST /crash           -> reads the body, then drops the connection without answering
 GET /crashes          -> how many /crash requests arrived
+GET /ws (Upgrade: websocket) -> 101, then every message echoed (tests/support/ws.py)
+GET /ws/refuse (Upgrade)     -> 426, and the connection goes on as HTTP/1.1
+CONNECT 127.0.0.1:PORT       -> 200, then the bytes spliced to that port (a forward
+                                proxy for this host only; any other host: 403)
+Upgrade elsewhere is ignored (an ordinary answer). HTTP/1.1 only.
 Every response carries x-served-by and x-request-count. Prints "ready PORT" on stdout.
 """
 
@@ -29,6 +34,8 @@ import h2.events
 import h2.exceptions
 import h11
 import trio
+
+from tests.support import ws
 
 CHUNK = 64 * 1024
 SSE_GAP_S = 0.2
@@ -111,6 +118,68 @@ class App:
             await send(b"not found")
 
 
+def _header(request: h11.Request, name: bytes) -> bytes:
+    return b", ".join(v for n, v in request.headers if n == name)
+
+
+async def _switch(app: App, conn: h11.Connection, stream: trio.SocketStream,
+                  request: h11.Request) -> bool:
+    """A WebSocket upgrade or a CONNECT, if `request` is one this backend takes: served
+    to its end (True: the connection is done), or declined with an answer (False)."""
+    async def answer(status: int, text: bytes, *extra: tuple[bytes, bytes]) -> None:
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=[
+            *common, *extra, (b"content-length", str(len(text)).encode())])) or b"")
+        await stream.send_all(conn.send(h11.Data(data=text)) or b"")
+        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+    path = request.target.decode()
+    upgrade = b"websocket" in _header(request, b"upgrade").lower()
+    if request.method != b"CONNECT" and not (upgrade and path.startswith("/ws")):
+        return False
+    app.count += 1
+    common = [(b"x-served-by", app.name.encode()), (b"x-request-count", str(app.count).encode())]
+    while not isinstance(event := conn.next_event(), h11.EndOfMessage):  # no body here
+        if event is not h11.NEED_DATA:
+            raise ws.WsError(f"unexpected {event!r} before a switch")
+        conn.receive_data(await stream.receive_some(CHUNK))
+    if request.method == b"CONNECT":
+        host, _, port = request.target.decode().rpartition(":")
+        if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+            await answer(403, b"only this host")
+            return False
+        target = await trio.open_tcp_stream(host, int(port))
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=common)) or b"")
+        await _splice(stream, target, bytes(conn.trailing_data[0]))
+        return True
+    if path != "/ws":
+        await answer(426, b"no websocket here", (b"upgrade", b"websocket"))
+        return False
+    key = _header(request, b"sec-websocket-key")
+    await stream.send_all(conn.send(h11.InformationalResponse(status_code=101, headers=[
+        *common, (b"upgrade", b"websocket"), (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", ws.accept_key(key))])) or b"")
+    sock = ws.WebSocket(stream, client=False, leftover=bytes(conn.trailing_data[0]))
+    while (message := await sock.receive()) is not None:
+        await sock.send(message[1], opcode=message[0])
+    return True
+
+
+async def _splice(a: trio.SocketStream, b: trio.SocketStream, first: bytes) -> None:
+    """Both ways, with half-close, until both ended."""
+    async def one(src: trio.SocketStream, dst: trio.SocketStream, data: bytes) -> None:
+        while True:
+            if data:
+                await dst.send_all(data)
+            data = await src.receive_some(CHUNK)
+            if not data:
+                await dst.send_eof()
+                return
+
+    async with b, trio.open_nursery() as nursery:
+        nursery.start_soon(one, a, b, first)
+        nursery.start_soon(one, b, a, b"")
+
+
 async def serve_h1(app: App, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
 
@@ -128,6 +197,11 @@ async def serve_h1(app: App, stream: trio.SocketStream) -> None:
             if not isinstance(event, h11.Request):
                 return
             request = event
+            if await _switch(app, conn, stream, request):
+                return
+            if conn.our_state is h11.DONE:  # declined: answered already
+                conn.start_next_cycle()
+                continue
 
             async def body() -> AsyncIterator[bytes]:
                 while True:
@@ -230,7 +304,7 @@ async def main(port: int, name: str, h2_mode: bool) -> None:
         try:
             await handler(app, stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError,
-                 h2.exceptions.ProtocolError, Crash):
+                 h2.exceptions.ProtocolError, Crash, ws.WsError, OSError):
             pass  # a client that went away or spoke garbage, or /crash: its connection only
 
     await trio.serve_listeners(guarded, listeners)

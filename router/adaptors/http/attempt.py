@@ -12,6 +12,7 @@ from typing import Protocol
 
 import trio
 
+from router.adaptors.http import tunnel
 from router.adaptors.http.flowmsg import FlowLost, MessageFlow
 from router.adaptors.http.hop import ROUTER_ERROR_HEADER
 from router.adaptors.http.message import (
@@ -22,6 +23,7 @@ from router.adaptors.http.message import (
     RequestHead,
     ResponseHead,
     Trailers,
+    switches,
 )
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.table import FlowTable
@@ -108,6 +110,9 @@ class Pump:
     sent: bool = False  # the whole request went into the flow
     delivered: bool = False  # the whole response went to the client
     client_gone: bool = False
+    # The request proposes a tunnel: its half-close waits for the response, which
+    # may switch the flow to a tunnel's bytes (tunnel.py).
+    hold_fin: bool = False
     _head_sent: bool = False  # into the current end
     _replayed: int = 0  # parts of replay.parts already in the current end
 
@@ -145,7 +150,9 @@ class Pump:
             self._replayed += 1
             body.done(part)
             replay.unacked = None
-        if peer.can_finish():
+        if self.hold_fin:
+            self.sent = True  # the half-close waits for the response (`receive`)
+        elif peer.can_finish():
             peer.finish()
             self.sent = True
 
@@ -171,7 +178,8 @@ class Pump:
                 await peer.send(part)
                 body.done(part)
                 replay.unacked = None
-            peer.finish()
+            if not self.hold_fin:
+                peer.finish()
             self.sent = True
         except FlowLost:
             return  # the response side sees it too
@@ -191,9 +199,10 @@ def note_response(table: FlowTable, entry: FlowEntry, site: str, head: ResponseH
 
 async def receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, replay: Replay,
                    pump: Pump, *, can_retry: bool, note: Callable[[ResponseHead], None]
-                   ) -> Failure | bool | None:
+                   ) -> Failure | bool | tunnel.Switched | None:
     """The response to the client: None once it all went, a Failure if the request
-    may be retried, False if it broke off (the client was reset)."""
+    may be retried, False if it broke off (the client was reset), Switched when it
+    turned the exchange into a tunnel."""
     try:
         first = await peer.receive()
     except FlowLost as exc:
@@ -213,6 +222,10 @@ async def receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, repl
                         outcome="error")
     note(first)
     try:
+        if pump.hold_fin and switches(head, first.status):
+            return await tunnel.switch(peer, sink, first, sink.send)
+        if first.status == 101:
+            raise FlowLost("the serving site switched protocols unasked")
         await sink.send(first, more=peer.ready())
         part: Part | None = first
         while not isinstance(part, End):
@@ -227,6 +240,10 @@ async def receive(peer: MessagePeer, head: RequestHead, sink: ResponseSink, repl
         pump.client_gone = True
         return False
     pump.delivered = True
+    if pump.hold_fin:  # no switch: the request's half-close, held until now
+        pump.hold_fin = False
+        if pump.sent:  # else the pump sends it after the request's END
+            peer.finish()
     return None
 
 

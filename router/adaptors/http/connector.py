@@ -116,12 +116,23 @@ class HttpConnectors:
             return slot
         pool = self.h1.setdefault(endpoint, H1Pool(endpoint, nursery))
         conn = pool.take()
-        if conn is None:
-            with trio.fail_after(self._connect_timeout):
-                stream = await self._connect(con.host, con.port)
+        if conn is not None:
+            return H1Lease(pool, conn, reused=True)
+        with trio.fail_after(self._connect_timeout):
+            stream = await self._connect(con.host, con.port)
+        pool.opened += 1
+        return H1Lease(pool, H1Conn(stream, endpoint))
+
+    async def _fresh(self, endpoint: str) -> trio.abc.Stream:
+        """A new connection to the target at `endpoint`, for a tunnel (never pooled)."""
+        con = next((c for c in self._targets if str(c.endpoint) == endpoint), None)
+        if con is None:
+            raise OSError(f"the connector for {endpoint} was deleted")
+        with trio.fail_after(self._connect_timeout):
+            stream = await self._connect(con.host, con.port)
+        if (pool := self.h1.get(endpoint)) is not None:
             pool.opened += 1
-            conn = H1Conn(stream, endpoint)
-        return H1Lease(pool, conn)
+        return stream
 
     # ---- requests from other sites
     def serve_open(self, side: FlowSide, open_msg: Open) -> None:
@@ -151,7 +162,7 @@ class HttpConnectors:
                 await give_back(lease)
                 outcome = "reset"
                 return
-            outcome = await serve(flow, lease)
+            outcome = await serve(flow, lease, self._fresh)
             if flow.done:
                 side.release()
             elif flow.reset_reason is None:
@@ -178,7 +189,7 @@ class HttpConnectors:
                            entry: FlowEntry) -> None:
         outcome: Outcome = "error"
         try:
-            outcome = await serve(peer, lease)
+            outcome = await serve(peer, lease, self._fresh)
         finally:
             if outcome != "ok":
                 peer.abort(FlowCode.PEER_RESET, peer.reset_reason or "the exchange failed")

@@ -13,7 +13,14 @@ from collections import deque
 
 import trio
 
-from router.adaptors.http.message import MessageError, MessageLimits, MessageReader, Part, encode
+from router.adaptors.http.message import (
+    MessageError,
+    MessageLimits,
+    MessageReader,
+    Part,
+    RequestHead,
+    encode,
+)
 from router.errors import VanError
 from router.flows.end import FlowEnd
 from router.flows.entry import FlowEntry
@@ -53,6 +60,11 @@ class MessageFlow(FlowEnd):
         self._parts: deque[Part] = deque()
         self._fin_sent = False
         self._lost = trio.Event()
+
+    def expect_tunnel(self, request: RequestHead) -> None:
+        """`request` (sent on this flow) proposes a protocol switch: a response that
+        accepts it may be followed by tunnel bytes (see `tunnel.py`)."""
+        self._reader.expect_tunnel(request)
 
     # ---- receiving
     async def receive(self) -> Part | None:

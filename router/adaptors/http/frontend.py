@@ -20,7 +20,7 @@ from typing import Protocol
 
 import trio
 
-from router.adaptors.http import server_h1, server_h2
+from router.adaptors.http import server_h1, server_h2, tunnel
 from router.adaptors.http.attempt import (
     END_DRAIN_S,
     GRPC_DEADLINE_EXCEEDED,
@@ -44,6 +44,8 @@ from router.adaptors.http.message import (
     MessagePeer,
     RequestHead,
     ResponseHead,
+    proposes_tunnel,
+    switches,
 )
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute
@@ -154,7 +156,7 @@ class HttpFrontend:
         budget.on_request(trio.current_time())
         failure = Failure(503, f"no site serves {lst.key!r}")
         deadline = trio.current_time() + cfg.timeout_s if cfg.timeout_s > 0 else math.inf
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(deadline) as bound:
             for attempt in range(attempts):
                 if attempt:
                     if not budget.can_retry(trio.current_time()):
@@ -163,7 +165,8 @@ class HttpFrontend:
                     await trio.sleep(self._rng.uniform(
                         0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))))
                 result, outcome = await self._attempt(cfg, entry, head, body, sink, replay,
-                                                      tried, can_retry=attempt + 1 < attempts)
+                                                      tried, can_retry=attempt + 1 < attempts,
+                                                      bound=bound)
                 if result is None:
                     return None, outcome
                 failure = result
@@ -178,15 +181,17 @@ class HttpFrontend:
 
     async def _attempt(self, cfg: ListenerConfig, entry: FlowEntry, head: RequestHead,
                        body: RequestBody, sink: ResponseSink, replay: Replay, tried: set[str],
-                       *, can_retry: bool) -> tuple[Failure | None, Outcome]:
+                       *, can_retry: bool, bound: trio.CancelScope
+                       ) -> tuple[Failure | None, Outcome]:
         """One try at a site: (None when the response went to the client, or could not
         complete; a Failure when the request may be tried again or must be answered
-        by us), and the attempt's outcome."""
+        by us), and the attempt's outcome. `bound`: the request's timeout, lifted
+        once it became a tunnel."""
         outcome: Outcome = "error"
         peer: MessagePeer | None = None
         finished = False
         router_id: str | None = None
-        pump = Pump()
+        pump = Pump(hold_fin=proposes_tunnel(head))
         try:
             try:
                 route = await self._forwarder.open(
@@ -203,8 +208,11 @@ class HttpFrontend:
             router_id = route.router_id
             peer = route.end if route.end is not None else route.target
             assert peer is not None
+            if isinstance(peer, MessageFlow) and proposes_tunnel(head):
+                peer.expect_tunnel(head)  # before the request goes: the answer may switch
             result, finished = await self._exchange(peer, entry, route.site, head, body, sink,
-                                                    replay, pump, can_retry=can_retry)
+                                                    replay, pump, can_retry=can_retry,
+                                                    bound=bound)
             outcome = "ok" if finished else (result.outcome if result else "reset")
             return result, outcome
         except BaseException:
@@ -217,7 +225,11 @@ class HttpFrontend:
                 if isinstance(peer, MessageFlow):
                     peer.side.release()
             if router_id is not None:  # a 5xx or a broken exchange counts against the site
-                failed = outcome != "ok" or (entry.status or 0) >= 500
+                # ...but not how a tunnel ended: a client that drops its WebSocket is
+                # no fault of the site, which answered the switch.
+                tunnelled = entry.status is not None and switches(head, entry.status)
+                failed = ((outcome != "ok" and not tunnelled)
+                          or (entry.status or 0) >= 500)
                 self._sites.record(router_id, ok=not failed, now=trio.current_time(),
                                    reason=f"{entry.status or outcome}")
 
@@ -240,9 +252,9 @@ class HttpFrontend:
 
     async def _exchange(self, peer: MessagePeer, entry: FlowEntry, site: str,
                         head: RequestHead, body: RequestBody, sink: ResponseSink,
-                        replay: Replay, pump: Pump, *, can_retry: bool
-                        ) -> tuple[Failure | None, bool]:
-        """(failure or None, whether both messages completed)."""
+                        replay: Replay, pump: Pump, *, can_retry: bool,
+                        bound: trio.CancelScope) -> tuple[Failure | None, bool]:
+        """(failure or None, whether both messages completed: a tunnel's both ways)."""
         note = functools.partial(note_response, self._table, entry, site)
         if pump.sent:  # the whole request went with the OPEN: only the response is left
             result = await receive(peer, head, sink, replay, pump, can_retry=can_retry,
@@ -254,19 +266,27 @@ class HttpFrontend:
             raise ClientGone()
         if isinstance(result, Failure):
             return result, False
+        if isinstance(result, tunnel.Switched):
+            # A tunnel lives as long as its two ends want it: no request timeout, and
+            # no idle timeout either (as for TCP); the flow's credit bounds its bytes.
+            bound.deadline = math.inf
+            return None, pump.sent and await tunnel.splice(peer, result.stream, result.prefix,
+                                                           who="the client")
         return None, pump.sent and pump.delivered
 
     async def _both_ways(self, peer: MessagePeer, head: RequestHead, body: RequestBody,
                          sink: ResponseSink, replay: Replay, pump: Pump,
                          note: Callable[[ResponseHead], None], *, can_retry: bool
-                         ) -> Failure | bool | None:
+                         ) -> Failure | bool | tunnel.Switched | None:
         """The request's rest into the flow while the response comes back."""
-        result: Failure | bool | None = False  # if the pump cancels it: the client left
+        # False if the pump cancels it: the client went away.
+        result: Failure | bool | tunnel.Switched | None = False
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump.run, peer, head, body, replay, nursery.cancel_scope)
             result = await receive(peer, head, sink, replay, pump, can_retry=can_retry,
                                     note=note)
-            if result is not None or not replay.ended:
+            if (result is not None and not isinstance(result, tunnel.Switched)) \
+                    or not replay.ended:
                 nursery.cancel_scope.cancel()  # failed, or answered before the body ended
             else:  # the END is on its way: let it go, unless the flow has no credit
                 nursery.cancel_scope.deadline = trio.current_time() + END_DRAIN_S

@@ -35,6 +35,28 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
     return tuple(out)
 
 
+def tunnel_upgrade(headers: Headers) -> bytes | None:
+    """The `Upgrade` a listener lets through to the backend as a tunnel proposal: the
+    client's tokens when `Connection` names `upgrade`, less `h2c` (HTTP/2 to the
+    listener itself is per request: an h2c upgrade is declined by answering in
+    HTTP/1.1, as before); None for no proposal."""
+    named = {token.strip().lower() for name, value in headers if name == b"connection"
+             for token in value.split(b",")}
+    if b"upgrade" not in named:
+        return None
+    tokens = [token.strip() for name, value in headers if name == b"upgrade"
+              for token in value.split(b",")]
+    keep = [t for t in tokens if t and t.lower() != b"h2c"]
+    return b", ".join(keep) or None
+
+
+def upgrade_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """`Connection: upgrade` and the `upgrade` that `headers` carry (a proposal or a
+    101's answer), for the next hop; none if they carry no upgrade."""
+    value = next((v for n, v in headers if n == b"upgrade"), None)
+    return [] if value is None else [(b"connection", b"upgrade"), (b"upgrade", value)]
+
+
 def is_grpc(headers: Headers) -> bool:
     """A gRPC message: content-type application/grpc (also +proto, +json, ...)."""
     for name, value in headers:

@@ -6,8 +6,13 @@ router writes the response back the same way on the same flow. Transit routers o
 see DATA, so multi-hop, credit and reset need nothing new. Both HTTP/1.1 and HTTP/2
 are translated into this vocabulary, so either side may speak either version.
 
+A request that proposes a protocol switch (`Upgrade`, or `CONNECT`) may become a
+tunnel: when its response says yes (101 to an upgrade, 2xx to a CONNECT), each
+direction goes on after its END with RAW records, opaque bytes, until the flow's
+half-close in that direction (see `tunnel.py`).
+
 Wire: each record is type (u8), length (u32, big-endian), payload. HEAD and TRAILERS
-are msgpack; BODY is raw bytes; END is empty. Every size is checked against
+are msgpack; BODY and RAW are raw bytes; END is empty. Every size is checked against
 `MessageLimits` before a payload is buffered, and a bad record is a `MessageError`
 (the flow is reset; the link is fine).
 """
@@ -33,6 +38,7 @@ class RecordType(IntEnum):
     BODY = 2
     TRAILERS = 3
     END = 4
+    RAW = 5  # tunnel bytes, only after END of a message that switched protocols
 
 
 class MessageError(VanError):
@@ -77,8 +83,29 @@ class End:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Bytes of a tunnel: after the END of a message whose exchange switched protocols."""
+
+    data: bytes
+
+
 Head: TypeAlias = RequestHead | ResponseHead
-Part: TypeAlias = Head | Body | Trailers | End
+Part: TypeAlias = Head | Body | Trailers | End | Raw
+
+
+def proposes_tunnel(head: RequestHead) -> bool:
+    """The request asks for a protocol switch: CONNECT, or an `upgrade` header (which
+    a listener keeps only for a switch it lets through; see `hop.tunnel_upgrade`)."""
+    return head.method == b"CONNECT" or any(n == b"upgrade" for n, _ in head.headers)
+
+
+def switches(request: RequestHead, status: int) -> bool:
+    """A response of `status` to `request` turns the exchange into a tunnel: 101 to an
+    upgrade, a 2xx to a CONNECT (RFC 9110 9.3.6, 15.2.2)."""
+    if request.method == b"CONNECT":
+        return 200 <= status < 300
+    return status == 101 and proposes_tunnel(request)
 
 
 def encode(part: Part) -> bytes:
@@ -87,6 +114,8 @@ def encode(part: Part) -> bytes:
         return _RECORD.pack(RecordType.BODY, len(part.data)) + part.data
     if isinstance(part, End):
         return _RECORD.pack(RecordType.END, 0)
+    if isinstance(part, Raw):
+        return _RECORD.pack(RecordType.RAW, len(part.data)) + part.data
     if isinstance(part, Trailers):
         return _record(RecordType.TRAILERS, [list(h) for h in part.headers])
     if isinstance(part, RequestHead):
@@ -106,7 +135,9 @@ def _record(kind: RecordType, doc: Any) -> bytes:
 @dataclass
 class MessageReader:
     """Feed a flow's bytes in, get the message's parts out; `request` says which head
-    to expect. A message is HEAD, BODY*, TRAILERS?, END, and nothing after END."""
+    to expect. A message is HEAD, BODY*, TRAILERS?, END, and nothing after END but
+    RAW records when the exchange may switch protocols: a request that proposes it,
+    or a switching response to the request named by `expect_tunnel`."""
 
     request: bool
     limits: MessageLimits = field(default_factory=MessageLimits)
@@ -114,6 +145,13 @@ class MessageReader:
     _seen_head: bool = False
     _seen_trailers: bool = False
     ended: bool = False
+    tunnel: bool = False  # RAW records may follow END
+    _proposal: RequestHead | None = None  # the request a response answers
+
+    def expect_tunnel(self, request: RequestHead) -> None:
+        """(A response reader) the request proposed a switch: a response that accepts
+        it may go on with RAW records."""
+        self._proposal = request
 
     def feed(self, data: bytes) -> list[Part]:
         self._buf += data
@@ -129,9 +167,11 @@ class MessageReader:
         return parts
 
     def _check_size(self, kind: int, length: int) -> None:
-        if self.ended:
+        if self.ended and not (self.tunnel and kind == RecordType.RAW):
             raise MessageError("data after the end of the message")
-        if kind == RecordType.BODY:
+        if kind == RecordType.RAW and not self.ended:
+            raise MessageError("RAW before the end of the message")
+        if kind in (RecordType.BODY, RecordType.RAW):
             cap = self.limits.max_body_record_bytes
         elif kind in (RecordType.HEAD, RecordType.TRAILERS):
             cap = self.limits.max_head_bytes
@@ -148,7 +188,13 @@ class MessageReader:
             if self._seen_head:
                 raise MessageError("a second HEAD in one message")
             self._seen_head = True
-            return self._head(_unpack(payload))
+            head = self._head(_unpack(payload))
+            if isinstance(head, RequestHead):
+                self.tunnel = proposes_tunnel(head)
+            else:
+                self.tunnel = (self._proposal is not None
+                               and switches(self._proposal, head.status))
+            return head
         if not self._seen_head:
             raise MessageError(f"{RecordType(kind).name} before HEAD")
         if kind == RecordType.BODY:
@@ -160,6 +206,8 @@ class MessageReader:
                 raise MessageError("a second TRAILERS in one message")
             self._seen_trailers = True
             return Trailers(self._headers(_unpack(payload)))
+        if kind == RecordType.RAW:
+            return Raw(payload)
         self.ended = True
         return End()
 

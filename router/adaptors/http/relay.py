@@ -14,6 +14,7 @@ import h2.exceptions
 import h11
 import trio
 
+from router.adaptors.http import tunnel
 from router.adaptors.http.backend import (
     BackendError,
     H1Conn,
@@ -31,6 +32,7 @@ from router.adaptors.http.message import (
     RequestHead,
     ResponseHead,
     Trailers,
+    proposes_tunnel,
 )
 from router.flows.entry import Outcome
 from router.protocol import FlowCode
@@ -40,6 +42,7 @@ from router.protocol import FlowCode
 class H1Lease:
     pool: H1Pool
     conn: H1Conn
+    reused: bool = False  # taken from the pool, not connected for this request
 
 
 Lease = H1Lease | H2Stream
@@ -56,8 +59,10 @@ async def give_back(lease: Lease) -> None:
         lease.release()
 
 
-async def serve(peer: MessagePeer, lease: Lease) -> Outcome:
-    """Relay one request and its response; the outcome for the table."""
+async def serve(peer: MessagePeer, lease: Lease,
+                fresh: tunnel.FreshConnection | None = None) -> Outcome:
+    """Relay one request and its response; the outcome for the table. `fresh` opens
+    the connection of its own that a tunnel takes (`tunnel.py`)."""
     try:
         head = await peer.receive()
     except FlowLost:
@@ -67,6 +72,15 @@ async def serve(peer: MessagePeer, lease: Lease) -> Outcome:
         await give_back(lease)
         peer.abort(FlowCode.INTERNAL, "the request did not start with its head")
         return "error"
+    if proposes_tunnel(head):
+        if not isinstance(lease, H1Lease):
+            lease.release()
+            return await tunnel.answer(peer, 501, f"{tunnel.what(head)} needs an http1 "
+                                       "connector (tunnels are HTTP/1.1 only)")
+        own = None if lease.reused and fresh is not None else lease.conn
+        if own is None:  # a tunnel never takes a pooled connection
+            await give_back(lease)
+        return await tunnel.serve_h1(peer, head, own, lease.conn.endpoint, fresh)
     if isinstance(lease, H1Lease) and is_grpc(head.headers):
         await give_back(lease)
         try:

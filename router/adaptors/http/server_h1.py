@@ -12,7 +12,7 @@ import h11
 import trio
 
 from router.adaptors.http.attempt import Handler
-from router.adaptors.http.hop import strip_hop_by_hop
+from router.adaptors.http.hop import strip_hop_by_hop, tunnel_upgrade, upgrade_headers
 from router.adaptors.http.message import (
     Body,
     End,
@@ -133,6 +133,16 @@ class _Sink:
             raise trio.BrokenResourceError(f"cannot send the response: {exc}") from None
 
     async def _send(self, part: Part, last: bool, more: bool) -> None:
+        if isinstance(part, ResponseHead) and (part.status == 101 or (
+                self._method == b"CONNECT" and 200 <= part.status < 300)):
+            # The switch to a tunnel (h11 checks that the client proposed it). A 2xx
+            # to CONNECT has no body framing (RFC 9110 9.3.6).
+            self.started = True
+            switching = [*(h for h in strip_hop_by_hop(part.headers)
+                           if h[0] != b"content-length"), *upgrade_headers(part.headers)]
+            kind = h11.InformationalResponse if part.status == 101 else h11.Response
+            await self._conn.send(kind(status_code=part.status, headers=switching))
+            return
         if isinstance(part, ResponseHead):
             headers = strip_hop_by_hop(part.headers)
             self.started = True
@@ -159,6 +169,13 @@ class _Sink:
     def reset(self) -> None:
         self._conn.broken = True
         abort_socket(self._conn.stream)  # the close will be a RST: never a clean end
+
+    def switched(self) -> tuple[trio.abc.Stream, bytes]:
+        """After a switching head went out: the client's connection, now a byte stream,
+        and what the client sent past its request (h11 read it already)."""
+        if self._conn.h11.our_state is not h11.SWITCHED_PROTOCOL:
+            raise trio.BrokenResourceError("the connection did not switch protocols")
+        return self._conn.stream, bytes(self._conn.h11.trailing_data[0])
 
 
 async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
@@ -211,9 +228,14 @@ def _head(event: h11.Request, limits: MessageLimits, client: str) -> RequestHead
         rest = target.split(b"://", 1)[1]
         authority, slash, path = rest.partition(b"/")
         target = slash + path or b"/"
+    if event.method == b"CONNECT":  # authority form: the target is the authority
+        authority = target
     # Host becomes the authority; we answer Expect: 100-continue ourselves (when the
     # body is first read, once a site took the request), so it goes no further.
     headers = strip_hop_by_hop(tuple((n, v) for n, v in raw if n not in (b"host", b"expect")))
+    upgrade = tunnel_upgrade(raw)
+    if upgrade is not None:  # hop-by-hop, yet forwarded: it proposes a tunnel (tunnel.py)
+        headers = (*headers, (b"upgrade", upgrade))
     return RequestHead(method=event.method, target=target, authority=authority,
                        scheme=b"http", headers=headers, client=client)
 

@@ -226,6 +226,9 @@ class _Conn:
         if len(headers) > self.limits.max_headers:
             self._refuse(sid, 431, f"more than {self.limits.max_headers} header fields")
             return
+        if pseudo.get(b":method") == b"CONNECT":  # tunnels are HTTP/1.1 only (tunnel.py)
+            self._refuse(sid, 501, "CONNECT over HTTP/2 is not supported: use HTTP/1.1")
+            return
         authority = pseudo.get(b":authority") or next(
             (v for n, v in headers if n == b"host"), b"")
         head = RequestHead(
