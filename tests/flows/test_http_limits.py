@@ -8,7 +8,10 @@ import httpx
 import trio
 import trio.testing
 
+from router.adaptors.http.hop import with_forwarded
 from router.adaptors.http.limits import HttpLimits
+from router.adaptors.http.message import MessageReader, RequestHead, encode
+from router.site.config import LIMIT_RANGES
 from tests.flows.test_http_front import raw
 from tests.flows.test_http_front_kit import running_front
 
@@ -157,3 +160,19 @@ async def test_http_idle_timeout_s_closes_a_kept_alive_connection(
                     out += data
             assert out.startswith(b"HTTP/1.1 408") and b"in 30 s" in out
             assert 30 <= trio.current_time() - start < 31
+
+
+def test_a_head_within_the_largest_limits_crosses_to_the_serving_router() -> None:
+    """What a listener accepts at the top of each range still fits the codec between
+    routers, with the two headers it adds (forwarded repeats the authority)."""
+    most_bytes = int(LIMIT_RANGES["http_max_head_bytes"][1])
+    most_headers = int(LIMIT_RANGES["http_max_headers"][1])
+    authority = b"a" * (most_bytes // 2)  # Host counts in the head, once
+    headers = tuple((b"x-h%d" % i, b"1") for i in range(most_headers - 1))
+    target = b"/" + b"t" * (most_bytes - len(authority) - sum(len(n) + 4 for n, _ in headers)
+                            - 100)
+    head = RequestHead(method=b"GET", target=target, authority=authority,
+                       headers=headers, client="[2001:db8::1]:54321")
+    forwarded = with_forwarded(head)
+    assert len(forwarded.headers) == most_headers + 1
+    assert MessageReader(request=True).feed(encode(forwarded)) == [forwarded]
