@@ -374,6 +374,16 @@ def _quiet(fn: object, *args: object) -> None:
         fn(*args)  # type: ignore[operator]
 
 
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read what the client still sends for a moment (as server_h1)."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    with trio.move_on_after(GOAWAY_WAIT_S):
+        budget = READ_BYTES * 16
+        while budget > 0 and (data := await stream.receive_some(READ_BYTES)):
+            budget -= len(data)
+
+
 def _goaway(last_stream_id: int) -> bytes:
     """A graceful GOAWAY, made here: h2's own (close_connection) would end its
     connection at once, and the streams it admits could not be answered."""
@@ -411,8 +421,12 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
             # A GOAWAY should reach the client; after a graceful one, the last answers.
             graceful = conn.last_stream is not None and not conn.closing
             with trio.move_on_after(limits.http_idle_timeout_s if graceful
-                                    else GOAWAY_WAIT_S):
+                                    else GOAWAY_WAIT_S) as draining:
                 await conn.drain()
+            if graceful and not draining.cancelled_caught:
+                # Closing with unread bytes (a WINDOW_UPDATE) would send a RST, and the
+                # client could lose the last answers.
+                await _linger(stream)
             nursery.cancel_scope.cancel()
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
