@@ -240,7 +240,7 @@ async def served(limits: HttpLimits, handle: Handler, *, lockstep: bool = False,
     pair = (trio.testing.lockstep_stream_pair if lockstep
             else trio.testing.memory_stream_pair)
     client, server = pair()
-    raw = RawH2(client)  # type: ignore[arg-type]
+    raw = RawH2(client)
     raw.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: client_window})
     if client_window > 65_535:
         raw.h2.increment_flow_control_window(client_window - 65_535)
