@@ -6,6 +6,7 @@ rates run on trio's autojump clock."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -227,6 +228,20 @@ async def test_http_max_requests_per_connection_over_http2() -> None:
         assert sorted(h.target for h in front.backend.heads) == [b"/", b"/echo"]
         await front.wait_idle()
         assert front.table.outcomes["ok"] == 2
+
+
+@pytest.mark.skipif(shutil.which("nghttp") is None, reason="needs nghttp (nghttp2-client)")
+async def test_nghttp2_takes_the_graceful_goaway_with_its_requests_in_flight() -> None:
+    async with running_front(limits=HttpLimits(http_max_requests_per_connection=3)) as front:
+        proc = await trio.run_process(
+            ["nghttp", "-v", "-n", *[f"{front.url}/big?n={100_000 + i}" for i in range(3)]],
+            capture_stdout=True, capture_stderr=True, check=False)
+        out = proc.stdout.decode()
+        assert proc.returncode == 0, out[-2000:]
+        goaway = out.split("recv GOAWAY frame", 1)[1]  # as the third request came in
+        assert "error_code=NO_ERROR" in goaway.splitlines()[1]
+        assert out.count(":status: 200") == 3  # and every answer arrived whole
+        assert front.connections == 1
 
 
 # ---- server_h2 alone over memory streams: exact flow control and rates
