@@ -26,6 +26,7 @@ import trio
 
 from router.adaptors.http.connector import HttpConnectors
 from router.adaptors.http.frontend import HttpFrontend
+from router.adaptors.http.limits import http_limits
 from router.adaptors.listeners import Listeners
 from router.adaptors.tcp import Connect, TcpClients, TcpConnectors
 from router.daemon.admin import SiteAdmin
@@ -94,7 +95,8 @@ class Router:
                                       table=self.flows)
         self.http_frontend = HttpFrontend(forwarder=self.forwarder, table=self.flows,
                                           local=self.http_connectors,
-                                          config=self._listener_config)
+                                          config=self._listener_config,
+                                          limits=http_limits(limits))
         self.listeners = Listeners(serve={"tcp": self.tcp_clients.serve_client,
                                           "http": self.http_frontend.serve_connection},
                                    table=self.flows, reserve=self.fd_reserve,

@@ -69,6 +69,21 @@ class Limits:
     max_control_request_bytes: int = 64 * 1024
     routing_refresh_s: float = 30.0
     routing_max_age_s: float = 100.0
+    # HTTP listeners, each client connection (router.adaptors.http.limits.HttpLimits)
+    http_max_head_bytes: int = 64 * 1024
+    http_max_headers: int = 128
+    http_max_request_line_bytes: int = 8192
+    http_head_timeout_s: float = 60.0
+    http_idle_timeout_s: float = 300.0
+    http_max_requests_per_connection: int = 0  # 0: no limit
+    http2_max_concurrent_streams: int = 100
+    http2_max_frame_bytes: int = 16_384
+    http2_stream_window_bytes: int = 256 * 1024
+    http2_connection_window_bytes: int = 1024 * 1024
+    http2_max_queued_bytes: int = 256 * 1024
+    http2_max_queued_control_bytes: int = 1024 * 1024
+    http2_reset_burst: int = 200
+    http2_resets_per_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +178,23 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "max_control_request_bytes": (1024, 16 * 1024 * 1024),
     "routing_refresh_s": (0.01, DAY_S),
     "routing_max_age_s": (0.01, DAY_S),
+    # HTTP: a request the listener accepts must fit the message codec between routers
+    # (message.MessageLimits: its head twice over, as `forwarded` repeats the authority,
+    # and two more headers); the HTTP/2 bounds are RFC 9113's.
+    "http_max_head_bytes": (1024, 64 * 1024),
+    "http_max_headers": (1, 1000),
+    "http_max_request_line_bytes": (64, 64 * 1024),
+    "http_head_timeout_s": (0.01, DAY_S),
+    "http_idle_timeout_s": (0.01, DAY_S),
+    "http_max_requests_per_connection": (0, 2**31 - 1),
+    "http2_max_concurrent_streams": (1, 10_000),
+    "http2_max_frame_bytes": (16_384, 2**24 - 1),
+    "http2_stream_window_bytes": (1024, 2**31 - 1),
+    "http2_connection_window_bytes": (65_535, 2**31 - 1),  # no window may start smaller
+    "http2_max_queued_bytes": (1024, 2**30),
+    "http2_max_queued_control_bytes": (1024, 2**30),
+    "http2_reset_burst": (1, 1_000_000),
+    "http2_resets_per_s": (0.01, 1_000_000),
 }
 
 

@@ -74,7 +74,8 @@ class FieldReader:
         return value
 
     def within(self, key: str, kind: type, default: Any, lo: float, hi: float) -> Any:
-        value = self.positive(key, kind, default)
+        """`lo` 0: zero is allowed (it means "none" or "no limit")."""
+        value = self.get(key, kind, default) if lo == 0 else self.positive(key, kind, default)
         if not lo <= value <= hi:
             raise self.fail(key, f"must be between {_num(lo)} and {_num(hi)}, got {_num(value)}")
         return value

@@ -4,12 +4,16 @@ offline and live through a real router's control socket."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from router.site.config import dump_config, parse_config
+from router.adaptors.http.limits import HttpLimits, http_limits
+from router.daemon.identity import Identity
+from router.daemon.router import Router
+from router.site.config import Limits, SiteConfig, dump_config, parse_config
 from router.site.errors import ConfigError
 from tests.support.sites import Site, site_env
 
@@ -145,6 +149,67 @@ def test_a_tcp_listener_and_connector_are_written_as_before() -> None:
     assert db == 'key = "db"\nhost = "127.0.0.1"\nport = 15432\nstrategy = "balanced"\n\n'
     con = text.split("[[connector]]\n")[1]
     assert con == 'key = "api"\nhost = "127.0.0.1"\nport = 8080\npriority = 0\nweight = 1\n'
+
+
+# ---- the HTTP limits of [limits]: each parsed, each bound checked
+
+# (field, a good value other than its default, a bad value, what the message says)
+HTTP_LIMITS = [
+    ("http_max_head_bytes", 8192, 100, "must be between 1024 and 65536, got 100"),
+    ("http_max_headers", 50, 1001, "must be between 1 and 1000, got 1001"),
+    ("http_max_request_line_bytes", 4096, 10, "must be between 64 and 65536, got 10"),
+    ("http_head_timeout_s", 10.5, 0, "must be positive, got 0.0"),
+    ("http_idle_timeout_s", 30.0, 100_000, "must be between 0.01 and 86400, got 100000"),
+    ("http_max_requests_per_connection", 1000, -1,
+     "must be between 0 and 2147483647, got -1"),
+    ("http2_max_concurrent_streams", 250, 10_001, "must be between 1 and 10000, got 10001"),
+    ("http2_max_frame_bytes", 1 << 20, 16_383, "must be between 16384 and 16777215, got 16383"),
+    ("http2_stream_window_bytes", 65_535, 2**31,
+     "must be between 1024 and 2147483647, got 2147483648"),
+    ("http2_connection_window_bytes", 4 << 20, 1000,
+     "must be between 65535 and 2147483647, got 1000"),
+    ("http2_max_queued_bytes", 65_536, 100, "must be between 1024 and 1073741824, got 100"),
+    ("http2_max_queued_control_bytes", 65_536, 0, "must be positive, got 0"),
+    ("http2_reset_burst", 50, 0, "must be positive, got 0"),
+    ("http2_resets_per_s", 5.0, 0.001, "must be between 0.01 and 1000000, got 0.001"),
+]
+
+
+def with_limit(line: str) -> str:
+    return BASE.replace("[[listener]]\n", f"[limits]\n{line}\n[[listener]]\n", 1)
+
+
+def test_every_http_limit_has_a_row_and_the_defaults_are_the_listeners() -> None:
+    assert [row[0] for row in HTTP_LIMITS] == [f.name for f in dataclasses.fields(HttpLimits)]
+    assert http_limits(Limits()) == HttpLimits()
+
+
+@pytest.mark.parametrize(("name", "good", "bad", "says"), HTTP_LIMITS)
+def test_an_http_limit_is_parsed_and_its_bounds_checked(name: str, good: float, bad: float,
+                                                        says: str) -> None:
+    cfg = parse_config(Path("site.toml"), with_limit(f"{name} = {good}"))
+    assert getattr(cfg.limits, name) == good
+    assert getattr(http_limits(cfg.limits), name) == good  # what the listener gets
+    assert parse_config(Path("site.toml"), dump_config(cfg)) == cfg
+    with pytest.raises(ConfigError) as info:
+        parse_config(Path("site.toml"), with_limit(f"{name} = {bad}"))
+    assert str(info.value) == f"site.toml:5: [limits] {name}: {says}"
+    if not name.endswith("_s"):
+        with pytest.raises(ConfigError, match=f"{name}: must be int, got float"):
+            parse_config(Path("site.toml"), with_limit(f"{name} = {good}.5"))
+
+
+def test_no_request_limit_is_zero_and_accepted() -> None:
+    cfg = parse_config(Path("site.toml"), with_limit("http_max_requests_per_connection = 0"))
+    assert cfg.limits.http_max_requests_per_connection == 0
+
+
+async def test_the_router_hands_the_site_limits_to_its_http_listener() -> None:
+    limits = Limits(http_max_headers=7, http2_max_concurrent_streams=9)
+    config = SiteConfig(name="east", link_port=55671, limits=limits)
+    router = Router(Identity.generate("east", limits), config)
+    assert router.http_frontend.limits == http_limits(limits)
+    assert router.http_frontend.limits.http_max_headers == 7
 
 
 # ---- sitectl, offline and live

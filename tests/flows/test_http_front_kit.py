@@ -16,10 +16,10 @@ import trio
 from router.adaptors.http.flowmsg import FlowLost
 from router.adaptors.http.frontend import HttpFrontend
 from router.adaptors.http.hop import ROUTER_ERROR_HEADER
+from router.adaptors.http.limits import HttpLimits
 from router.adaptors.http.message import (
     Body,
     End,
-    MessageLimits,
     Part,
     Raw,
     RequestHead,
@@ -267,7 +267,7 @@ class Front:
 
 
 @asynccontextmanager
-async def running_front(*, advertise: bool = True, limits: MessageLimits | None = None,
+async def running_front(*, advertise: bool = True, limits: HttpLimits | None = None,
                         rcvbuf: int = 0, **listener: object) -> AsyncIterator[Front]:
     """`rcvbuf`: the receive buffer of accepted sockets (0: the system's)."""
     table = FlowTable()

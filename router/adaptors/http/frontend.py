@@ -38,9 +38,9 @@ from router.adaptors.http.attempt import (
 from router.adaptors.http.flowmsg import MessageFlow
 from router.adaptors.http.health import OutlierTracker, RetryBudget, order_without_ejected
 from router.adaptors.http.hop import is_grpc, with_forwarded
+from router.adaptors.http.limits import HttpLimits
 from router.adaptors.http.message import (
     Headers,
-    MessageLimits,
     MessagePeer,
     RequestHead,
     ResponseHead,
@@ -76,12 +76,12 @@ class LocalHttp(Protocol):
 class HttpFrontend:
     def __init__(self, *, forwarder: Forwarder, table: FlowTable, local: LocalHttp,
                  config: Callable[[str], ListenerConfig | None],
-                 limits: MessageLimits | None = None) -> None:
+                 limits: HttpLimits | None = None) -> None:
         self._forwarder = forwarder
         self._table = table
         self._local = local
         self._config = config
-        self.limits = limits or MessageLimits()
+        self.limits = limits or HttpLimits()
         self._rng = random.Random()
         self._error_log = KeyedLogThrottle(ERROR_LOG_INTERVAL_S)  # outages come in floods
         self._sites = OutlierTracker()  # by router id: failing sites are tried last
@@ -93,7 +93,8 @@ class HttpFrontend:
         client = peer_name(stream)
         try:
             first = b""
-            with trio.move_on_after(server_h1.HEAD_TIMEOUT_S):
+            with trio.move_on_after(min(self.limits.http_head_timeout_s,
+                                        self.limits.http_idle_timeout_s)):
                 while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
                     data = await stream.receive_some(len(H2_PREFACE) - len(first))
                     if not data:
@@ -196,8 +197,7 @@ class HttpFrontend:
             try:
                 route = await self._forwarder.open(
                     entry, cfg.strategy,
-                    make_end=lambda side: MessageFlow(side, entry, request=False,
-                                                      limits=self.limits),
+                    make_end=lambda side: MessageFlow(side, entry, request=False),
                     connect_local=self._local.exchange, order=self._order(cfg, head, tried),
                     early=lambda end: pump.start(end, head, body, replay))
             except NoRoute as exc:

@@ -47,8 +47,12 @@ class MessageError(VanError):
 
 @dataclass(frozen=True, slots=True)
 class MessageLimits:
-    max_head_bytes: int = 64 * 1024  # the encoded head (431 past it)
-    max_headers: int = 128
+    """What a record between routers may hold. Above what a listener accepts from a
+    client (`[limits]` http_max_head_bytes up to 64 KiB, http_max_headers up to 1000):
+    `forwarded` repeats the authority and two headers are added on the way."""
+
+    max_head_bytes: int = 256 * 1024  # an encoded head or trailers
+    max_headers: int = 1024
     max_body_record_bytes: int = 256 * 1024
 
 

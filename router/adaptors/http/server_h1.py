@@ -8,16 +8,18 @@ the frontend, so a smuggling attempt never leaves this connection.
 
 from __future__ import annotations
 
+import math
+
 import h11
 import trio
 
 from router.adaptors.http.attempt import Handler
 from router.adaptors.http.hop import strip_hop_by_hop, tunnel_upgrade, upgrade_headers
+from router.adaptors.http.limits import HttpLimits, request_line_bytes
 from router.adaptors.http.message import (
     Body,
     End,
     Headers,
-    MessageLimits,
     Part,
     RequestHead,
     ResponseHead,
@@ -27,7 +29,6 @@ from router.net.sockets import abort_socket
 
 READ_BYTES = 64 * 1024
 _NO_BODY_STATUS = (204, 304)
-HEAD_TIMEOUT_S = 60.0  # for a request head, from the end of the previous exchange
 LINGER_S = 1.0
 LINGER_BYTES = 1024 * 1024
 DISCARD_BYTES = 64 * 1024  # of an unread request body, to keep the connection
@@ -42,11 +43,16 @@ class _Refuse(Exception):
 class _Conn:
     """The h11 state machine and the socket; reading and writing may run at once."""
 
-    def __init__(self, stream: trio.abc.Stream, limits: MessageLimits) -> None:
+    def __init__(self, stream: trio.abc.Stream, limits: HttpLimits) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
+        self.limits = limits
+        self.h11 = h11.Connection(h11.SERVER,
+                                  max_incomplete_event_size=limits.http_max_head_bytes)
         self.broken = False
         self._out = bytearray()
+        self.waiting = trio.CancelScope()  # the wait for the next request head
+        self.head_deadline = math.inf
+        self.fed = 0  # bytes received while waiting for this request's head
 
     async def send_pending(self) -> None:
         if self._out:
@@ -58,7 +64,21 @@ class _Conn:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            self.h11.receive_data(bytes(await self.stream.receive_some(READ_BYTES)))
+            self.receive(bytes(await self.stream.receive_some(READ_BYTES)))
+
+    def receive(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+        if not data or self.h11.their_state is not h11.IDLE:
+            return
+        # A request has begun: it is no longer idle, and its head has the head timeout.
+        self.waiting.deadline = self.head_deadline
+        limit = self.limits.http_max_request_line_bytes + 2  # and its CRLF
+        if self.fed <= limit < self.fed + len(data):  # checked once: h11 would wait for
+            line = self.h11.trailing_data[0][:limit]  # the whole head, then answer 431
+            if b"\n" not in line:
+                raise _Refuse(414, f"the request line exceeds "
+                                   f"{self.limits.http_max_request_line_bytes} bytes")
+        self.fed += len(data)
 
     async def send(self, event: h11.Event, *, more: bool = False) -> None:
         """`more`: keep the bytes for the next send (one write for a head and body)."""
@@ -117,9 +137,10 @@ class _Body:
 
 
 class _Sink:
-    def __init__(self, conn: _Conn, method: bytes) -> None:
+    def __init__(self, conn: _Conn, method: bytes, *, close: bool = False) -> None:
         self._conn = conn
         self._method = method
+        self._close = close  # the last request of this connection
         self.started = False
         self._bodyless = method == b"HEAD"
         self._chunked = False
@@ -145,6 +166,8 @@ class _Sink:
             return
         if isinstance(part, ResponseHead):
             headers = strip_hop_by_hop(part.headers)
+            if self._close and part.status >= 200:
+                headers += ((b"connection", b"close"),)
             self.started = True
             self._bodyless |= part.status in _NO_BODY_STATUS or part.status < 200
             self._chunked = (not any(n == b"content-length" for n, _ in headers)
@@ -179,17 +202,28 @@ class _Sink:
 
 
 async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
-                limits: MessageLimits, client: str) -> None:
-    """Requests one after another until the client or a response closes the connection."""
+                limits: HttpLimits, client: str) -> None:
+    """Requests one after another until the client or a response closes the connection,
+    or http_max_requests_per_connection were served."""
     conn = _Conn(stream, limits)
-    conn.h11.receive_data(first)
+    served = 0
     while True:
         try:
-            with trio.move_on_after(HEAD_TIMEOUT_S) as waited:
+            # Both from the end of the previous exchange: idle until a request begins.
+            start = trio.current_time()
+            conn.head_deadline = start + limits.http_head_timeout_s
+            conn.fed = 0
+            idle = not (first or conn.h11.trailing_data[0])
+            with trio.move_on_at(min(conn.head_deadline, start + limits.http_idle_timeout_s)
+                                 if idle else conn.head_deadline) as conn.waiting:
+                if first:  # (h11 takes b"" for the end of the stream)
+                    conn.receive(first)
+                    first = b""
                 event = await conn.next_event()
-            if waited.cancelled_caught:  # idle, or a head sent slowly (Slowloris)
+            if conn.waiting.cancelled_caught:  # idle, or a head sent slowly (Slowloris)
                 if conn.h11.trailing_data[0]:
-                    await _refuse(conn, 408, f"no complete request head in {HEAD_TIMEOUT_S:g} s")
+                    await _refuse(conn, 408, "no complete request head in "
+                                  f"{limits.http_head_timeout_s:g} s")
                 return
             if not isinstance(event, h11.Request):
                 return  # closed (or the client sent nothing more)
@@ -200,7 +234,9 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
         except _Refuse as exc:
             await _refuse(conn, exc.status, str(exc))
             return
-        sink = _Sink(conn, head.method)
+        served += 1
+        last = 0 < limits.http_max_requests_per_connection <= served
+        sink = _Sink(conn, head.method, close=last)
         await handle(head, _Body(conn), sink)
         if conn.broken:
             return
@@ -208,16 +244,21 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
             await _linger(stream)  # answered long before the body ended
             return
         if not (conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE):
+            if last and conn.h11.our_state is h11.MUST_CLOSE:
+                await _linger(stream)  # the client may have sent its next request already
             return  # keep-alive only after a complete exchange
         conn.h11.start_next_cycle()
 
 
-def _head(event: h11.Request, limits: MessageLimits, client: str) -> RequestHead:
+def _head(event: h11.Request, limits: HttpLimits, client: str) -> RequestHead:
+    if request_line_bytes(event.method, event.target) > limits.http_max_request_line_bytes:
+        raise _Refuse(414, f"the request line exceeds {limits.http_max_request_line_bytes} "
+                           "bytes")
     raw: Headers = tuple((n, v) for n, v in event.headers)
-    if len(raw) > limits.max_headers:
-        raise _Refuse(431, f"more than {limits.max_headers} header fields")
-    if sum(len(n) + len(v) + 4 for n, v in raw) > limits.max_head_bytes:
-        raise _Refuse(431, f"the header block exceeds {limits.max_head_bytes} bytes")
+    if len(raw) > limits.http_max_headers:
+        raise _Refuse(431, f"more than {limits.http_max_headers} header fields")
+    if sum(len(n) + len(v) + 4 for n, v in raw) > limits.http_max_head_bytes:
+        raise _Refuse(431, f"the header block exceeds {limits.http_max_head_bytes} bytes")
     names = {n for n, _ in raw}
     if b"transfer-encoding" in names and b"content-length" in names:
         # RFC 9112 6.1: a sender must not; a proxy must not forward it (smuggling).

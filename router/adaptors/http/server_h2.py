@@ -20,14 +20,15 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 import trio
 
 from router.adaptors.http.attempt import Handler
 from router.adaptors.http.hop import strip_hop_by_hop
+from router.adaptors.http.limits import HttpLimits, request_line_bytes
 from router.adaptors.http.message import (
     Body,
     End,
-    MessageLimits,
     Part,
     RequestHead,
     ResponseHead,
@@ -35,16 +36,8 @@ from router.adaptors.http.message import (
 )
 
 READ_BYTES = 64 * 1024
-MAX_STREAMS = 100  # concurrent requests per connection
-STREAM_WINDOW_BYTES = 256 * 1024  # a client may send this much of a body unacknowledged
-CONNECTION_WINDOW_BYTES = 1024 * 1024  # ...and this much over all its streams
-MAX_UNSENT_BYTES = 1024 * 1024  # answers queued for the client; past it we stop reading
-MAX_DATA_QUEUED = 256 * 1024  # response data queued for the client; past it we wait
-RESET_BUDGET = 200  # client stream resets a connection may make in a burst...
-RESETS_PER_S = 20.0  # ...and the rate they are allowed at after it
 GOAWAY_WAIT_S = 1.0
 RST_STREAM = 0x3  # the frame type
-IDLE_TIMEOUT_S = 300.0  # a connection with no request open is closed after this
 _H2Error = (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError,
             h2.exceptions.FlowControlError)
 
@@ -59,7 +52,7 @@ class _Stream:
 
 
 class _Conn:
-    def __init__(self, stream: trio.abc.Stream, handle: Handler, limits: MessageLimits,
+    def __init__(self, stream: trio.abc.Stream, handle: Handler, limits: HttpLimits,
                  client: str) -> None:
         self.stream = stream
         self.handle = handle
@@ -68,9 +61,14 @@ class _Conn:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None))
         self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW_BYTES,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_head_bytes})
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.http2_max_concurrent_streams,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.http2_stream_window_bytes,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.http2_max_frame_bytes,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.http_max_head_bytes})
+        # h2 applies its own settings when the client acknowledges a change to them;
+        # these are the first, so it would go on with its defaults.
+        self.h2.max_inbound_frame_size = limits.http2_max_frame_bytes
+        self.h2.decoder.max_header_list_size = limits.http_max_head_bytes
         self.streams: dict[int, _Stream] = {}
         # Queued for the client, in order (HPACK needs it): what h2 answers on its own
         # (SETTINGS and PING acks, resets), which a client can make us queue without end,
@@ -81,9 +79,12 @@ class _Conn:
         self._out_ready = trio.Event()
         self._sent = trio.Event()  # a write finished: room for more
         self._window = trio.Event()  # the client opened a window
-        self.resets = float(RESET_BUDGET)
+        self.resets = float(limits.http2_reset_burst)
         self._reset_at = trio.current_time()
         self.closing = False
+        self.requests = 0
+        self.last_stream: int | None = None  # the last one our graceful GOAWAY admits
+        self._goaway_due = False
         self._read_scope = trio.CancelScope()
 
     # ---- writing
@@ -103,7 +104,9 @@ class _Conn:
     # Many tasks may wait for the same thing: each wake-up sets the current event and
     # puts a fresh one in its place.
     async def wait_room(self, *, control: bool = False) -> None:
-        while self.unsent(control) > (MAX_UNSENT_BYTES if control else MAX_DATA_QUEUED):
+        cap = (self.limits.http2_max_queued_control_bytes if control
+               else self.limits.http2_max_queued_bytes)
+        while self.unsent(control) > cap:
             await self._sent.wait()
 
     async def drain(self) -> None:
@@ -146,6 +149,9 @@ class _Conn:
             # MadeYouReset (CVE-2025-8671): streams h2 reset for frames the client sent
             # cost the same budget as the client's own resets.
             self._spend_resets(_rst_frames(answers))
+            if self._goaway_due:
+                self._goaway_due = False
+                self._queue(_goaway(self.last_stream or 0), control=True)
             self.flush(control=True)
             if self.closing:
                 return
@@ -154,14 +160,20 @@ class _Conn:
                 self._arm_idle()
                 data = bytes(await self.stream.receive_some(READ_BYTES))
             if self._read_scope.cancelled_caught:
-                self.h2.close_connection(additional_data=b"idle")
-                self.flush(control=True)
+                if self.last_stream is None:
+                    self.h2.close_connection(additional_data=b"idle")
+                    self.flush(control=True)
                 return
 
     def _arm_idle(self) -> None:
-        """While no request is open, the read ends after IDLE_TIMEOUT_S."""
-        self._read_scope.deadline = (trio.current_time() + IDLE_TIMEOUT_S if not self.streams
-                                     else math.inf)
+        """While no request is open, the read ends after http_idle_timeout_s; at once
+        when the streams our graceful GOAWAY admitted are done."""
+        if self.streams:
+            self._read_scope.deadline = math.inf
+        elif self.last_stream is not None:
+            self._read_scope.deadline = -math.inf
+        else:
+            self._read_scope.deadline = trio.current_time() + self.limits.http_idle_timeout_s
 
     def _on_event(self, event: h2.events.Event, nursery: trio.Nursery) -> None:
         if isinstance(event, h2.events.RequestReceived):
@@ -200,16 +212,24 @@ class _Conn:
         if not n or self.closing:
             return
         now = trio.current_time()
-        self.resets = min(RESET_BUDGET, self.resets + (now - self._reset_at) * RESETS_PER_S) - n
+        refill = (now - self._reset_at) * self.limits.http2_resets_per_s
+        self.resets = min(self.limits.http2_reset_burst, self.resets + refill) - n
         self._reset_at = now
         if self.resets < 0:  # Rapid Reset: requests started and cancelled in a flood
             self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM,
-                                     additional_data=b"too many stream resets")
+                                     additional_data=b"too many stream resets",
+                                     last_stream_id=self.last_stream)
             self.closing = True
 
     def _request(self, event: h2.events.RequestReceived, nursery: trio.Nursery) -> None:
         sid = event.stream_id
         assert sid is not None
+        if self.last_stream is not None:  # opened before the client saw our GOAWAY
+            _quiet(self.h2.reset_stream, sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        self.requests += 1
+        if 0 < self.limits.http_max_requests_per_connection <= self.requests:
+            self.last_stream, self._goaway_due = sid, True  # this one, then no more
         pseudo: dict[bytes, bytes] = {}
         headers: list[tuple[bytes, bytes]] = []
         cookies: list[bytes] = []
@@ -223,8 +243,13 @@ class _Conn:
                 headers.append((name, value))
         if cookies:
             headers.append((b"cookie", b"; ".join(cookies)))
-        if len(headers) > self.limits.max_headers:
-            self._refuse(sid, 431, f"more than {self.limits.max_headers} header fields")
+        method, target = pseudo.get(b":method", b""), pseudo.get(b":path", b"/")
+        if request_line_bytes(method, target) > self.limits.http_max_request_line_bytes:
+            self._refuse(sid, 414, "the request line exceeds "
+                                   f"{self.limits.http_max_request_line_bytes} bytes")
+            return
+        if len(headers) > self.limits.http_max_headers:
+            self._refuse(sid, 431, f"more than {self.limits.http_max_headers} header fields")
             return
         if pseudo.get(b":method") == b"CONNECT":  # tunnels are HTTP/1.1 only (tunnel.py)
             self._refuse(sid, 501, "CONNECT over HTTP/2 is not supported: use HTTP/1.1")
@@ -232,7 +257,7 @@ class _Conn:
         authority = pseudo.get(b":authority") or next(
             (v for n, v in headers if n == b"host"), b"")
         head = RequestHead(
-            method=pseudo.get(b":method", b""), target=pseudo.get(b":path", b"/"),
+            method=method, target=target,
             authority=authority, scheme=pseudo.get(b":scheme", b"http"),
             headers=strip_hop_by_hop(tuple((n, v) for n, v in headers if n != b"host")),
             client=self.client)
@@ -363,6 +388,23 @@ def _quiet(fn: object, *args: object) -> None:
         fn(*args)  # type: ignore[operator]
 
 
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read what the client still sends for a moment (as server_h1)."""
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    with trio.move_on_after(GOAWAY_WAIT_S):
+        budget = READ_BYTES * 16
+        while budget > 0 and (data := await stream.receive_some(READ_BYTES)):
+            budget -= len(data)
+
+
+def _goaway(last_stream_id: int) -> bytes:
+    """A graceful GOAWAY, made here: h2's own (close_connection) would end its
+    connection at once, and the streams it admits could not be answered."""
+    return hyperframe.frame.GoAwayFrame(0, last_stream_id=last_stream_id, error_code=0,
+                                        additional_data=b"max requests").serialize()
+
+
 def _rst_frames(data: bytes) -> int:
     """How many RST_STREAM frames `data` (whole frames, as h2 emits them) holds."""
     count, at = 0, 0
@@ -378,18 +420,27 @@ def _plain(headers: object) -> tuple[tuple[bytes, bytes], ...]:
 
 
 async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
-                limits: MessageLimits, client: str) -> None:
-    """Serve streams until the client closes, errs, or spends its reset budget."""
+                limits: HttpLimits, client: str) -> None:
+    """Serve streams until the client closes, errs, spends its reset budget, or made
+    http_max_requests_per_connection requests and they are answered."""
     conn = _Conn(stream, handle, limits, client)
     conn.h2.initiate_connection()
-    conn.h2.increment_flow_control_window(CONNECTION_WINDOW_BYTES - 65535)  # from the default
+    if limits.http2_connection_window_bytes > 65535:  # from the default
+        conn.h2.increment_flow_control_window(limits.http2_connection_window_bytes - 65535)
     conn.flush(control=True)  # SETTINGS first
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn.writer)
             await conn.reader(first, nursery)
-            with trio.move_on_after(GOAWAY_WAIT_S):  # a GOAWAY should reach the client
+            # A GOAWAY should reach the client; after a graceful one, the last answers.
+            graceful = conn.last_stream is not None and not conn.closing
+            with trio.move_on_after(limits.http_idle_timeout_s if graceful
+                                    else GOAWAY_WAIT_S) as draining:
                 await conn.drain()
+            if graceful and not draining.cancelled_caught:
+                # Closing with unread bytes (a WINDOW_UPDATE) would send a RST, and the
+                # client could lose the last answers.
+                await _linger(stream)
             nursery.cancel_scope.cancel()
     except* (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away
