@@ -8,6 +8,7 @@ the frontend, so a smuggling attempt never leaves this connection.
 
 from __future__ import annotations
 
+import http
 import math
 
 import h11
@@ -32,6 +33,15 @@ _NO_BODY_STATUS = (204, 304)
 LINGER_S = 1.0
 LINGER_BYTES = 1024 * 1024
 DISCARD_BYTES = 64 * 1024  # of an unread request body, to keep the connection
+
+
+# The message between routers carries no reason phrase: clients get the standard one
+# (some, h2load's HTTP/1.1 parser among them, fail a status line without any).
+_REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+def _reason(status: int) -> bytes:
+    return _REASONS.get(status, b"")
 
 
 class _Refuse(Exception):
@@ -101,7 +111,8 @@ class _Body:
         if self._end_next:
             return End()
         if self._conn.h11.they_are_waiting_for_100_continue:
-            await self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+            await self._conn.send(h11.InformationalResponse(status_code=100, headers=[],
+                                                            reason=_reason(100)))
         try:
             event = await self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -162,7 +173,8 @@ class _Sink:
             switching = [*(h for h in strip_hop_by_hop(part.headers)
                            if h[0] != b"content-length"), *upgrade_headers(part.headers)]
             kind = h11.InformationalResponse if part.status == 101 else h11.Response
-            await self._conn.send(kind(status_code=part.status, headers=switching))
+            await self._conn.send(kind(status_code=part.status, headers=switching,
+                                       reason=_reason(part.status)))
             return
         if isinstance(part, ResponseHead):
             headers = strip_hop_by_hop(part.headers)
@@ -172,7 +184,8 @@ class _Sink:
             self._bodyless |= part.status in _NO_BODY_STATUS or part.status < 200
             self._chunked = (not any(n == b"content-length" for n, _ in headers)
                              and self._conn.h11.their_http_version == b"1.1")
-            await self._conn.send(h11.Response(status_code=part.status, headers=list(headers)),
+            await self._conn.send(h11.Response(status_code=part.status, headers=list(headers),
+                                               reason=_reason(part.status)),
                                   more=more or last)
             if last:
                 await self._conn.send(h11.EndOfMessage())
@@ -287,7 +300,7 @@ async def _refuse(conn: _Conn, status: int, reason: str) -> None:
         return
     text = (reason + "\n").encode()
     try:
-        await conn.send(h11.Response(status_code=status, headers=[
+        await conn.send(h11.Response(status_code=status, reason=_reason(status), headers=[
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(text)).encode()), (b"connection", b"close")]))
         await conn.send(h11.Data(data=text))
