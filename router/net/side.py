@@ -42,13 +42,15 @@ class FlowSide:
         """Route this (incoming) flow's events to `handler`."""
         self.link.flows[self.flow_id] = handler
 
-    def accept(self, window: int) -> bool:
-        """Answer an incoming OPEN; False if the flow ended meanwhile."""
+    def accept(self, window: int, *, flush: bool = True) -> bool:
+        """Answer an incoming OPEN; False if the flow ended meanwhile. `flush=False`:
+        the caller's next command on this link sends it along."""
         try:
             self.conn.accept_flow(self.flow_id, window)
         except FlowError:
             return False
-        self.link.kick()
+        if flush:
+            self.link.kick()
         return True
 
     def refuse(self, code: FlowCode, reason: str) -> None:

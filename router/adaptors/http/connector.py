@@ -25,7 +25,7 @@ from router.adaptors.http.backend import (
     H1Pool,
     H2Pool,
 )
-from router.adaptors.http.flowmsg import MessageFlow
+from router.adaptors.http.flowmsg import DeferredAccepts, MessageFlow
 from router.adaptors.http.local import LocalExchange, local_pair
 from router.adaptors.http.message import (
     MessagePeer,
@@ -72,6 +72,7 @@ class HttpConnectors:
         self.h1: dict[str, H1Pool] = {}  # by "host:port"
         self.h2: dict[str, H2Pool] = {}
         self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
+        self._deferred = DeferredAccepts(lambda: self._table.nursery)
 
     def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None:
         self._targets = tuple(c for c in connectors if c.protocol in PROTOCOLS)
@@ -157,7 +158,15 @@ class HttpConnectors:
             flow = MessageFlow(side, entry, request=True)
             if pending.reset_reason is None:
                 pending.hand_over(flow)
-                accepted = side.accept(self._window)
+                if flow.request_arrived:
+                    # The whole request came with the OPEN: the ACCEPT goes with the
+                    # response's first bytes (or a reset), one write and one wake-up
+                    # less on both routers; a slow backend gets it after ACCEPT_DEFER_S.
+                    flow.defer_accept(self._window)
+                    self._deferred.add(flow)
+                    accepted = True
+                else:
+                    accepted = side.accept(self._window)
             if not accepted:  # the opener gave up meanwhile
                 await give_back(lease)
                 outcome = "reset"
@@ -170,6 +179,10 @@ class HttpConnectors:
         except BaseException:
             if not accepted:  # an internal error: the opener must not wait for an answer
                 side.reset(FlowCode.INTERNAL, "serving router failed")
+            elif flow.reset_reason is None and not flow.done:
+                # Accepted first, so the opener cannot take it for a path failure and
+                # send a request the backend may have seen again.
+                flow.abort(FlowCode.INTERNAL, "serving router failed")
             raise
         finally:
             self._table.end(entry, outcome)

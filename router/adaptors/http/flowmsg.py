@@ -9,7 +9,9 @@ use it.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -28,6 +30,7 @@ from router.net.side import FlowSide
 from router.protocol import FlowCode, FlowError
 
 SEND_CHUNK = 64 * 1024
+ACCEPT_DEFER_S = 0.5  # a deferred ACCEPT goes after this even if the backend is silent
 
 
 class FlowLost(VanError):
@@ -60,6 +63,23 @@ class MessageFlow(FlowEnd):
         self._parts: deque[Part] = deque()
         self._fin_sent = False
         self._lost = trio.Event()
+        self._accept_window: int | None = None  # the ACCEPT waits for our first bytes
+
+    # ---- answering the OPEN
+    @property
+    def request_arrived(self) -> bool:
+        """The peer's whole message (and its half-close) came with the OPEN."""
+        return self._remote_fin
+
+    def defer_accept(self, window: int) -> None:
+        """Accept the flow with our first bytes (a response head, a reset) rather than
+        now: they leave in one write. `accept_now` sends it if nothing went before."""
+        self._accept_window = window
+
+    def accept_now(self, *, flush: bool = True) -> None:
+        if self._accept_window is not None:
+            window, self._accept_window = self._accept_window, None
+            self.side.accept(window, flush=flush)
 
     def expect_tunnel(self, request: RequestHead) -> None:
         """`request` (sent on this flow) proposes a protocol switch: a response that
@@ -115,6 +135,7 @@ class MessageFlow(FlowEnd):
     async def send(self, part: Part, *, more: bool = False) -> None:
         """Write one part; FlowLost if the flow is gone. `more`: another part follows
         at once, so the bytes may wait for its write (any wait here sends them first)."""
+        self.accept_now(flush=False)
         record = memoryview(encode(part))
         while record:
             if self.reset_reason is not None:
@@ -141,6 +162,7 @@ class MessageFlow(FlowEnd):
         peer takes) holds it whole; False, having sent nothing, if not."""
         if self.reset_reason is not None:
             return False
+        self.accept_now(flush=False)
         record = encode(part)
         if len(record) > self.side.credit():
             return False
@@ -157,15 +179,51 @@ class MessageFlow(FlowEnd):
 
     def finish(self) -> None:
         """Our message is complete: half-close the flow (after END was sent)."""
+        self.accept_now(flush=False)
         if not self._fin_sent:
             self._fin_sent = True
             self.side.fin()
 
     def abort(self, code: FlowCode, reason: str) -> None:
-        """Reset the flow (the local peer failed, or we give up on it)."""
+        """Reset the flow (the local peer failed, or we give up on it). A deferred
+        ACCEPT goes first: a reset before it would tell the opener the path failed,
+        and it would send a request the backend may have seen again."""
+        if self.reset_reason is None:
+            self.accept_now(flush=False)
         self.reset(code, reason)
 
     @property
     def done(self) -> bool:
         """Both messages are complete: the flow can be released."""
         return self._fin_sent and self._remote_fin
+
+
+class DeferredAccepts:
+    """Flows whose ACCEPT waits for their first bytes: one task sends those still
+    waiting after ACCEPT_DEFER_S (a slow backend), so the opener never times out."""
+
+    def __init__(self, nursery: Callable[[], trio.Nursery]) -> None:
+        self._nursery = nursery
+        # Deadlines in order; weak, so a finished exchange is not kept for the delay.
+        self._queue: deque[tuple[float, weakref.ref[MessageFlow]]] = deque()
+        self._running = False
+
+    def add(self, flow: MessageFlow) -> None:
+        self._queue.append((trio.current_time() + ACCEPT_DEFER_S, weakref.ref(flow)))
+        if not self._running:
+            self._running = True
+            self._nursery().start_soon(self._run)
+
+    async def _run(self) -> None:
+        try:
+            while self._queue:
+                deadline, ref = self._queue[0]
+                if deadline > trio.current_time():
+                    await trio.sleep_until(deadline)
+                    continue
+                self._queue.popleft()
+                flow = ref()
+                if flow is not None and flow.reset_reason is None:
+                    flow.accept_now()
+        finally:
+            self._running = False
