@@ -157,6 +157,7 @@ class RoutingCore:
         self._db_bytes = 0  # sum of the entries' cost
         self._by_wire: dict[bytes, str] = {}  # held wire bytes -> origin: cheap duplicate check
         self._key_index: dict[str, dict[str, KeyAdvert]] = {}
+        self._candidates: dict[str, list[Candidate]] = {}  # by key; cleared on any change
         self._expiry_heap: list[tuple[float, str, int]] = []  # (expires_at, origin, seq), lazy
         self._queues: dict[str, dict[str, _Entry]] = {}  # neighbour -> origin -> entry to send
         self._spf: ShortestPaths | None = None  # None: must recompute
@@ -216,6 +217,13 @@ class RoutingCore:
 
     def candidates(self, key: str) -> list[Candidate]:
         """Reachable routers advertising `key`, sorted by (cost, router id)."""
+        cached = self._candidates.get(key)
+        if cached is None:
+            # Per request for HTTP: computed once per key until the database changes.
+            cached = self._candidates[key] = self._compute_candidates(key)
+        return list(cached)
+
+    def _compute_candidates(self, key: str) -> list[Candidate]:
         paths = self._paths()
         found: list[Candidate] = []
         for rid, advert in self._key_index.get(key, {}).items():
@@ -540,6 +548,7 @@ class RoutingCore:
             self._unindex_keys(old.record)
             self._db_bytes -= old.cost
         self._db[rid] = entry
+        self._candidates.clear()
         self._db_bytes += entry.cost
         self._by_wire[entry.wire] = rid
         for key, priority, weight in entry.record.keys:
@@ -553,6 +562,7 @@ class RoutingCore:
 
     def _remove(self, rid: str) -> None:
         entry = self._db.pop(rid)
+        self._candidates.clear()
         self._db_bytes -= entry.cost
         del self._by_wire[entry.wire]
         self._unindex_keys(entry.record)

@@ -236,8 +236,9 @@ class HttpFrontend:
     def _order(self, cfg: ListenerConfig, head: RequestHead, tried: set[str]
                ) -> Callable[[list[Candidate], Mapping[str, int], random.Random],
                              list[Candidate]]:
-        facts = _facts(head)
-        affinity = _affinity(cfg.affinity, head.headers)
+        # Rules read the request's facts and affinity its header: none, nothing to read.
+        facts = _facts(head) if cfg.routes else _NO_FACTS
+        affinity = _affinity(cfg.affinity, head.headers) if cfg.affinity else None
 
         def order(cands: list[Candidate], outstanding: Mapping[str, int],
                   rng: random.Random) -> list[Candidate]:
@@ -291,6 +292,9 @@ class HttpFrontend:
             else:  # the END is on its way: let it go, unless the flow has no credit
                 nursery.cancel_scope.deadline = trio.current_time() + END_DRAIN_S
         return result
+
+
+_NO_FACTS = RequestFacts(method="", path="", headers={})
 
 
 def _facts(head: RequestHead) -> RequestFacts:
