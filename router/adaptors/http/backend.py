@@ -28,7 +28,7 @@ import h11
 import trio
 
 from router.errors import VanError
-from router.net.sockets import abort_socket
+from router.net.sockets import abort_socket, receive_some, send_all
 
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 READ_CHUNK = 64 * 1024
@@ -64,7 +64,7 @@ class H1Conn:
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
-            await self.stream.send_all(data)
+            await send_all(self.stream, data)
 
     async def next_event(self) -> h11.Event:
         """The backend's next event; BackendError on garbage or a dead connection."""
@@ -74,8 +74,7 @@ class H1Conn:
                 if event is not h11.NEED_DATA:
                     assert not isinstance(event, type)  # PAUSED: we never pipeline
                     return event
-                data = await self.stream.receive_some(READ_CHUNK)
-                self.h11.receive_data(bytes(data))
+                self.h11.receive_data(await receive_some(self.stream, READ_CHUNK))
         except h11.RemoteProtocolError as exc:
             raise BackendError(f"{self.endpoint}: bad HTTP/1.1 from backend: {exc}") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -26,7 +26,7 @@ from router.adaptors.http.message import (
     ResponseHead,
     Trailers,
 )
-from router.net.sockets import abort_socket
+from router.net.sockets import abort_socket, receive_some, send_all
 
 READ_BYTES = 64 * 1024
 _NO_BODY_STATUS = (204, 304)
@@ -67,14 +67,14 @@ class _Conn:
     async def send_pending(self) -> None:
         if self._out:
             out, self._out = self._out, bytearray()
-            await self.stream.send_all(out)
+            await send_all(self.stream, out)
 
     async def next_event(self) -> object:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            self.receive(bytes(await self.stream.receive_some(READ_BYTES)))
+            self.receive(await receive_some(self.stream, READ_BYTES))
 
     def receive(self, data: bytes) -> None:
         self.h11.receive_data(data)
@@ -97,7 +97,7 @@ class _Conn:
             self._out += data
         if self._out and not more:
             out, self._out = self._out, bytearray()
-            await self.stream.send_all(out)
+            await send_all(self.stream, out)
 
 
 class _Body:
