@@ -54,6 +54,18 @@ async def send_all(stream: trio.abc.Stream, data: bytes | bytearray | memoryview
     await stream.send_all(data)
 
 
+def receive_nowait(stream: trio.abc.Stream, max_bytes: int) -> bytes | None:
+    """What a socket stream has to read now (b"" at EOF); None if nothing yet, or not a
+    socket stream, or an error (a later `receive_some` reports it)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None or sock.fileno() < 0:
+        return None
+    try:
+        return os.read(sock.fileno(), max_bytes)
+    except OSError:
+        return None
+
+
 async def receive_some(stream: trio.abc.Stream, max_bytes: int) -> bytes:
     """`stream.receive_some(max_bytes)`: for a socket stream, one plain read, and a wait
     only when nothing is there yet (the next request of a keep-alive client usually

@@ -26,7 +26,7 @@ from router.adaptors.http.message import (
     ResponseHead,
     Trailers,
 )
-from router.net.sockets import abort_socket, receive_some, send_all
+from router.net.sockets import abort_socket, receive_nowait, receive_some, send_all
 
 READ_BYTES = 64 * 1024
 _NO_BODY_STATUS = (204, 304)
@@ -68,6 +68,18 @@ class _Conn:
         if self._out:
             out, self._out = self._out, bytearray()
             await send_all(self.stream, out)
+
+    def event_at_hand(self) -> object | None:
+        """The next event if no wait is needed (a keep-alive client's next request has
+        usually arrived by the time we look: no timeout scope then); else None."""
+        event = self.h11.next_event()
+        if event is h11.NEED_DATA:
+            data = receive_nowait(self.stream, READ_BYTES)
+            if data is None:
+                return None
+            self.receive(data)
+            event = self.h11.next_event()
+        return None if event is h11.NEED_DATA else event
 
     async def next_event(self) -> object:
         while True:
@@ -226,13 +238,15 @@ async def serve(stream: trio.abc.Stream, first: bytes, handle: Handler,
             start = trio.current_time()
             conn.head_deadline = start + limits.http_head_timeout_s
             conn.fed = 0
-            idle = not (first or conn.h11.trailing_data[0])
-            with trio.move_on_at(min(conn.head_deadline, start + limits.http_idle_timeout_s)
-                                 if idle else conn.head_deadline) as conn.waiting:
-                if first:  # (h11 takes b"" for the end of the stream)
-                    conn.receive(first)
-                    first = b""
-                event = await conn.next_event()
+            if first:  # (h11 takes b"" for the end of the stream)
+                conn.receive(first)
+                first = b""
+            event = conn.event_at_hand()
+            if event is None:
+                idle = not conn.h11.trailing_data[0]  # no byte of a request yet
+                with trio.move_on_at(min(conn.head_deadline, start + limits.http_idle_timeout_s)
+                                     if idle else conn.head_deadline) as conn.waiting:
+                    event = await conn.next_event()
             if conn.waiting.cancelled_caught:  # idle, or a head sent slowly (Slowloris)
                 if conn.h11.trailing_data[0]:
                     await _refuse(conn, 408, "no complete request head in "
