@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal, Protocol
 
 import trio
@@ -168,17 +168,10 @@ class Link:
         if self._taken is not None:
             self._taken.set()
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> _Batch:
         """Commands inside leave in one write at the end (an OPEN with its early data,
         a response's head, body and end), instead of a write each."""
-        self._corked += 1
-        try:
-            yield
-        finally:
-            self._corked -= 1
-            if not self._corked:
-                self.kick()
+        return _Batch(self)
 
     @property
     def over_buffer_limit(self) -> bool:
@@ -357,6 +350,24 @@ class Link:
         if self.closed_reason is None:
             self.closed_reason = self._not_reading()  # run() logs it and resets the flows
         self._cancel.cancel()
+
+
+class _Batch:
+    """Link.batch's context (a class: a generator-based one costs a few us per use)."""
+
+    __slots__ = ("_link",)
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def __enter__(self) -> None:
+        self._link._corked += 1
+
+    def __exit__(self, *exc: object) -> None:
+        link = self._link
+        link._corked -= 1
+        if not link._corked:
+            link.kick()
 
 
 def _describe(exc: BaseException) -> str:
