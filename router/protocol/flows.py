@@ -24,6 +24,10 @@ class FlowState(Enum):
     REMOTE_CLOSED = "remote_closed"  # peer sent FIN; we may still send
     CLOSED = "closed"  # forgotten as soon as reached
 
+    # Members are singletons: the identity hash is enough, and C-fast; Enum's own
+    # hashes the name in Python, a dozen times per flow in the transition table.
+    __hash__ = object.__hash__
+
 
 class FlowInput(Enum):
     SEND_OPEN = "send_open"
@@ -40,6 +44,8 @@ class FlowInput(Enum):
     RECV_FIN = "recv_fin"
     SEND_RESET = "send_reset"
     RECV_RESET = "recv_reset"
+
+    __hash__ = object.__hash__  # as FlowState's
 
 
 S = FlowState
