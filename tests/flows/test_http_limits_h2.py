@@ -344,25 +344,30 @@ async def test_http2_max_queued_bytes_bounds_answers_a_client_does_not_read(
 
 
 @pytest.mark.parametrize("cap", [16 * 1024, 64 * 1024])
-async def test_http2_max_queued_control_bytes_stops_reading_a_ping_flood(
-        cap: int, autojump_clock: trio.testing.MockClock) -> None:
-    """A client that sends PINGs and never reads the answers: past the cap the router
-    reads nothing more from it, so the client's own sends stall."""
-    async with served(HttpLimits(http2_max_queued_control_bytes=cap), never_reads,
-                      lockstep=True) as raw:
+@pytest.mark.parametrize(("kind", "ack"), [("PING", 17), ("SETTINGS", 9)])
+async def test_http2_max_queued_control_bytes_stops_reading_a_flood(
+        cap: int, kind: str, ack: int, autojump_clock: trio.testing.MockClock) -> None:
+    """A client that sends PINGs (or SETTINGS) and never reads the answers: past the cap
+    the router reads nothing more from it, so the client's own sends stall. (The control
+    frame budget, which would end it first, is out of the way.)"""
+    limits = HttpLimits(http2_max_queued_control_bytes=cap,
+                        http2_control_frame_burst=1_000_000)
+    async with served(limits, never_reads, lockstep=True) as raw:
         await raw.flush()
-        pings = 0
+        frames = 0
         while True:
             for i in range(64):
-                raw.h2.ping(i.to_bytes(8, "big"))
+                if kind == "PING":
+                    raw.h2.ping(i.to_bytes(8, "big"))
+                else:
+                    raw.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: i})
             with trio.move_on_after(10) as stalled:
                 await raw.stream.send_all(raw.h2.data_to_send())
             if stalled.cancelled_caught:
                 break
-            pings += 64
-            assert pings < 100_000
-        ack = 17  # bytes: a PING frame
-        assert cap - 64 * ack < pings * ack <= cap + 4096, pings
+            frames += 64
+            assert frames < 100_000
+        assert cap - 64 * ack < frames * ack <= cap + 4096, frames
 
 
 async def test_http2_reset_burst_and_resets_per_s(
