@@ -213,6 +213,27 @@ async def test_a_window_update_wakes_only_the_streams_it_lets_send(
         await still_open(raw)
 
 
+ZERO_LENGTH_HEADERS = {  # CVE-2019-9516: h2 refuses each at once, or resets its stream
+    "a request": (frame(0x1, 0x4, 1), Codes.PROTOCOL_ERROR),
+    "a request in CONTINUATIONs": (frame(0x1, 0, 1) + frame(0x9, 0, 1) * 100,
+                                   Codes.PROTOCOL_ERROR),
+    "a second head": (frame(0x1, 0x4, 1, GET) + frame(0x1, 0x4, 1) * 100,
+                      Codes.PROTOCOL_ERROR),
+    "trailers again": (frame(0x1, 0x4, 1, GET) + frame(0x1, 0x5, 1) * 300,
+                       Codes.ENHANCE_YOUR_CALM),  # stream resets: the reset budget
+}
+
+
+@pytest.mark.parametrize("kind", ZERO_LENGTH_HEADERS)
+async def test_zero_length_headers_are_bounded_by_h2_or_the_reset_budget(kind: str) -> None:
+    """Already bounded before the guard: these pass with h2 alone."""
+    flood, code = ZERO_LENGTH_HEADERS[kind]
+    async with served(HttpLimits(), never_reads, lockstep=True) as raw:
+        await raw.flush()
+        _, frames = await pushed_until_closed(raw, flood)
+        assert the_goaway(frames).error_code == code
+
+
 Flood = Callable[[int], bytes]
 FLOODS: dict[str, Flood] = {
     "SETTINGS": lambda n: frame(0x4, 0, 0, b"\0\3\0\0\0\x64") * n,
