@@ -84,6 +84,8 @@ class Limits:
     http2_max_queued_control_bytes: int = 1024 * 1024
     http2_reset_burst: int = 200
     http2_resets_per_s: float = 20.0
+    http2_control_frame_burst: int = 1000
+    http2_control_frames_per_s: float = 100.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,6 +197,8 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "http2_max_queued_control_bytes": (1024, 2**30),
     "http2_reset_burst": (1, 1_000_000),
     "http2_resets_per_s": (0.01, 1_000_000),
+    "http2_control_frame_burst": (1, 1_000_000),
+    "http2_control_frames_per_s": (0.01, 1_000_000),
 }
 
 

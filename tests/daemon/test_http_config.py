@@ -172,6 +172,8 @@ HTTP_LIMITS = [
     ("http2_max_queued_control_bytes", 65_536, 0, "must be positive, got 0"),
     ("http2_reset_burst", 50, 0, "must be positive, got 0"),
     ("http2_resets_per_s", 5.0, 0.001, "must be between 0.01 and 1000000, got 0.001"),
+    ("http2_control_frame_burst", 5000, 0, "must be positive, got 0"),
+    ("http2_control_frames_per_s", 500.0, 0.001, "must be between 0.01 and 1000000, got 0.001"),
 ]
 
 

@@ -116,7 +116,10 @@ class Backend:
         try:
             with trio.CancelScope() as scope:
                 self.nursery.start_soon(self._watch, peer, scope)
-                await self._answer(peer)
+                try:
+                    await self._answer(peer)
+                finally:
+                    scope.cancel()  # the watcher's cue: answered, stop polling
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.EndOfChannel):
             pass
         finally:

@@ -344,25 +344,30 @@ async def test_http2_max_queued_bytes_bounds_answers_a_client_does_not_read(
 
 
 @pytest.mark.parametrize("cap", [16 * 1024, 64 * 1024])
-async def test_http2_max_queued_control_bytes_stops_reading_a_ping_flood(
-        cap: int, autojump_clock: trio.testing.MockClock) -> None:
-    """A client that sends PINGs and never reads the answers: past the cap the router
-    reads nothing more from it, so the client's own sends stall."""
-    async with served(HttpLimits(http2_max_queued_control_bytes=cap), never_reads,
-                      lockstep=True) as raw:
+@pytest.mark.parametrize(("kind", "ack"), [("PING", 17), ("SETTINGS", 9)])
+async def test_http2_max_queued_control_bytes_stops_reading_a_flood(
+        cap: int, kind: str, ack: int, autojump_clock: trio.testing.MockClock) -> None:
+    """A client that sends PINGs (or SETTINGS) and never reads the answers: past the cap
+    the router reads nothing more from it, so the client's own sends stall. (The control
+    frame budget, which would end it first, is out of the way.)"""
+    limits = HttpLimits(http2_max_queued_control_bytes=cap,
+                        http2_control_frame_burst=1_000_000)
+    async with served(limits, never_reads, lockstep=True) as raw:
         await raw.flush()
-        pings = 0
+        frames = 0
         while True:
             for i in range(64):
-                raw.h2.ping(i.to_bytes(8, "big"))
+                if kind == "PING":
+                    raw.h2.ping(i.to_bytes(8, "big"))
+                else:
+                    raw.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: i})
             with trio.move_on_after(10) as stalled:
                 await raw.stream.send_all(raw.h2.data_to_send())
             if stalled.cancelled_caught:
                 break
-            pings += 64
-            assert pings < 100_000
-        ack = 17  # bytes: a PING frame
-        assert cap - 64 * ack < pings * ack <= cap + 4096, pings
+            frames += 64
+            assert frames < 100_000
+        assert cap - 64 * ack < frames * ack <= cap + 4096, frames
 
 
 async def test_http2_reset_burst_and_resets_per_s(
@@ -387,3 +392,40 @@ async def test_http2_reset_burst_and_resets_per_s(
         end = goaway(await raw.events_until_closed())
         assert end.error_code == Codes.ENHANCE_YOUR_CALM
         assert end.additional_data == b"too many stream resets"
+
+
+@pytest.mark.parametrize("kind", ["SETTINGS", "PING", "PRIORITY", "WINDOW_UPDATE", "empty DATA"])
+async def test_http2_control_frame_burst_and_control_frames_per_s(
+        kind: str, autojump_clock: trio.testing.MockClock) -> None:
+    """Frames that carry no request: a burst of them, then a refill a second (the
+    PINGs that check the connection is open count too, as do the handshake's)."""
+    limits = HttpLimits(http2_control_frame_burst=100, http2_control_frames_per_s=10.0)
+    async with served(limits, never_reads) as raw:
+        raw.request(1)  # an open stream, for the frames that need one
+        await raw.flush()
+        await settings(raw)  # the handshake costs a few: SETTINGS (each), its ACK
+
+        async def control_frames(n: int) -> None:
+            empty_data = b""
+            for i in range(n):
+                if kind == "SETTINGS":
+                    raw.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: i})
+                elif kind == "PING":
+                    raw.h2.ping(i.to_bytes(8, "big"))
+                elif kind == "PRIORITY":
+                    raw.h2.prioritize(1, weight=1 + i % 256)
+                elif kind == "WINDOW_UPDATE":
+                    raw.h2.increment_flow_control_window(1)
+                else:
+                    empty_data += hyperframe.frame.DataFrame(1).serialize()
+            await raw.stream.send_all(raw.h2.data_to_send() + empty_data)  # one write
+
+        await control_frames(80)
+        await still_open(raw)
+        await trio.sleep(10)  # refilled, to the burst
+        await control_frames(95)
+        await still_open(raw)
+        await control_frames(10)  # past it
+        end = goaway(await raw.events_until_closed())
+        assert end.error_code == Codes.ENHANCE_YOUR_CALM
+        assert end.additional_data == b"too many control frames"

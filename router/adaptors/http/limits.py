@@ -33,6 +33,11 @@ class HttpLimits:
     http2_max_queued_control_bytes: int = 1024 * 1024  # acks queued: we stop reading
     http2_reset_burst: int = 200  # client stream resets a connection may make at once...
     http2_resets_per_s: float = 20.0  # ...and the rate they refill at; then GOAWAY
+    # Frames that carry no request (SETTINGS, PING, PRIORITY, WINDOW_UPDATE, empty DATA,
+    # unknown types) a connection may send at once, and the rate they refill at (each
+    # frame of a response sent earns two more, as a client acknowledges it); then GOAWAY
+    http2_control_frame_burst: int = 1000
+    http2_control_frames_per_s: float = 100.0
 
 
 def http_limits(limits: Limits) -> HttpLimits:

@@ -5,7 +5,9 @@ each stream is a task of its own. Flow control carries through: DATA is acknowle
 h2 only once the frontend handed it into the flow, so a slow far end slows the client's
 stream, and never fills memory here. What h2 leaves to us (CVE-2023-44487, Rapid Reset;
 unbounded answers to PING and SETTINGS) is bounded here: a budget of client resets, and
-no reading while too many bytes wait to be sent.
+no reading while too many bytes wait to be sent; what it takes on trust in the frames
+themselves (their length, header blocks, frames that carry no request) `h2guard` checks
+before h2 reads them. A WINDOW_UPDATE wakes only the streams it lets send.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import hyperframe.frame
 import trio
 
 from router.adaptors.http.attempt import Handler
+from router.adaptors.http.h2guard import FrameGuard
 from router.adaptors.http.hop import strip_hop_by_hop
 from router.adaptors.http.limits import HttpLimits, request_line_bytes
 from router.adaptors.http.message import (
@@ -78,9 +81,13 @@ class _Conn:
         self.queued = {True: 0, False: 0}  # unsent bytes of each kind, incl. in flight
         self._out_ready = trio.Event()
         self._sent = trio.Event()  # a write finished: room for more
-        self._window = trio.Event()  # the client opened a window
         self.resets = float(limits.http2_reset_burst)
         self._reset_at = trio.current_time()
+        self.guard = FrameGuard(limits, trio.current_time())
+        # Streams waiting for a flow-control window: their own, or the connection's
+        # (in the order they came, woken as many as it has room for).
+        self._stream_waiters: dict[int, trio.Event] = {}
+        self._conn_waiters: dict[int, trio.Event] = {}
         self.closing = False
         self.requests = 0
         self.last_stream: int | None = None  # the last one our graceful GOAWAY admits
@@ -113,12 +120,48 @@ class _Conn:
         while self.unsent(True) or self.unsent(False):
             await self._sent.wait()
 
-    async def wait_window(self) -> None:
-        await self._window.wait()
+    async def wait_window(self, sid: int) -> None:
+        """Until the client opens the window that keeps `sid` from sending: a flood of
+        WINDOW_UPDATEs then costs a wake-up each, not one for every stream waiting."""
+        event = trio.Event()
+        if self.h2.outbound_flow_control_window > 0:  # its own window is spent
+            self._stream_waiters[sid] = event
+            self.pass_window()
+        else:
+            self._conn_waiters[sid] = event
+        try:
+            await event.wait()
+        finally:
+            self._stream_waiters.pop(sid, None)
+            self._conn_waiters.pop(sid, None)
 
-    def _notify_window(self) -> None:
-        self._window.set()
-        self._window = trio.Event()
+    def pass_window(self) -> None:
+        """Wake as many streams waiting on the connection's window as it has room for;
+        called whenever one may have stopped using it."""
+        room = self.h2.outbound_flow_control_window
+        while room > 0 and self._conn_waiters:
+            sid = next(iter(self._conn_waiters))
+            self._conn_waiters.pop(sid).set()
+            room -= self.h2.max_outbound_frame_size
+
+    def _window_opened(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            waiter = self._stream_waiters.pop(event.stream_id, None)
+            if waiter is not None:
+                waiter.set()
+        else:
+            self.pass_window()
+
+    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+        for code in event.changed_settings:
+            if not isinstance(code, h2.settings.SettingCodes):
+                # RFC 9113 6.5.2: ignored; h2 would keep each of the 65,536 ids a
+                # client names (a deque each: 45 MB from 390 KB of SETTINGS).
+                del self.h2.remote_settings[code]
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            for waiter in self._stream_waiters.values():
+                waiter.set()
+            self._stream_waiters.clear()
 
     async def writer(self) -> None:
         while True:
@@ -137,6 +180,9 @@ class _Conn:
     async def reader(self, first: bytes, nursery: trio.Nursery) -> None:
         data: bytes = first
         while data and not self.closing:
+            refused = self.guard.feed(data, trio.current_time())
+            if refused is not None:
+                data = data[:refused.at]  # h2 reads the frames before, not that one
             try:
                 events = self.h2.receive_data(data)
             except _H2Error:
@@ -144,6 +190,11 @@ class _Conn:
                 events = []
             for event in events:
                 self._on_event(event, nursery)
+            if refused is not None and not self.closing:
+                self.h2.close_connection(error_code=refused.code,
+                                         additional_data=refused.reason,
+                                         last_stream_id=self.last_stream)
+                self.closing = True
             answers = self.h2.data_to_send()
             self._queue(answers, control=True)
             # MadeYouReset (CVE-2025-8671): streams h2 reset for frames the client sent
@@ -180,9 +231,13 @@ class _Conn:
             self._request(event, nursery)
         elif isinstance(event, h2.events.DataReceived):
             st = self.streams.get(event.stream_id)
-            if st is None:  # the request is over: keep the connection's window open
-                self.h2.acknowledge_received_data(event.flow_controlled_length,
-                                                  event.stream_id)
+            if st is None or not event.data:
+                # The request is over, or the frame was empty or padding (queued, a
+                # flood of them would fill memory that no window bounds): keep the
+                # windows open.
+                if event.flow_controlled_length:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                      event.stream_id)
             else:
                 st.send.send_nowait((Body(bytes(event.data)), event.flow_controlled_length))
         elif isinstance(event, h2.events.TrailersReceived):
@@ -195,8 +250,10 @@ class _Conn:
                 st.send.send_nowait((End(), 0))
         elif isinstance(event, h2.events.StreamReset):
             self._reset(event)
-        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-            self._notify_window()
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._window_opened(event)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._settings_changed(event)
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.closing = True
 
@@ -283,6 +340,7 @@ class _Conn:
         finally:
             del self.streams[st.id]
             self._arm_idle()
+            self.pass_window()  # what it was woken to use, if it was
             if not st.ended_out:  # answered before the body ended, or given up
                 _quiet(self.h2.reset_stream, st.id, h2.errors.ErrorCodes.NO_ERROR
                        if sink.done else h2.errors.ErrorCodes.INTERNAL_ERROR)
@@ -351,27 +409,31 @@ class _Sink:
             headers = [(b":status", str(part.status).encode()),
                        *strip_hop_by_hop(part.headers)]
             h2c.send_headers(sid, headers, end_stream=last)
-            self._ended(last)
+            self._sent(ended=last)
         elif isinstance(part, Body):
             data = memoryview(part.data)
             while data:
                 await self._conn.wait_room()
                 room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
                 if room <= 0:
-                    await self._conn.wait_window()
+                    await self._conn.wait_window(sid)
                     continue
                 h2c.send_data(sid, bytes(data[:room]))
+                self._sent(ended=False)
                 self._conn.flush()
                 data = data[room:]
+            self._conn.pass_window()  # done with it for now: others may use the rest
         elif isinstance(part, Trailers):
             h2c.send_headers(sid, list(part.headers), end_stream=True)
-            self._ended(True)
+            self._sent(ended=True)
         elif isinstance(part, End) and not self._st.ended_out:
             h2c.end_stream(sid)
-            self._ended(True)
+            self._sent(ended=True)
 
-    def _ended(self, last: bool) -> None:
-        if last:
+    def _sent(self, *, ended: bool) -> None:
+        """A frame of the response is queued (the client may acknowledge it)."""
+        self._conn.guard.earn(1)
+        if ended:
             self._st.ended_out = self.done = True
 
     def reset(self) -> None:
