@@ -13,37 +13,11 @@ from router.flows.transit import TransitHalf
 from router.net.handshake import start_link
 from router.net.link import Link
 from router.net.side import FlowSide
-from router.protocol import FlowCode, Hello, Open, Role
+from router.protocol import Hello, Open, Role
 from tests.net.test_link_backpressure import LIMITS, make_link, tls_streams
+from tests.net.test_net_link import Recorder
 
 WINDOW = LIMITS.flow_window_bytes
-
-
-class Collector:
-    """A flow end that keeps what arrives (a FlowHandler)."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.fin = trio.Event()
-        self.accepted = trio.Event()
-        self.reset: str | None = None
-
-    def on_accepted(self, window: int) -> None:
-        self.accepted.set()
-
-    def on_refused(self, code: FlowCode, reason: str) -> None:
-        self.reset = reason
-
-    def on_data(self, data: bytes) -> None:
-        self.data += data
-
-    def on_credit(self) -> None: ...
-
-    def on_fin(self) -> None:
-        self.fin.set()
-
-    def on_reset(self, code: FlowCode, reason: str) -> None:
-        self.reset = reason
 
 
 def hello(router_id: str, site: str, early: int) -> Hello:
@@ -55,7 +29,7 @@ def hello(router_id: str, site: str, early: int) -> Hello:
 async def test_transit_holds_early_data_and_fin_for_a_hop_that_takes_none() -> None:
     a, b = await tls_streams(), await tls_streams()  # east-transit, transit-west
     links: dict[str, Link] = {}
-    at_west = Collector()
+    at_west = Recorder()
     west_saw_open = trio.Event()
 
     def west_open(link: Link, flow_id: int, msg: Open) -> None:
@@ -90,7 +64,7 @@ async def test_transit_holds_early_data_and_fin_for_a_hop_that_takes_none() -> N
                           west_open)
 
         with trio.fail_after(10):
-            at_east = Collector()
+            at_east = Recorder()
             side = FlowSide(links["e-t"])
             request = b"GET / early data " * 100
             with side.batch():  # the OPEN, the request and its FIN: one write
@@ -103,14 +77,14 @@ async def test_transit_holds_early_data_and_fin_for_a_hop_that_takes_none() -> N
                 side.fin()
             await west_saw_open.wait()
             await trio.testing.wait_all_tasks_blocked()
-            assert at_west.data == b"" and not at_west.fin.is_set()  # held at the transit
+            assert at_west.data == b"" and not at_west.finished.is_set()  # held at the transit
             west_side: FlowSide = at_west.side  # type: ignore[attr-defined]
             assert west_side.accept(WINDOW)
-            await at_west.fin.wait()  # forwarded once accepted, the FIN after the data
+            await at_west.finished.wait()  # forwarded once accepted, the FIN after the data
             assert at_west.data == request
             west_side.send(b"pong")
             west_side.fin()
-            await at_east.fin.wait()
+            await at_east.finished.wait()
             assert at_east.accepted.is_set() and at_east.data == b"pong"
             assert at_east.reset is None and at_west.reset is None
         nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ from router.protocol import (
     Role,
 )
 from router.protocol.frames import HEADER
+from tests.protocol.test_protocol_link import pump
 
 T0 = 10.0
 EARLY = 1000
@@ -35,17 +36,6 @@ def make(role: Role, name: str, early: int) -> LinkConnection:
                   keepalive_interval=1.0, early_bytes=early)
     return LinkConnection(role=role, hello=hello,
                           limits=LinkLimits(max_frame_bytes=4096), now=T0)
-
-
-def pump(x: LinkConnection, y: LinkConnection) -> tuple[list[object], list[object]]:
-    at_x: list[object] = []
-    at_y: list[object] = []
-    while x.outgoing_bytes or y.outgoing_bytes:
-        if x.outgoing_bytes:
-            at_y += y.receive_data(x.data_to_send(), T0)
-        if y.outgoing_bytes:
-            at_x += x.receive_data(y.data_to_send(), T0)
-    return at_x, at_y
 
 
 def linked(early_d: int = EARLY, early_a: int = EARLY) -> tuple[LinkConnection, LinkConnection]:
