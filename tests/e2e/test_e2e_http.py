@@ -69,7 +69,7 @@ class Net:
                            f"127.0.0.1:{self.backends['north'].port}", "--protocol", "http2")
         self.port = free_port()
         self.east.sitectl("listener", "create", "api", str(self.port), "--protocol", "http")
-        wait_for(lambda: set(self.east.status()["keys"]["api"]["served_by"]) == {"west", "north"},
+        wait_for(lambda: set(self.east.state()["keys"]["api"]["served_by"]) == {"west", "north"},
                  what="api served by west and north")
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -296,7 +296,7 @@ def test_a_site_killed_mid_run_fails_in_flight_requests_cleanly_and_new_ones_go_
             net.east.sitectl("route", "delete", "api", "1")
             assert outcomes["short"] == 0, outcomes
             # New requests go to the site that is left.
-            wait_for(lambda: net.east.status()["keys"]["api"]["served_by"] == ["west"],
+            wait_for(lambda: net.east.state()["keys"]["api"]["served_by"] == ["west"],
                      what="north withdrawn")
             assert served_by(client, f"{net.url}/whoami", 20) == {"west": 20}
     finally:

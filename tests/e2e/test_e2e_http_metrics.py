@@ -33,7 +33,7 @@ class Net:
                           "--protocol", "http1")
         port = free_port()
         self.east.sitectl("listener", "create", "api", str(port), "--protocol", "http")
-        wait_for(lambda: self.east.status()["keys"]["api"]["served_by"] == ["west"],
+        wait_for(lambda: self.east.state()["keys"]["api"]["served_by"] == ["west"],
                  what="api served by west")
         self.url = f"http://127.0.0.1:{port}"
         with httpx.Client(limits=httpx.Limits(max_connections=1)) as client:
@@ -91,7 +91,7 @@ def test_each_request_is_a_flow_per_key_in_metrics(net: Net) -> None:
 
 
 def test_status_json_counts_flows_per_key(net: Net) -> None:
-    traffic = wait_for(lambda: (t := net.east.status()["traffic"]).get("api", {}).get(
+    traffic = wait_for(lambda: (t := net.east.state()["traffic"]).get("api", {}).get(
         "flows", {}).get("listener") == REQUESTS and t, what="status traffic for api")
     assert traffic["api"]["flows"] == {"listener": REQUESTS}
     assert net.west.status()["traffic"]["api"]["flows"] == {"connector": REQUESTS}

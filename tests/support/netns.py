@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.support.services import Server
-from tests.support.sites import Site, link, site_env
+from tests.support.sites import Site, link, site_env, start_sites
 
 T = TypeVar("T")
 
@@ -156,9 +156,9 @@ class NetnsSite(Site):
             return ["ip", "netns", "exec", self.ns]
         return []
 
-    # ---- status shortcuts
+    # ---- status shortcuts (from the control socket: `state`)
     def network(self) -> dict[str, Any]:
-        net: dict[str, Any] = self.status(network=True)["network"]
+        net: dict[str, Any] = self.state(network=True)["network"]
         return net
 
     def site_reachable(self, site: str) -> bool | None:
@@ -173,10 +173,10 @@ class NetnsSite(Site):
         return None if entry is None else entry["path"]
 
     def listener_reachable(self, key: str) -> bool:
-        return any(lst["reachable"] for lst in self.status()["listeners"] if lst["key"] == key)
+        return any(lst["reachable"] for lst in self.state()["listeners"] if lst["key"] == key)
 
     def link_flows(self, peer_site: str) -> int:
-        return sum(lk["flows"] for lk in self.status()["links"]
+        return sum(lk["flows"] for lk in self.state()["links"]
                    if lk["peer_site"] == peer_site and lk["state"] == "up")
 
 
@@ -251,7 +251,9 @@ table inet {table} {{
 
     # ---- routers and servers
     def site(self, name: str, ns: str | None, host: str,
-             limits: dict[str, float] | None = None) -> NetnsSite:
+             limits: dict[str, float] | None = None, *, start: bool = True) -> NetnsSite:
+        """A site in `ns` advertising `host`, with `limits` written into its site.toml;
+        its router started unless `start` is False (`start` several at once)."""
         site = NetnsSite(self.workdir, name, self.env, ns=ns, host=host)
         self.sites.append(site)
         site.init()
@@ -261,8 +263,13 @@ table inet {table} {{
             for key, value in limits.items():
                 text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value!r}", text)
             cfg.write_text(text)
-        site.start()
+        if start:
+            site.start()
         return site
+
+    def start(self, *sites: NetnsSite) -> None:
+        """Start the routers of `sites` side by side."""
+        start_sites(*sites)
 
     def link(self, issuer: NetnsSite, redeemer: NetnsSite, *, cost: int | None = None) -> None:
         """The redeemer dials the issuer's --host, so that must be on their shared subnet."""
