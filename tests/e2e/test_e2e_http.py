@@ -18,7 +18,16 @@ import httpx
 import pytest
 
 from tests.support.httpd import pattern
-from tests.support.sites import ROOT, Process, Site, free_port, link, site_env, wait_for
+from tests.support.sites import (
+    ROOT,
+    Process,
+    Site,
+    free_port,
+    link,
+    site_env,
+    start_sites,
+    wait_for,
+)
 
 MB = 1024 * 1024
 
@@ -54,9 +63,10 @@ class Net:
 
     def __init__(self, workdir: Path) -> None:
         env = site_env(workdir)
-        self.west = Site(workdir, "west", env).init().start()
-        self.north = Site(workdir, "north", env).init().start()
-        self.east = Site(workdir, "east", env).init().start()
+        self.west = Site(workdir, "west", env).init()
+        self.north = Site(workdir, "north", env).init()
+        self.east = Site(workdir, "east", env).init()
+        start_sites(self.west, self.north, self.east)
         link(self.west, self.east, workdir)
         link(self.north, self.east, workdir)
         self.backends = {"west": Backend(workdir, "west", h2=False),

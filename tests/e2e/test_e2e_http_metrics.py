@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_e2e_http import Backend
-from tests.support.sites import Site, free_port, link, site_env, wait_for
+from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
 REQUESTS = 20
 
@@ -26,6 +26,7 @@ class Net:
         self.metrics = {"west": free_port(), "east": free_port()}
         self.west = self._site(workdir, "west", env)
         self.east = self._site(workdir, "east", env)
+        start_sites(self.west, self.east)
         link(self.west, self.east, workdir)
         self.backend = Backend(workdir, "west", h2=False)
         self.backend.start()
@@ -46,7 +47,7 @@ class Net:
         cfg = site.dir / "site.toml"
         cfg.write_text(cfg.read_text().replace("metrics_port = 0",
                                                f"metrics_port = {self.metrics[name]}"))
-        return site.start()
+        return site
 
     def scrape(self, name: str) -> str:
         url = f"http://127.0.0.1:{self.metrics[name]}/metrics"

@@ -31,15 +31,16 @@ from router.site.tokens import Token
 from sitectl.client import call
 from sitectl.redeem import redeem
 from tests.support.forge import tree_digest
-from tests.support.sites import Site, link, site_env, wait_for
+from tests.support.sites import Site, link, site_env, start_sites, wait_for
 
 
 class World:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.env = site_env(work)
-        self.west = Site(work, "west", self.env).init().start()
-        self.east = Site(work, "east", self.env).init().start()
+        self.west = Site(work, "west", self.env).init()
+        self.east = Site(work, "east", self.env).init()
+        start_sites(self.west, self.east)
         link(self.west, self.east, work)
         self.tokens = 0
 
@@ -187,8 +188,9 @@ def test_certificate_from_the_token_cannot_serve_as_west(world: World) -> None:
 
 def test_pinned_router_id_mismatch_keeps_the_link_down(tmp_path: Path) -> None:
     env = site_env(tmp_path)
-    west = Site(tmp_path, "west", env).init().start()
-    east = Site(tmp_path, "east", env).init().start()
+    west = Site(tmp_path, "west", env).init()
+    east = Site(tmp_path, "east", env).init()
+    start_sites(west, east)
     try:
         link(west, east, tmp_path)
         spec = east.dir / "links" / "west.toml"
