@@ -23,6 +23,7 @@ from signal import SIGCONT, SIGKILL, SIGTERM
 from typing import Any, Literal
 
 from router.errors import VanError
+from router.site.create import init_site
 from router.site.directory import Site as SiteDir
 from sitectl.client import call
 
@@ -211,9 +212,31 @@ class Site:
         return result
 
     def init(self) -> Site:
-        bind = [] if self.bind is None else ["--bind", self.bind]
-        self.sitectl("init", self.name, "--host", self.host, *bind,
-                     "--link-port", str(self.link_port))
+        """Create the site directory, as `sitectl init NAME --host H [--bind B] --link-port P`
+        does: by calling what that command calls (`init_site`), in this process, which
+        spares a sitectl process (0.2-0.3 s of CPU) per site. The command itself is tested
+        in tests/daemon/test_init_cli.py; another checkout's code (`code_dir`) still gets it."""
+        xdg = self.env.get("XDG_DATA_HOME")
+        if not self._in_process or not xdg:
+            bind = [] if self.bind is None else ["--bind", self.bind]
+            self.sitectl("init", self.name, "--host", self.host, *bind,
+                         "--link-port", str(self.link_port))
+            return self
+        # The registry of the user's sites (and so the link ports they claim) is found
+        # through XDG_DATA_HOME: this site's, not the test process's (the real home).
+        saved = os.environ.get("XDG_DATA_HOME")
+        os.environ["XDG_DATA_HOME"] = xdg
+        try:
+            init_site(self.dir.expanduser().resolve(), self.name, host=self.host,
+                      link_port=self.link_port,
+                      bind="0.0.0.0" if self.bind is None else self.bind)
+        except VanError as exc:
+            raise SiteError(f"sitectl init {self.name} failed: {exc}") from exc
+        finally:
+            if saved is None:
+                del os.environ["XDG_DATA_HOME"]
+            else:
+                os.environ["XDG_DATA_HOME"] = saved
         return self
 
     def router_argv(self) -> list[str]:
