@@ -16,6 +16,7 @@ import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -161,6 +162,7 @@ class Process:
 
 
 Runner = Literal["module", "sitectl"]
+_ENVIRON_LOCK = threading.Lock()
 
 
 class Site:
@@ -224,19 +226,21 @@ class Site:
             return self
         # The registry of the user's sites (and so the link ports they claim) is found
         # through XDG_DATA_HOME: this site's, not the test process's (the real home).
-        saved = os.environ.get("XDG_DATA_HOME")
-        os.environ["XDG_DATA_HOME"] = xdg
-        try:
-            init_site(self.dir.expanduser().resolve(), self.name, host=self.host,
-                      link_port=self.link_port,
-                      bind="0.0.0.0" if self.bind is None else self.bind)
-        except VanError as exc:
-            raise SiteError(f"sitectl init {self.name} failed: {exc}") from exc
-        finally:
-            if saved is None:
-                del os.environ["XDG_DATA_HOME"]
-            else:
-                os.environ["XDG_DATA_HOME"] = saved
+        # One at a time, as os.environ is the whole process's.
+        with _ENVIRON_LOCK:
+            saved = os.environ.get("XDG_DATA_HOME")
+            os.environ["XDG_DATA_HOME"] = xdg
+            try:
+                init_site(self.dir.expanduser().resolve(), self.name, host=self.host,
+                          link_port=self.link_port,
+                          bind="0.0.0.0" if self.bind is None else self.bind)
+            except VanError as exc:
+                raise SiteError(f"sitectl init {self.name} failed: {exc}") from exc
+            finally:
+                if saved is None:
+                    del os.environ["XDG_DATA_HOME"]
+                else:
+                    os.environ["XDG_DATA_HOME"] = saved
         return self
 
     def router_argv(self) -> list[str]:
