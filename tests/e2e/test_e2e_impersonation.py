@@ -173,7 +173,7 @@ def test_certificate_from_the_token_cannot_serve_as_west(world: World) -> None:
         call(SiteDir(w.east.dir).control_path, "link.add", {"name": "fake"})
 
         def fake_link() -> dict[str, object]:
-            return next(lk for lk in w.east.status()["links"] if lk["name"] == "fake")
+            return next(lk for lk in w.east.state()["links"] if lk["name"] == "fake")
 
         error = wait_for(lambda: fake_link()["error"], what="the fake link's error")
         assert error == (f"127.0.0.1:{fake.link_port}: peer certificate rejected: "
@@ -203,7 +203,7 @@ def test_pinned_router_id_mismatch_keeps_the_link_down(tmp_path: Path) -> None:
         expected = f"127.0.0.1:{west.link_port}: expected router {wrong}, found {real}"
 
         def west_link() -> dict[str, object]:
-            return next(lk for lk in east.status()["links"] if lk["name"] == "west")
+            return next(lk for lk in east.state()["links"] if lk["name"] == "west")
 
         wait_for(lambda: west_link()["error"] == expected, what="the pin's error")
         assert west_link()["state"] != "up"

@@ -83,7 +83,7 @@ def test_live_cost_change_moves_the_path_without_dropping_links(tmp_path: Path) 
         src.sitectl("listener", "create", "svc", str(port))
 
         def path() -> list[str] | None:
-            result: list[str] | None = src.status(network=True)["network"]["keys"].get(
+            result: list[str] | None = src.state(network=True)["network"]["keys"].get(
                 "svc", {}).get("path")
             return result
 
@@ -93,7 +93,7 @@ def test_live_cost_change_moves_the_path_without_dropping_links(tmp_path: Path) 
         wait_for(lambda: path() == ["src", "mid", "dst"], what="path via mid")
         # The accepting side adopted the new cost; nothing was torn down.
         wait_for(lambda: any(lk["peer"] == "src" and lk["cost"] == 10 for s in
-                             src.status(network=True)["network"]["sites"] if s["site"] == "dst"
+                             src.state(network=True)["network"]["sites"] if s["site"] == "dst"
                              for lk in s["links"]), what="dst's record shows cost 10")
         assert {lk["name"]: lk["since"] for lk in src.status()["links"]} == since
         result = transfer(port, 3, MB, MB)

@@ -165,7 +165,7 @@ def test_router_with_foreign_ca_cannot_link(tmp_path: Path) -> None:
         mallory.start()
 
         def refused_link() -> str:
-            for lk in mallory.status()["links"]:
+            for lk in mallory.state()["links"]:
                 if lk["name"] == "west" and lk.get("error"):
                     return str(lk["error"])
             return ""

@@ -64,7 +64,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
             a.sitectl("listener", "create", key, str(ports[key]), "--strategy", strategy)
 
         def all_served() -> bool:
-            keys = a.status()["keys"]
+            keys = a.state()["keys"]
             return all(sorted(keys.get(k, {}).get("served_by", [])) == ["B1", "B2"]
                        for k in ports)
 

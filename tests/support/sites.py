@@ -53,12 +53,25 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-# A port=0 bind hands out a port from the kernel's ephemeral range, and any outgoing
-# connection (a test client, a router dialling) may take it before the router that was
-# given it binds it: "Address already in use" under load. So ports come from just below
-# that range, which no outgoing connection uses, and none is handed out twice.
-_PORTS_TOP = _ephemeral_low()
-_PORTS = range(max(1024, _PORTS_TOP - 12000), _PORTS_TOP)
+def _ports() -> range:
+    """The ports this process hands out. A port=0 bind gives a port from the kernel's
+    ephemeral range, and any outgoing connection (a test client, a router dialling) may
+    take it before the router that was given it binds it: "Address already in use" under
+    load. So ports come from just below that range, which no outgoing connection uses.
+    Under pytest-xdist each worker (gw0, gw1, ...) has a slice of its own, as no worker
+    knows what another handed out."""
+    top = _ephemeral_low()
+    ports = range(max(1024, top - 12000), top)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if count > 1 and worker.startswith("gw") and worker[2:].isdigit():
+        size = len(ports) // count
+        index = int(worker[2:]) % count
+        return ports[index * size:(index + 1) * size]
+    return ports
+
+
+_PORTS = _ports()
 _given: set[int] = set()
 _rng = random.Random()
 
