@@ -40,6 +40,19 @@ RUN_ID = os.getpid() % 10000
 PREFIX = f"vr{RUN_ID}x"  # every namespace and root-side veth of this run starts with it
 _labs = itertools.count(1)
 _subnets = itertools.count(0)
+
+
+def _subnet_block() -> int:
+    """Which of 500 blocks of 32 /30 subnets this process takes: by pid, so that two runs
+    at once rarely meet, and under pytest-xdist by worker too (gw0, gw1, ...), so that two
+    workers of one run never do (pids a multiple of 500 apart would)."""
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) % count if worker[2:].isdigit() else 0
+    return (RUN_ID % (500 // count)) * count + index
+
+
+_SUBNET_BLOCK = _subnet_block()
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -210,7 +223,7 @@ class NetLab:
 
     def veth(self, ns_a: str | None, ns_b: str | None) -> tuple[VethEnd, VethEnd]:
         """A veth pair between two namespaces (None: root) on its own /30 subnet."""
-        idx = ((RUN_ID % 500) * 32 + next(_subnets)) % 16384
+        idx = (_SUBNET_BLOCK * 32 + next(_subnets)) % 16384
         base = idx * 4
         addr_a = f"10.213.{base >> 8}.{(base & 255) + 1}"
         addr_b = f"10.213.{base >> 8}.{(base & 255) + 2}"
