@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from certs import CertificateAuthority
-from tests.support.sites import Site, link, site_env
+from tests.support.sites import Site, link, site_env, start_sites
 
 _ids = itertools.count(1)
 
@@ -25,8 +25,9 @@ class Pair:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.env = site_env(workdir)
-        self.west = Site(workdir, "west", self.env).init().start()
-        self.east = Site(workdir, "east", self.env).init().start()
+        self.west = Site(workdir, "west", self.env).init()
+        self.east = Site(workdir, "east", self.env).init()
+        start_sites(self.west, self.east)
         link(self.west, self.east, workdir)
 
     def key(self, prefix: str) -> str:

@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -123,17 +124,33 @@ def test_redeem_gives_up_on_a_trickling_issuer_at_its_deadline(
     assert time.monotonic() - started < 1.5 + 2.0  # not len(reply) x GAP_S (minutes)
 
 
-def test_link_create_against_a_trickling_issuer_ends_with_one_line(
-        trickler: TricklingIssuer, tmp_path: Path) -> None:
-    east = Site(tmp_path, "east", site_env(tmp_path)).init()
-    token = trickler.token(tmp_path / "slow.token")
+def _link_create_against(issuer: TricklingIssuer, east: Site) -> None:
+    token = issuer.token(east.dir.parent / "slow.token")
     before = tree_digest(east.dir)
     started = time.monotonic()
     result = east.sitectl("link", "create", str(token), check=False, timeout=60)
     took = time.monotonic() - started
     message = result.stderr.strip()
-    assert result.returncode == 1, (result.stdout, message)
+    assert result.returncode == 1, (issuer.phase, result.stdout, message)
     assert message.startswith("sitectl: ") and "\n" not in message, message
     assert f"did not answer within {REDEEM_TIMEOUT_S:g} s" in message, message
     assert took < REDEEM_TIMEOUT_S + 10
     assert tree_digest(east.dir) == before
+
+
+def test_link_create_against_a_trickling_issuer_ends_with_one_line(tmp_path: Path) -> None:
+    """Each phase as the user meets it: `sitectl link create` waits out its whole deadline
+    (REDEEM_TIMEOUT_S, 10 s), so the two phases run side by side, each its own site."""
+    issuers = [TricklingIssuer(CertificateAuthority.generate("west"), phase)
+               for phase in ("handshake", "reply")]
+    try:
+        easts = [Site(tmp_path / i.phase, "east", site_env(tmp_path / i.phase)).init()
+                 for i in issuers]
+        with ThreadPoolExecutor(len(issuers)) as pool:
+            done = [pool.submit(_link_create_against, issuer, east)
+                    for issuer, east in zip(issuers, easts, strict=True)]
+            for future in done:
+                future.result()
+    finally:
+        for issuer in issuers:
+            issuer.close()

@@ -296,14 +296,12 @@ def test_concurrent_offline_edits_are_none_lost(site: Site) -> None:
 def test_offline_edits_while_a_router_starts_are_none_lost(site: Site) -> None:
     """Each edit lands either in site.toml before the router reads it, or through the
     router once it answers: after the start, the router and site.toml agree on all."""
-    from tests.support.sites import wait_for
-
     n = 8
     site.start(wait=False)
     results = _concurrently(site, [("connector", "create", f"k{i}", f"127.0.0.1:{1000 + i}")
                                    for i in range(n)])
     assert all(code == 0 for code, _ in results), results
-    wait_for(lambda: site.sitectl("status", check=False).returncode == 0, what="router up")
+    site.wait_ready()
     want = sorted(f"k{i}" for i in range(n))
     assert sorted(c["key"] for c in site.status()["connectors"]) == want
     cfg = parse_config(site.dir / "site.toml", (site.dir / "site.toml").read_text())

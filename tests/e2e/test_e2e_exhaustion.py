@@ -15,7 +15,7 @@ import pytest
 
 from router.site.directory import Site as RouterSite
 from tests.support.services import HashServer, transfer
-from tests.support.sites import Site, free_port, link, site_env, wait_for
+from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
 MB = 1024 * 1024
 FD_LIMIT = 128
@@ -115,8 +115,9 @@ STALLED = 6  # under the per-source share: the real peer comes from 127.0.0.1 to
 
 def test_silent_and_stalled_link_connections_do_not_keep_a_link_out(tmp_path: Path) -> None:
     env = site_env(tmp_path)
-    west = Site(tmp_path, "west", env).init().start()
-    east = Site(tmp_path, "east", env).init().start()
+    west = Site(tmp_path, "west", env).init()
+    east = Site(tmp_path, "east", env).init()
+    start_sites(west, east)
     try:
         rss_before, fds_before = west.rss_kib(), west.open_fds()
         silent = _connect_all(west.link_port, 300)

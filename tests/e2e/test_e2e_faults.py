@@ -33,7 +33,7 @@ def test_peer_killed_resets_flows_and_link_heals(fresh_pair: Pair) -> None:
 
     client = threading.Thread(target=long_flow)
     client.start()
-    wait_for(lambda: pair.east.status()["flows"]["active"] >= 1, what="flow running")
+    wait_for(lambda: pair.east.state()["flows"]["active"] >= 1, what="flow running")
     pair.west.kill()
     client.join(30)
     assert not client.is_alive(), "the client's flow must end when the peer dies"
@@ -182,7 +182,7 @@ def test_graceful_peer_shutdown_and_no_leaks(fresh_pair: Pair) -> None:
     before = (fds(pair.east), fds(pair.west))
     for i in range(2, 52):
         transfer(port, i, 10_000, 10_000)
-    wait_for(lambda: pair.east.status()["flows"]["active"] == 0, what="flows closed")
+    wait_for(lambda: pair.east.state()["flows"]["active"] == 0, what="flows closed")
     def listing(site: Site) -> list[str]:
         return sorted(os.readlink(f"/proc/{site.pid}/fd/{fd}")
                       for fd in os.listdir(f"/proc/{site.pid}/fd"))

@@ -41,7 +41,7 @@ def test_100_concurrent_flows_random_sizes(pair: Pair) -> None:
         assert server.results[conn_id].received_hash == res.sent_hash, conn_id
         assert res.received_hash == server.results[conn_id].sent_hash, conn_id
         assert res.received == back
-    wait_for(lambda: pair.east.status()["flows"]["active"] == 0, what="flows closed")
+    wait_for(lambda: pair.east.state()["flows"]["active"] == 0, what="flows closed")
 
 
 class HalfCloseServer(Server):
@@ -194,5 +194,5 @@ def test_a_thousand_concurrent_connections(pair: Pair) -> None:
     finally:
         for sock in socks:
             sock.close()
-    wait_for(lambda: pair.east.status()["flows"]["active"] == 0, what="all flows closed")
-    wait_for(lambda: pair.west.status()["flows"]["active"] == 0, what="all flows closed")
+    wait_for(lambda: pair.east.state()["flows"]["active"] == 0, what="all flows closed")
+    wait_for(lambda: pair.west.state()["flows"]["active"] == 0, what="all flows closed")

@@ -28,6 +28,7 @@ from tests.support.sites import (
     link,
     port_open,
     site_env,
+    start_sites,
     wait_for,
     wait_path,
 )
@@ -61,12 +62,14 @@ class Net:
 
     def __init__(self, workdir: Path, topology: str) -> None:
         env = site_env(workdir)
-        self.west = Site(workdir, "west", env).init().start()
-        self.east = Site(workdir, "east", env).init().start()
+        self.west = Site(workdir, "west", env).init()
+        self.east = Site(workdir, "east", env).init()
         self.sites = [self.east, self.west]
         if topology == "transit":
-            transit = Site(workdir, "transit", env).init().start()
+            transit = Site(workdir, "transit", env).init()
             self.sites.append(transit)
+        start_sites(*self.sites)
+        if topology == "transit":
             link(transit, self.east, workdir)  # east dials transit only
             link(self.west, transit, workdir)
         else:

@@ -18,7 +18,16 @@ import httpx
 import pytest
 
 from tests.support.httpd import pattern
-from tests.support.sites import ROOT, Process, Site, free_port, link, site_env, wait_for
+from tests.support.sites import (
+    ROOT,
+    Process,
+    Site,
+    free_port,
+    link,
+    site_env,
+    start_sites,
+    wait_for,
+)
 
 MB = 1024 * 1024
 
@@ -54,9 +63,10 @@ class Net:
 
     def __init__(self, workdir: Path) -> None:
         env = site_env(workdir)
-        self.west = Site(workdir, "west", env).init().start()
-        self.north = Site(workdir, "north", env).init().start()
-        self.east = Site(workdir, "east", env).init().start()
+        self.west = Site(workdir, "west", env).init()
+        self.north = Site(workdir, "north", env).init()
+        self.east = Site(workdir, "east", env).init()
+        start_sites(self.west, self.north, self.east)
         link(self.west, self.east, workdir)
         link(self.north, self.east, workdir)
         self.backends = {"west": Backend(workdir, "west", h2=False),
@@ -69,7 +79,7 @@ class Net:
                            f"127.0.0.1:{self.backends['north'].port}", "--protocol", "http2")
         self.port = free_port()
         self.east.sitectl("listener", "create", "api", str(self.port), "--protocol", "http")
-        wait_for(lambda: set(self.east.status()["keys"]["api"]["served_by"]) == {"west", "north"},
+        wait_for(lambda: set(self.east.state()["keys"]["api"]["served_by"]) == {"west", "north"},
                  what="api served by west and north")
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -296,7 +306,7 @@ def test_a_site_killed_mid_run_fails_in_flight_requests_cleanly_and_new_ones_go_
             net.east.sitectl("route", "delete", "api", "1")
             assert outcomes["short"] == 0, outcomes
             # New requests go to the site that is left.
-            wait_for(lambda: net.east.status()["keys"]["api"]["served_by"] == ["west"],
+            wait_for(lambda: net.east.state()["keys"]["api"]["served_by"] == ["west"],
                      what="north withdrawn")
             assert served_by(client, f"{net.url}/whoami", 20) == {"west": 20}
     finally:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_e2e_http import Backend
-from tests.support.sites import Site, free_port, link, site_env, wait_for
+from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
 REQUESTS = 20
 
@@ -26,6 +26,7 @@ class Net:
         self.metrics = {"west": free_port(), "east": free_port()}
         self.west = self._site(workdir, "west", env)
         self.east = self._site(workdir, "east", env)
+        start_sites(self.west, self.east)
         link(self.west, self.east, workdir)
         self.backend = Backend(workdir, "west", h2=False)
         self.backend.start()
@@ -33,7 +34,7 @@ class Net:
                           "--protocol", "http1")
         port = free_port()
         self.east.sitectl("listener", "create", "api", str(port), "--protocol", "http")
-        wait_for(lambda: self.east.status()["keys"]["api"]["served_by"] == ["west"],
+        wait_for(lambda: self.east.state()["keys"]["api"]["served_by"] == ["west"],
                  what="api served by west")
         self.url = f"http://127.0.0.1:{port}"
         with httpx.Client(limits=httpx.Limits(max_connections=1)) as client:
@@ -46,7 +47,7 @@ class Net:
         cfg = site.dir / "site.toml"
         cfg.write_text(cfg.read_text().replace("metrics_port = 0",
                                                f"metrics_port = {self.metrics[name]}"))
-        return site.start()
+        return site
 
     def scrape(self, name: str) -> str:
         url = f"http://127.0.0.1:{self.metrics[name]}/metrics"
@@ -91,7 +92,7 @@ def test_each_request_is_a_flow_per_key_in_metrics(net: Net) -> None:
 
 
 def test_status_json_counts_flows_per_key(net: Net) -> None:
-    traffic = wait_for(lambda: (t := net.east.status()["traffic"]).get("api", {}).get(
+    traffic = wait_for(lambda: (t := net.east.state()["traffic"]).get("api", {}).get(
         "flows", {}).get("listener") == REQUESTS and t, what="status traffic for api")
     assert traffic["api"]["flows"] == {"listener": REQUESTS}
     assert net.west.status()["traffic"]["api"]["flows"] == {"connector": REQUESTS}

@@ -14,7 +14,7 @@ import trio
 from tests.e2e.test_e2e_http import Backend
 from tests.support import ws
 from tests.support.httpd import pattern
-from tests.support.sites import Site, free_port, link, site_env, wait_for
+from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
 MB = 1024 * 1024
 
@@ -22,8 +22,9 @@ MB = 1024 * 1024
 class Net:
     def __init__(self, workdir: Path) -> None:
         env = site_env(workdir)
-        self.west = Site(workdir, "west", env).init().start()
-        self.east = Site(workdir, "east", env).init().start()
+        self.west = Site(workdir, "west", env).init()
+        self.east = Site(workdir, "east", env).init()
+        start_sites(self.west, self.east)
         link(self.west, self.east, workdir)
         self.backend = Backend(workdir, "west", h2=False)
         self.backend.start()
@@ -33,7 +34,7 @@ class Net:
         # A request timeout bounds the wait for the 101, never the tunnel after it.
         self.east.sitectl("listener", "create", "ws", str(self.port), "--protocol", "http",
                           "--timeout", "1s")
-        wait_for(lambda: self.east.status()["keys"]["ws"]["served_by"] == ["west"],
+        wait_for(lambda: self.east.state()["keys"]["ws"]["served_by"] == ["west"],
                  what="ws served by west")
 
     def stop(self) -> None:

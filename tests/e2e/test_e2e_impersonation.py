@@ -31,15 +31,16 @@ from router.site.tokens import Token
 from sitectl.client import call
 from sitectl.redeem import redeem
 from tests.support.forge import tree_digest
-from tests.support.sites import Site, link, site_env, wait_for
+from tests.support.sites import Site, link, site_env, start_sites, wait_for
 
 
 class World:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.env = site_env(work)
-        self.west = Site(work, "west", self.env).init().start()
-        self.east = Site(work, "east", self.env).init().start()
+        self.west = Site(work, "west", self.env).init()
+        self.east = Site(work, "east", self.env).init()
+        start_sites(self.west, self.east)
         link(self.west, self.east, work)
         self.tokens = 0
 
@@ -172,7 +173,7 @@ def test_certificate_from_the_token_cannot_serve_as_west(world: World) -> None:
         call(SiteDir(w.east.dir).control_path, "link.add", {"name": "fake"})
 
         def fake_link() -> dict[str, object]:
-            return next(lk for lk in w.east.status()["links"] if lk["name"] == "fake")
+            return next(lk for lk in w.east.state()["links"] if lk["name"] == "fake")
 
         error = wait_for(lambda: fake_link()["error"], what="the fake link's error")
         assert error == (f"127.0.0.1:{fake.link_port}: peer certificate rejected: "
@@ -187,8 +188,9 @@ def test_certificate_from_the_token_cannot_serve_as_west(world: World) -> None:
 
 def test_pinned_router_id_mismatch_keeps_the_link_down(tmp_path: Path) -> None:
     env = site_env(tmp_path)
-    west = Site(tmp_path, "west", env).init().start()
-    east = Site(tmp_path, "east", env).init().start()
+    west = Site(tmp_path, "west", env).init()
+    east = Site(tmp_path, "east", env).init()
+    start_sites(west, east)
     try:
         link(west, east, tmp_path)
         spec = east.dir / "links" / "west.toml"
@@ -201,7 +203,7 @@ def test_pinned_router_id_mismatch_keeps_the_link_down(tmp_path: Path) -> None:
         expected = f"127.0.0.1:{west.link_port}: expected router {wrong}, found {real}"
 
         def west_link() -> dict[str, object]:
-            return next(lk for lk in east.status()["links"] if lk["name"] == "west")
+            return next(lk for lk in east.state()["links"] if lk["name"] == "west")
 
         wait_for(lambda: west_link()["error"] == expected, what="the pin's error")
         assert west_link()["state"] != "up"

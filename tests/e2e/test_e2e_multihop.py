@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.services import HashServer, transfer
-from tests.support.sites import Site, free_port, link, site_env, wait_for
+from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
 MB = 1024 * 1024
 
@@ -19,7 +19,8 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Site]]:
     """a - b - c - d, each linked to the next (the later one redeems)."""
     work = tmp_path_factory.mktemp("line")
     env = site_env(work)
-    sites = [Site(work, name, env).init().start() for name in "abcd"]
+    sites = [Site(work, name, env).init() for name in "abcd"]
+    start_sites(*sites)
     for left, right in itertools.pairwise(sites):
         link(left, right, work)
     yield sites
@@ -44,7 +45,8 @@ def test_flow_across_two_transit_routers(line: list[Site]) -> None:
 
 def test_refusal_fails_over_to_another_site(tmp_path: Path) -> None:
     env = site_env(tmp_path)
-    hub, left, right = (Site(tmp_path, n, env).init().start() for n in ("hub", "left", "right"))
+    hub, left, right = sites = [Site(tmp_path, n, env).init() for n in ("hub", "left", "right")]
+    start_sites(*sites)
     try:
         link(hub, left, tmp_path)
         link(hub, right, tmp_path)
@@ -55,7 +57,7 @@ def test_refusal_fails_over_to_another_site(tmp_path: Path) -> None:
                       "--priority", "5")
         port = free_port()
         hub.sitectl("listener", "create", "svc", str(port), "--strategy", "priority")
-        wait_for(lambda: len(hub.status()["keys"].get("svc", {}).get("served_by", [])) == 2,
+        wait_for(lambda: len(hub.state()["keys"].get("svc", {}).get("served_by", [])) == 2,
                  what="both servers known")
         result = transfer(port, 7, MB, MB)  # left refuses (target down), right serves
         assert server.results[7].received_hash == result.sent_hash
@@ -69,7 +71,8 @@ def test_live_cost_change_moves_the_path_without_dropping_links(tmp_path: Path) 
     """A triangle: src reaches dst directly (cost 1) or via mid; raising the direct
     link's cost moves the path through mid, and no link goes down."""
     env = site_env(tmp_path)
-    src, mid, dst = (Site(tmp_path, n, env).init().start() for n in ("src", "mid", "dst"))
+    src, mid, dst = sites = [Site(tmp_path, n, env).init() for n in ("src", "mid", "dst")]
+    start_sites(*sites)
     try:
         link(dst, src, tmp_path)  # src dials dst: src owns this link's cost
         link(mid, src, tmp_path)
@@ -80,7 +83,7 @@ def test_live_cost_change_moves_the_path_without_dropping_links(tmp_path: Path) 
         src.sitectl("listener", "create", "svc", str(port))
 
         def path() -> list[str] | None:
-            result: list[str] | None = src.status(network=True)["network"]["keys"].get(
+            result: list[str] | None = src.state(network=True)["network"]["keys"].get(
                 "svc", {}).get("path")
             return result
 
@@ -90,7 +93,7 @@ def test_live_cost_change_moves_the_path_without_dropping_links(tmp_path: Path) 
         wait_for(lambda: path() == ["src", "mid", "dst"], what="path via mid")
         # The accepting side adopted the new cost; nothing was torn down.
         wait_for(lambda: any(lk["peer"] == "src" and lk["cost"] == 10 for s in
-                             src.status(network=True)["network"]["sites"] if s["site"] == "dst"
+                             src.state(network=True)["network"]["sites"] if s["site"] == "dst"
                              for lk in s["links"]), what="dst's record shows cost 10")
         assert {lk["name"]: lk["since"] for lk in src.status()["links"]} == since
         result = transfer(port, 3, MB, MB)

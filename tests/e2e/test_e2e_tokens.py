@@ -10,7 +10,7 @@ import pytest
 
 import certs
 from router.site.tokens import Token
-from tests.support.sites import SITECTL, Site, free_port, link, site_env, wait_for
+from tests.support.sites import SITECTL, Site, free_port, link, site_env, start_sites, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_token_use_is_counted_and_reuse_refused(sites) -> None:  # type: ignore[
         assert again.returncode != 0 and "already exists" in again.stderr
         east.sitectl("link", "delete", "west")
         # The live link is torn down on both ends, and east no longer dials.
-        wait_for(lambda: not any(lk["peer_site"] == "east" for lk in west.status()["links"]),
+        wait_for(lambda: not any(lk["peer_site"] == "east" for lk in west.state()["links"]),
                  what="west to see the link gone")
         wait_for(lambda: "peer closed the link: link deleted" in west.log_tail(20),
                  what="west told why")
@@ -146,8 +146,9 @@ def test_token_use_is_counted_and_reuse_refused(sites) -> None:  # type: ignore[
 
 def test_router_with_foreign_ca_cannot_link(tmp_path: Path) -> None:
     env = site_env(tmp_path)
-    west = Site(tmp_path, "west", env).init().start()
-    east = Site(tmp_path, "east", env).init().start()
+    west = Site(tmp_path, "west", env).init()
+    east = Site(tmp_path, "east", env).init()
+    start_sites(west, east)
     mallory = Site(tmp_path, "mallory", env).init()
     try:
         link(west, east, tmp_path)
@@ -164,7 +165,7 @@ def test_router_with_foreign_ca_cannot_link(tmp_path: Path) -> None:
         mallory.start()
 
         def refused_link() -> str:
-            for lk in mallory.status()["links"]:
+            for lk in mallory.state()["links"]:
                 if lk["name"] == "west" and lk.get("error"):
                     return str(lk["error"])
             return ""

@@ -53,10 +53,11 @@ def diamond(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Diamond]:
         t2_s = lab.veth(ns_t2, ns_s)
         # A site has one --host, so each issues exactly one token, to the neighbour on the
         # subnet of that address: S -> T1 -> E -> T2 -> S (issuer -> redeemer).
-        s = lab.site("S", ns_s, s_t1[0].addr)
-        t1 = lab.site("T1", ns_t1, t1_e[0].addr)
-        e = lab.site("E", None, e_t2[0].addr)
-        t2 = lab.site("T2", ns_t2, t2_s[0].addr)
+        s = lab.site("S", ns_s, s_t1[0].addr, start=False)
+        t1 = lab.site("T1", ns_t1, t1_e[0].addr, start=False)
+        e = lab.site("E", None, e_t2[0].addr, start=False)
+        t2 = lab.site("T2", ns_t2, t2_s[0].addr, start=False)
+        lab.start(s, t1, e, t2)
         lab.link(s, t1)
         lab.link(t1, e)
         lab.link(e, t2)

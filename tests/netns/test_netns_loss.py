@@ -55,8 +55,9 @@ def lossy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lossy]:
         # a few seconds behind a segment lost over and over (RTO backoff), which the
         # default 3 s dead-link bound would take for a dead peer once in a while.
         slow = {"dead_after_s": 20.0}
-        x = lab.site("X", None, veth[0].addr, limits=slow)
-        y = lab.site("Y", ns_y, veth[1].addr, limits=slow)
+        x = lab.site("X", None, veth[0].addr, limits=slow, start=False)
+        y = lab.site("Y", ns_y, veth[1].addr, limits=slow, start=False)
+        lab.start(x, y)
         lab.link(x, y)
         yield Lossy(lab, x, y, veth)
     finally:

@@ -44,9 +44,10 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
         ns_a, ns_b1, ns_b2 = lab.netns("a"), lab.netns("b1"), lab.netns("b2")
         b1_a = lab.veth(ns_b1, ns_a)
         b2_a = lab.veth(ns_b2, ns_a)
-        a = lab.site("A", ns_a, b1_a[1].addr)
-        b1 = lab.site("B1", ns_b1, b1_a[0].addr)
-        b2 = lab.site("B2", ns_b2, b2_a[0].addr)
+        a = lab.site("A", ns_a, b1_a[1].addr, start=False)
+        b1 = lab.site("B1", ns_b1, b1_a[0].addr, start=False)
+        b2 = lab.site("B2", ns_b2, b2_a[0].addr, start=False)
+        lab.start(a, b1, b2)
         lab.link(b1, a)
         lab.link(b2, a)
         srv1 = lab.server(ns_b1, NameServer, "B1")
@@ -63,7 +64,7 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
             a.sitectl("listener", "create", key, str(ports[key]), "--strategy", strategy)
 
         def all_served() -> bool:
-            keys = a.status()["keys"]
+            keys = a.state()["keys"]
             return all(sorted(keys.get(k, {}).get("served_by", [])) == ["B1", "B2"]
                        for k in ports)
 
@@ -82,7 +83,7 @@ def _sequential(sp: Split, key: str, n: int) -> Counter[str]:
 def test_priority_prefers_lower_number_then_fails_over(split: Split) -> None:
     assert _sequential(split, "prio", 60) == Counter({"B2": 60})
     split.b2.sitectl("connector", "delete", "prio")
-    wait_for(lambda: split.a.status()["keys"]["prio"]["served_by"] == ["B1"],
+    wait_for(lambda: split.a.state()["keys"]["prio"]["served_by"] == ["B1"],
              what="B2's prio connector withdrawn")
     assert _sequential(split, "prio", 60) == Counter({"B1": 60})
 

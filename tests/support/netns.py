@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.support.services import Server
-from tests.support.sites import Site, link, site_env
+from tests.support.sites import Site, link, site_env, start_sites
 
 T = TypeVar("T")
 
@@ -40,6 +40,19 @@ RUN_ID = os.getpid() % 10000
 PREFIX = f"vr{RUN_ID}x"  # every namespace and root-side veth of this run starts with it
 _labs = itertools.count(1)
 _subnets = itertools.count(0)
+
+
+def _subnet_block() -> int:
+    """Which of 500 blocks of 32 /30 subnets this process takes: by pid, so that two runs
+    at once rarely meet, and under pytest-xdist by worker too (gw0, gw1, ...), so that two
+    workers of one run never do (pids a multiple of 500 apart would)."""
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) % count if worker[2:].isdigit() else 0
+    return (RUN_ID % (500 // count)) * count + index
+
+
+_SUBNET_BLOCK = _subnet_block()
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -156,9 +169,9 @@ class NetnsSite(Site):
             return ["ip", "netns", "exec", self.ns]
         return []
 
-    # ---- status shortcuts
+    # ---- status shortcuts (from the control socket: `state`)
     def network(self) -> dict[str, Any]:
-        net: dict[str, Any] = self.status(network=True)["network"]
+        net: dict[str, Any] = self.state(network=True)["network"]
         return net
 
     def site_reachable(self, site: str) -> bool | None:
@@ -173,10 +186,10 @@ class NetnsSite(Site):
         return None if entry is None else entry["path"]
 
     def listener_reachable(self, key: str) -> bool:
-        return any(lst["reachable"] for lst in self.status()["listeners"] if lst["key"] == key)
+        return any(lst["reachable"] for lst in self.state()["listeners"] if lst["key"] == key)
 
     def link_flows(self, peer_site: str) -> int:
-        return sum(lk["flows"] for lk in self.status()["links"]
+        return sum(lk["flows"] for lk in self.state()["links"]
                    if lk["peer_site"] == peer_site and lk["state"] == "up")
 
 
@@ -210,7 +223,7 @@ class NetLab:
 
     def veth(self, ns_a: str | None, ns_b: str | None) -> tuple[VethEnd, VethEnd]:
         """A veth pair between two namespaces (None: root) on its own /30 subnet."""
-        idx = ((RUN_ID % 500) * 32 + next(_subnets)) % 16384
+        idx = (_SUBNET_BLOCK * 32 + next(_subnets)) % 16384
         base = idx * 4
         addr_a = f"10.213.{base >> 8}.{(base & 255) + 1}"
         addr_b = f"10.213.{base >> 8}.{(base & 255) + 2}"
@@ -251,7 +264,9 @@ table inet {table} {{
 
     # ---- routers and servers
     def site(self, name: str, ns: str | None, host: str,
-             limits: dict[str, float] | None = None) -> NetnsSite:
+             limits: dict[str, float] | None = None, *, start: bool = True) -> NetnsSite:
+        """A site in `ns` advertising `host`, with `limits` written into its site.toml;
+        its router started unless `start` is False (`start` several at once)."""
         site = NetnsSite(self.workdir, name, self.env, ns=ns, host=host)
         self.sites.append(site)
         site.init()
@@ -261,8 +276,13 @@ table inet {table} {{
             for key, value in limits.items():
                 text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value!r}", text)
             cfg.write_text(text)
-        site.start()
+        if start:
+            site.start()
         return site
+
+    def start(self, *sites: NetnsSite) -> None:
+        """Start the routers of `sites` side by side."""
+        start_sites(*sites)
 
     def link(self, issuer: NetnsSite, redeemer: NetnsSite, *, cost: int | None = None) -> None:
         """The redeemer dials the issuer's --host, so that must be on their shared subnet."""

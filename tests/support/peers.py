@@ -14,7 +14,7 @@ from router.net.handshake import tls_handshake
 from router.net.tls import TLSStream
 from router.protocol import Hello, LinkConnection, LinkLimits, Role
 from tests.support.services import EchoServer
-from tests.support.sites import Site, free_port, link, site_env, wait_for
+from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
 
 class LinkedPair:
@@ -26,8 +26,8 @@ class LinkedPair:
         self.west = Site(workdir, "west", env).init()
         if prepare is not None:
             prepare(self.west)
-        self.west.start()
-        self.east = Site(workdir, "east", env).init().start()
+        self.east = Site(workdir, "east", env).init()
+        start_sites(self.west, self.east)
         link(self.west, self.east, workdir)
 
     def stop(self) -> None:
