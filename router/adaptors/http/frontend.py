@@ -154,8 +154,11 @@ class HttpFrontend:
         replay = Replay()
         tried: set[str] = set()
         attempts = 1 + max(0, cfg.retries)
-        budget = self._budgets.setdefault(cfg.key, RetryBudget(trio.current_time()))
-        budget.on_request(trio.current_time())
+        now = trio.current_time()
+        budget = self._budgets.get(cfg.key)
+        if budget is None:
+            budget = self._budgets[cfg.key] = RetryBudget(now)
+        budget.on_request(now)
         failure = Failure(503, f"no site serves {lst.key!r}")
         # No timeout, no cancel scope: it costs a few us per request.
         timed = (trio.move_on_after(cfg.timeout_s) if cfg.timeout_s > 0
@@ -234,7 +237,7 @@ class HttpFrontend:
                 failed = ((outcome != "ok" and not tunnelled)
                           or (entry.status or 0) >= 500)
                 self._sites.record(router_id, ok=not failed, now=trio.current_time(),
-                                   reason=f"{entry.status or outcome}")
+                                   reason=f"{entry.status or outcome}" if failed else "")
 
     def _order(self, cfg: ListenerConfig, head: RequestHead, tried: set[str]
                ) -> Callable[[list[Candidate], Mapping[str, int], random.Random],
