@@ -199,6 +199,23 @@ def test_a_site_whose_backend_is_down_is_skipped(net: Net) -> None:
         net.backends["west"].start()
 
 
+def test_a_refused_post_goes_whole_to_the_next_site(net: Net) -> None:
+    """A POST's body travels with its OPEN (early data); a site that refuses it (its
+    backend is down) drops it, and the next site gets all of it again from the replay
+    buffer: every body arrives whole, whichever site was tried first."""
+    net.backends["west"].stop()
+    try:
+        with httpx.Client(timeout=30) as client:
+            for i in range(30):
+                body = hashlib.sha256(str(i).encode()).digest() * (1 + 97 * i)  # to 93 KB
+                r = client.post(f"{net.url}/sha", content=body)
+                assert r.status_code == 200, r.text
+                assert r.text.strip() == hashlib.sha256(body).hexdigest()
+                assert r.headers["x-served-by"] == "north"
+    finally:
+        net.backends["west"].start()
+
+
 def test_garbage_on_an_http_listener_gets_400_and_a_closed_connection(net: Net) -> None:
     with socket.create_connection(("127.0.0.1", net.port), timeout=10) as sock:
         sock.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
