@@ -21,6 +21,8 @@ ROUTER_ERROR_HEADER = b"x-van-error"
 def strip_hop_by_hop(headers: Headers) -> Headers:
     """`headers` without the hop-by-hop ones (and those Connection names), keeping
     `te: trailers`; names are expected lower-case."""
+    if HOP_BY_HOP.isdisjoint(name for name, _ in headers):
+        return headers  # the usual case: nothing to strip (`connection` is in the set)
     named = {token.strip().lower() for name, value in headers if name == b"connection"
              for token in value.split(b",")}
     out = []
