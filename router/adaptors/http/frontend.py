@@ -52,7 +52,7 @@ from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute
 from router.flows.table import FlowTable
 from router.net.logthrottle import KeyedLogThrottle
-from router.net.sockets import peer_name
+from router.net.sockets import peer_name, receive_some
 from router.protocol import FlowCode
 from router.routing import Candidate
 from router.routing.rules import RequestFacts, order_for_request
@@ -61,6 +61,7 @@ from router.site.config import ListenerConfig
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FIRST_READ_BYTES = 64 * 1024
 BACKOFF_BASE_S = 0.025
 BACKOFF_CAP_S = 0.25
 ERROR_LOG_INTERVAL_S = 10.0  # one line per key per interval for the errors we answer
@@ -96,15 +97,17 @@ class HttpFrontend:
             first = b""
             with trio.move_on_after(min(self.limits.http_head_timeout_s,
                                         self.limits.http_idle_timeout_s)):
+                # One read usually brings a whole request (or the preface and the first
+                # frames): it all goes to the server that speaks the protocol.
                 while len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
-                    data = await stream.receive_some(len(H2_PREFACE) - len(first))
+                    data = await receive_some(stream, FIRST_READ_BYTES)
                     if not data:
                         return
                     first += data
             if not first:
                 return  # nothing within the time
             handle: Handler = functools.partial(self.handle, lst)
-            if first == H2_PREFACE:
+            if first.startswith(H2_PREFACE):
                 await server_h2.serve(stream, first, handle, self.limits, client)
             else:
                 await server_h1.serve(stream, first, handle, self.limits, client)
