@@ -78,8 +78,15 @@ async def receive_some(stream: trio.abc.Stream, max_bytes: int) -> bytes:
         raise trio.ClosedResourceError("the stream was closed")
     while True:
         try:
-            return os.read(fd, max_bytes)
+            data = os.read(fd, max_bytes)
         except BlockingIOError:
             await trio.lowlevel.wait_readable(fd)
+            continue
         except OSError as exc:
             raise trio.BrokenResourceError(f"connection lost: {exc}") from exc
+        if len(data) == max_bytes:
+            # A full buffer: more is likely waiting. Let other tasks have their turn, so
+            # a client that keeps the socket full cannot keep its reader from yielding
+            # (shielded: a cancellation now would lose what was read).
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return data

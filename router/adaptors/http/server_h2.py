@@ -37,6 +37,7 @@ from router.adaptors.http.message import (
     ResponseHead,
     Trailers,
 )
+from router.net.sockets import receive_some, send_all
 
 READ_BYTES = 64 * 1024
 GOAWAY_WAIT_S = 1.0
@@ -170,7 +171,7 @@ class _Conn:
                 await self._out_ready.wait()
             chunks = list(self.out)
             self.out.clear()
-            await self.stream.send_all(b"".join(data for data, _ in chunks))
+            await send_all(self.stream, b"".join(data for data, _ in chunks))
             for data, control in chunks:
                 self.queued[control] -= len(data)
             self._sent.set()
@@ -209,7 +210,7 @@ class _Conn:
             await self.wait_room(control=True)  # the client must read what it asked for
             with trio.CancelScope() as self._read_scope:
                 self._arm_idle()
-                data = bytes(await self.stream.receive_some(READ_BYTES))
+                data = await receive_some(self.stream, READ_BYTES)
             if self._read_scope.cancelled_caught:
                 if self.last_stream is None:
                     self.h2.close_connection(additional_data=b"idle")
