@@ -45,7 +45,8 @@ async def test_an_unanswered_open_times_out_and_resets_the_far_end() -> None:
                                dest_router=link.peer_id, client_addr="x",
                                trace=(me.router_id,), window=LIMITS.flow_window_bytes), end)
             await opened.wait()
-            with pytest.raises(FlowRefusedError, match=r"no answer from west within 0\.2 s") as info:
+            with pytest.raises(FlowRefusedError,
+                               match=r"no answer from west within 0\.2 s") as info:
                 await end.wait_answer(0.2)
             # The site, not the path, failed: the forwarder goes on to the next site.
             assert info.value.code is FlowCode.TIMEOUT and not info.value.path_failed
