@@ -34,12 +34,11 @@ from router.adaptors.http.message import (
 from router.flows.end import FlowRefusedError
 from router.flows.forwarder import NoTarget
 from router.flows.table import FlowTable
-from router.net.handshake import start_link
 from router.net.link import Link
 from router.net.side import FlowSide
-from router.protocol import FlowCode, Open, Role
+from router.protocol import FlowCode, Open
 from router.site.config import ConnectorConfig
-from tests.net.test_link_backpressure import LIMITS, hello, make_link, tls_streams
+from tests.net.test_link_backpressure import LIMITS, link_pair
 
 MIB = 1024 * 1024
 
@@ -369,20 +368,9 @@ async def test_h2_target_concurrent_streams_trailers_and_h1_style_parts() -> Non
 @asynccontextmanager
 async def linked(hc: HttpConnectors) -> AsyncIterator[Link]:
     """East's end of a link to west, whose OPENs the connectors serve."""
-    streams = await tls_streams()
-    links: dict[str, Link] = {}
     async with trio.open_nursery() as nursery:
-        async def up(name: str, role: Role) -> None:
-            conn, peer, early = await start_link(streams[name], role=role, hello=hello(name),
-                                                 limits=LIMITS, expect_site=None)
-            links[name] = link = make_link(
-                name, streams[name], conn, peer,
-                lambda lk, fid, msg: hc.serve_open(FlowSide(lk, fid), msg))
-            nursery.start_soon(link.run, early)
-
-        async with trio.open_nursery() as hs:
-            hs.start_soon(up, "west", Role.ACCEPTOR)
-            hs.start_soon(up, "east", Role.DIALER)
+        links = await link_pair(
+            nursery, lambda lk, fid, msg: hc.serve_open(FlowSide(lk, fid), msg))
         yield links["east"]
         nursery.cancel_scope.cancel()
 

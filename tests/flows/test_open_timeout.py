@@ -8,17 +8,14 @@ import trio
 
 from router.flows.end import FlowEnd, FlowRefusedError
 from router.flows.table import FlowTable
-from router.net.handshake import start_link
 from router.net.link import Link
 from router.net.side import FlowSide
-from router.protocol import FlowCode, Open, Role
-from tests.net.test_link_backpressure import LIMITS, hello, make_link, tls_streams
+from router.protocol import FlowCode, Open
+from tests.net.test_link_backpressure import LIMITS, link_pair
 from tests.net.test_net_link import Recorder
 
 
 async def test_an_unanswered_open_times_out_and_resets_the_far_end() -> None:
-    streams = await tls_streams()
-    links: dict[str, Link] = {}
     silent = Recorder()  # the serving side: takes the flow's events, never answers
     opened = trio.Event()
 
@@ -27,15 +24,7 @@ async def test_an_unanswered_open_times_out_and_resets_the_far_end() -> None:
         opened.set()
 
     async with trio.open_nursery() as nursery:
-        async def up(name: str, role: Role) -> None:
-            conn, peer, early = await start_link(streams[name], role=role, hello=hello(name),
-                                                 limits=LIMITS, expect_site=None)
-            links[name] = link = make_link(name, streams[name], conn, peer, on_open)
-            nursery.start_soon(link.run, early)
-
-        async with trio.open_nursery() as hs:
-            hs.start_soon(up, "west", Role.ACCEPTOR)
-            hs.start_soon(up, "east", Role.DIALER)
+        links = await link_pair(nursery, on_open)
 
         with trio.fail_after(10):
             link = links["east"]

@@ -121,20 +121,10 @@ def make_link(name: str, stream: TLSStream, conn: LinkConnection, peer: Hello,
                 on_routing=lambda link, payload: None)
 
 
-async def linked(nursery: trio.Nursery, hashes: Hashes) -> dict[str, Link]:
+async def link_pair(nursery: trio.Nursery, on_open: OpenCallback) -> dict[str, Link]:
+    """West (acceptor) and east (dialer) links over one mTLS connection, running in
+    `nursery`; both hand incoming OPENs to `on_open`."""
     streams = await tls_streams()
-    table = FlowTable()
-
-    def on_open(link: Link, flow_id: int, msg: Open) -> None:
-        side = FlowSide(link, flow_id)
-        flow = SocketFlow(side, table.begin(msg.routing_key, "connector"))
-        side.attach(flow)
-        side.accept(LIMITS.flow_window_bytes)
-        inner, outer = local_pair()
-        nursery.start_soon(flow.run, inner)
-        nursery.start_soon(hashes.record, (msg.origin_site, int(msg.routing_key), "acceptor"),
-                           outer)
-
     links: dict[str, Link] = {}
 
     async def up(name: str, role: Role) -> None:
@@ -147,6 +137,22 @@ async def linked(nursery: trio.Nursery, hashes: Hashes) -> dict[str, Link]:
         hs.start_soon(up, "west", Role.ACCEPTOR)
         hs.start_soon(up, "east", Role.DIALER)
     return links
+
+
+async def linked(nursery: trio.Nursery, hashes: Hashes) -> dict[str, Link]:
+    table = FlowTable()
+
+    def on_open(link: Link, flow_id: int, msg: Open) -> None:
+        side = FlowSide(link, flow_id)
+        flow = SocketFlow(side, table.begin(msg.routing_key, "connector"))
+        side.attach(flow)
+        side.accept(LIMITS.flow_window_bytes)
+        inner, outer = local_pair()
+        nursery.start_soon(flow.run, inner)
+        nursery.start_soon(hashes.record, (msg.origin_site, int(msg.routing_key), "acceptor"),
+                           outer)
+
+    return await link_pair(nursery, on_open)
 
 
 async def open_and_pump(link: Link, n: int, hashes: Hashes) -> None:
