@@ -126,7 +126,8 @@ class HttpConnectors:
 
     async def _fresh(self, endpoint: str) -> trio.abc.Stream:
         """A new connection to the target at `endpoint`, for a tunnel (never pooled)."""
-        con = next((c for c in self._targets if str(c.endpoint) == endpoint), None)
+        con = next((c for targets in self._by_key.values() for c, text in targets
+                    if text == endpoint), None)
         if con is None:
             raise OSError(f"the connector for {endpoint} was deleted")
         with trio.fail_after(self._connect_timeout):
