@@ -512,12 +512,13 @@ class LinkConnection:
         return flow_id
 
     def accept_flow(self, flow_id: int, window: int) -> None:
-        Accept(window=window)  # ValueError for a bad window, before any state change
+        accept = Accept(window=window)  # ValueError for a bad window, before any change
         flow = self._local_flow(flow_id)
-        # The window counts from the OPEN and holds what arrived early; never below
-        # the early offer, so the opener's credit cannot go negative.
-        window = max(window, flow.window)
-        accept = Accept(window=window)
+        if window < flow.window:
+            # The window counts from the OPEN and holds what arrived early; never below
+            # the early offer, so the opener's credit cannot go negative.
+            window = flow.window
+            accept = Accept(window=window)
         flow.on_local(FlowInput.SEND_ACCEPT)
         flow.recv_allowance += window - flow.window
         flow.window = window
