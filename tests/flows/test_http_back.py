@@ -21,7 +21,7 @@ import trio
 
 from router.adaptors.http.backend import IDLE_PER_TARGET, is_quiet
 from router.adaptors.http.connector import HttpConnectors
-from router.adaptors.http.flowmsg import FlowLost, MessageFlow
+from router.adaptors.http.flowmsg import ACCEPT_DEFER_S, FlowLost, MessageFlow
 from router.adaptors.http.hop import with_forwarded
 from router.adaptors.http.message import (
     Body,
@@ -102,8 +102,8 @@ async def h1_handler(backend: Backend, stream: trio.SocketStream) -> None:
                     await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
                                           b"only ten b")
                     return
-                elif path.startswith(b"/slow"):
-                    await trio.sleep(0.2)
+                elif path.startswith(b"/slow"):  # /slow, or /slow/SECONDS
+                    await trio.sleep(float(path[6:] or 0.2))
                     await send(h11.Response(status_code=200,
                                             headers=[(b"content-length", b"2")]))
                     await send(h11.Data(data=b"ok"))
@@ -366,11 +366,12 @@ async def test_h2_target_concurrent_streams_trailers_and_h1_style_parts() -> Non
 
 # ---- through a real flow over a TLS link pair
 @asynccontextmanager
-async def linked(hc: HttpConnectors) -> AsyncIterator[Link]:
+async def linked(hc: HttpConnectors, *, early_bytes: int = 0) -> AsyncIterator[Link]:
     """East's end of a link to west, whose OPENs the connectors serve."""
     async with trio.open_nursery() as nursery:
         links = await link_pair(
-            nursery, lambda lk, fid, msg: hc.serve_open(FlowSide(lk, fid), msg))
+            nursery, lambda lk, fid, msg: hc.serve_open(FlowSide(lk, fid), msg),
+            early_bytes=early_bytes)
         yield links["east"]
         nursery.cancel_scope.cancel()
 
@@ -383,6 +384,36 @@ async def open_flow(link: Link) -> MessageFlow:
                         trace=(me.router_id,), window=LIMITS.flow_window_bytes), flow)
     await flow.wait_answer(10)
     return flow
+
+
+async def test_a_request_sent_whole_early_is_accepted_even_if_the_backend_is_silent() -> None:
+    """The whole request goes with the OPEN (early data), so the serving site holds its
+    ACCEPT for the response; a backend silent past ACCEPT_DEFER_S still gets the flow
+    accepted in time, well inside an opener's wait shorter than the backend's delay."""
+    with trio.fail_after(30):
+        async with serving(h1_handler) as be, connectors((be.port, "http1")) as hc, \
+                linked(hc, early_bytes=64 * 1024) as link:
+            me = link.conn.hello
+            flow = MessageFlow(FlowSide(link), FlowTable().begin("api", "listener"),
+                               request=False)
+            with link.batch():
+                flow.side.open(Open(routing_key="api", origin_site=me.site,
+                                    origin_router=me.router_id, dest_router=link.peer_id,
+                                    client_addr="10.0.0.9:5555", trace=(me.router_id,),
+                                    window=LIMITS.flow_window_bytes), flow)
+                assert flow.send_nowait(with_forwarded(RequestHead(
+                    method=b"GET", target=b"/slow/2", authority=b"api",
+                    client="10.0.0.9:5555")))
+                assert flow.send_nowait(End()) and flow.can_finish()
+                flow.finish()
+            started = trio.current_time()
+            await flow.wait_answer(ACCEPT_DEFER_S * 3)  # the backend answers after 2 s
+            assert trio.current_time() - started < 2
+            parts = []
+            while (part := await flow.receive()) is not None:
+                parts.append(part)
+            assert isinstance(parts[0], ResponseHead) and parts[0].status == 200
+            assert isinstance(parts[-1], End) and be.requests == 1
 
 
 @pytest.mark.parametrize("proto", ["http1", "http2"])

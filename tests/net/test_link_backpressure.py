@@ -109,9 +109,9 @@ async def tls_streams() -> dict[str, TLSStream]:
     return streams
 
 
-def hello(name: str) -> Hello:
+def hello(name: str, early_bytes: int = 0) -> Hello:
     return Hello(router_id=f"r{name}", site=name, max_frame_bytes=LIMITS.max_frame_bytes,
-                 keepalive_interval=LIMITS.keepalive_interval_s)
+                 keepalive_interval=LIMITS.keepalive_interval_s, early_bytes=early_bytes)
 
 
 def make_link(name: str, stream: TLSStream, conn: LinkConnection, peer: Hello,
@@ -121,14 +121,16 @@ def make_link(name: str, stream: TLSStream, conn: LinkConnection, peer: Hello,
                 on_routing=lambda link, payload: None)
 
 
-async def link_pair(nursery: trio.Nursery, on_open: OpenCallback) -> dict[str, Link]:
+async def link_pair(nursery: trio.Nursery, on_open: OpenCallback, *,
+                    early_bytes: int = 0) -> dict[str, Link]:
     """West (acceptor) and east (dialer) links over one mTLS connection, running in
-    `nursery`; both hand incoming OPENs to `on_open`."""
+    `nursery`; both hand incoming OPENs to `on_open` and offer `early_bytes`."""
     streams = await tls_streams()
     links: dict[str, Link] = {}
 
     async def up(name: str, role: Role) -> None:
-        conn, peer, early = await start_link(streams[name], role=role, hello=hello(name),
+        conn, peer, early = await start_link(streams[name], role=role,
+                                             hello=hello(name, early_bytes),
                                              limits=LIMITS, expect_site=None)
         links[name] = link = make_link(name, streams[name], conn, peer, on_open)
         nursery.start_soon(link.run, early)
