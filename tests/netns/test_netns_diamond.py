@@ -87,6 +87,11 @@ def _good_transfer(dm: Diamond, size: int = MB, timeout: float = 10) -> bool:
 
 
 def _start_long_flow(dm: Diamond) -> tuple[Background, int]:
+    # The flows of the transfers before must be gone from T1 first: else one of them,
+    # not yet released, could pass for the long flow, which may then not be in T1 yet
+    # when it is killed (it goes via T2 and is never reset).
+    wait_for(lambda: dm.t1.link_flows("S") == 0 and dm.t1.link_flows("E") == 0,
+             what="no earlier flow left in T1")
     cid = next(dm.ids)
     flow = Background(dm.s.ns, transfer, dm.port, cid, 4000 * MB, 0, 30)
     wait_for(lambda: dm.t1.link_flows("S") >= 1 and dm.t1.link_flows("E") >= 1,
