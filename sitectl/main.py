@@ -398,6 +398,8 @@ def cmd_connector_create(ctx: Ctx, a: argparse.Namespace) -> int:
               "weight": a.weight}
     if a.protocol != "tcp":
         fields["protocol"] = a.protocol
+    if a.host_header:
+        fields["host_header"] = a.host_header
     con = connector_from(FieldReader(Path("arguments"), "", "connector", fields))
     ctx.site.require()
     with ctx.site.edit_lock():
@@ -526,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight", type=int, default=1)
     p.add_argument("--protocol", default="tcp", choices=CONNECTOR_PROTOCOLS,
                    help="what the target speaks: tcp (default), http1, or http2 (h2c, gRPC)")
+    p.add_argument("--host-header", default="", metavar="HOST[:PORT]",
+                   help="http1/http2: the Host the target gets instead of the client's "
+                   "(the client's goes on as x-forwarded-host)")
     p.set_defaults(func=cmd_connector_create)
     p = csub.add_parser("list", parents=[common])
     p.set_defaults(func=lambda c, a: _list(c, a, "connector"))

@@ -37,6 +37,7 @@ from router.site.http_fields import (
     HTTP_LISTENER_FIELDS,
     LISTENER_PROTOCOLS,
     dump_route,
+    host_header,
     http_options,
     protocol,
     route_table,
@@ -114,6 +115,9 @@ class ConnectorConfig:
     priority: int = 0
     weight: int = 1
     protocol: str = "tcp"  # "tcp", "http1" or "http2": what the target speaks
+    # HTTP only: the Host (or :authority) the target gets instead of the client's, for
+    # a backend that serves by name; "" keeps the client's.
+    host_header: str = ""
 
     @property
     def endpoint(self) -> Endpoint:
@@ -240,7 +244,7 @@ def listener_from(r: FieldReader, route_base: int = 0) -> ListenerConfig:
 
 
 def connector_from(r: FieldReader) -> ConnectorConfig:
-    r.check_unknown({"key", "host", "port", "priority", "weight", "protocol"})
+    r.check_unknown({"key", "host", "port", "priority", "weight", "protocol", "host_header"})
     # The ranges a routing record carries: out of them the router could not
     # advertise the key, and would fail at start (or at the live change) instead.
     weight = r.get("weight", int, 1)
@@ -249,9 +253,10 @@ def connector_from(r: FieldReader) -> ConnectorConfig:
     priority = r.get("priority", int, 0)
     if not 0 <= priority <= MAX_PRIORITY:
         raise r.fail("priority", f"must be from 0 to {MAX_PRIORITY}, got {priority}")
+    proto = protocol(r, CONNECTOR_PROTOCOLS)
     return ConnectorConfig(
         key=_routing_key(r), host=_host(r, "host"), port=r.port("port"),
-        priority=priority, weight=weight, protocol=protocol(r, CONNECTOR_PROTOCOLS),
+        priority=priority, weight=weight, protocol=proto, host_header=host_header(r, proto),
     )
 
 
@@ -419,7 +424,8 @@ def listener_table(lst: ListenerConfig) -> dict[str, Any]:
     return table
 
 
-_HTTP_FIELDS = frozenset({"protocol", "retries", "timeout_s", "affinity", "routes"})
+_HTTP_FIELDS = frozenset({"protocol", "retries", "timeout_s", "affinity", "routes",
+                          "host_header"})
 
 
 def save_config(path: Path, config: SiteConfig) -> None:

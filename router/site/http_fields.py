@@ -42,6 +42,28 @@ def protocol(r: FieldReader, choices: tuple[str, ...]) -> str:
     return value
 
 
+# host[:port]: a name or IPv4 address, or an [IPv6] literal (RFC 9110's Host, without
+# the userinfo and percent-encoding nobody sends there).
+AUTHORITY_RE = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9._~-]{1,253})(:[0-9]{1,5})?")
+
+
+def host_header(r: FieldReader, proto: str) -> str:
+    """A connector's Host rewrite: what the target gets as Host (or :authority)."""
+    value: str = r.get("host_header", str, "")
+    if not value:
+        return ""
+    if proto not in ("http1", "http2"):
+        raise r.fail("host_header", f"only an http1 or http2 connector rewrites Host (this "
+                     f"one's protocol is {proto!r})")
+    if not AUTHORITY_RE.fullmatch(value):
+        raise r.fail("host_header", f"{value[:40]!r} is not host[:port] (a name, an IPv4 "
+                     "address or an [IPv6] one)")
+    _, _, port = value.rpartition("]")[2].partition(":")
+    if port and not 1 <= int(port) <= 65535:
+        raise r.fail("host_header", f"{port} is not a port")
+    return value
+
+
 def header_name(r: FieldReader, key: str, value: str) -> str:
     if not HEADER_RE.fullmatch(value):
         raise r.fail(key, f"{value[:40]!r} is not a header name (letters, digits, !#$%&'*+.^_`|~-)")

@@ -95,6 +95,13 @@ ROWS = [
     (route("color = 1"), 14, "[listener.route] color", "unknown field"),
     (edited('port = 8080', 'port = 8080\nprotocol = "http3"'), 18, "[connector] protocol",
      "'http3' is not one of tcp, http1, http2"),
+    (edited('port = 8080', 'port = 8080\nhost_header = "api.internal"'), 18,
+     "[connector] host_header", "only an http1 or http2 connector rewrites Host"),
+    *((edited('port = 8080', f'port = 8080\nprotocol = "http1"\nhost_header = {bad}'), 19,
+       "[connector] host_header", says) for bad, says in (
+        ('"a b"', "is not host[:port]"), ('"evil\\r\\nx: 1"', "is not host[:port]"),
+        ('"api:99999"', "99999 is not a port"), ('"user@api"', "is not host[:port]"),
+        ('"' + "a" * 300 + '"', "is not host[:port]"), ("1", "must be str"))),
 ]
 
 
@@ -127,7 +134,8 @@ FULL = BASE.replace('protocol = "http"\n', 'protocol = "http"\nretries = 0\ntime
                     'affinity = "cookie:Session"\nstrategy = "weighted"\n').replace(
     'site = "north"\n', 'site = "north"\n[[listener.route]]\npath_prefix = "/v2/"\n'
     'method = "post"\nheader = "X-Beta"\nheader_absent = true\n'
-    'split = { west = 90, "north.eu" = 10, south = 0 }\n') + 'protocol = "http2"\n'
+    'split = { west = 90, "north.eu" = 10, south = 0 }\n') + 'protocol = "http2"\n' \
+    'host_header = "[::1]:8443"\n'
 
 
 def test_round_trips_are_exact() -> None:
@@ -137,6 +145,7 @@ def test_round_trips_are_exact() -> None:
     assert api.routes[1].method == "POST" and api.routes[1].header == "x-beta"
     assert api.routes[1].split == (("west", 90), ("north.eu", 10), ("south", 0))
     assert cfg.connectors[0].protocol == "http2"
+    assert cfg.connectors[0].host_header == "[::1]:8443"
     text = dump_config(cfg)
     assert parse_config(Path("site.toml"), text) == cfg
     assert dump_config(parse_config(Path("site.toml"), text)) == text
@@ -242,12 +251,14 @@ def test_cli_offline_edits_site_toml(site: Site) -> None:
     site.sitectl("route", "delete", "api", "1")
     assert _routes(site) == ["x-canary: 1 -> north", "path /v2/* and no x-old and GET -> north"]
     site.sitectl("listener", "set", "api", "--timeout", "250ms", "--retries", "0")
-    site.sitectl("connector", "create", "api", "127.0.0.1:8080", "--protocol", "http1")
+    site.sitectl("connector", "create", "api", "127.0.0.1:8080", "--protocol", "http1",
+                 "--host-header", "api.internal")
     cfg = parse_config(Path("site.toml"), (site.dir / "site.toml").read_text())
     api = cfg.listeners[0]
     assert (api.protocol, api.retries, api.timeout_s, api.affinity) == (
         "http", 0, 0.25, "header:x-user")
-    assert cfg.connectors[0].protocol == "http1"
+    assert (cfg.connectors[0].protocol, cfg.connectors[0].host_header) == (
+        "http1", "api.internal")
 
 
 def test_cli_bad_arguments_exit_2_with_one_line(site: Site) -> None:
@@ -261,6 +272,8 @@ def test_cli_bad_arguments_exit_2_with_one_line(site: Site) -> None:
     assert "bad --split" in _bad(site, "route", "add", "api", "--split", "west=x")
     assert "is not a valid site name" in _bad(site, "route", "add", "api", "--site", "a b")
     assert "has no route 3 (it has 0)" in _bad(site, "route", "delete", "api", "3")
+    assert "only an http1 or http2 connector rewrites Host" in _bad(
+        site, "connector", "create", "api", "127.0.0.1:8080", "--host-header", "x")
     assert "no listener for 'nope'" in _bad(site, "route", "add", "nope", "--site", "x")
     assert (site.dir / "site.toml").read_bytes() == before
 

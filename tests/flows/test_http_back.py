@@ -470,3 +470,41 @@ async def test_h2_refused_stream_is_answered_as_a_refusal() -> None:
                 await request(flow, b"/refuse")
             r = await request(await open_flow(link), b"/e", b"after", method=b"POST")
             assert r.sha == digest(b"after") and be.connections == 1
+
+
+# ---- a connector's Host rewrite
+@pytest.mark.parametrize("proto", ["http1", "http2"])
+async def test_a_connector_host_rewrite_reaches_the_target(proto: str) -> None:
+    """The target gets the connector's Host (or :authority); the client's goes on as
+    x-forwarded-host, and Forwarded still names it."""
+    handler = h1_handler if proto == "http1" else h2_handler
+    host_name = b":authority" if proto == "http2" else b"host"
+    with trio.fail_after(60):
+        async with serving(handler) as be, connectors() as hc:
+            hc.set_targets([ConnectorConfig(key="api", host="127.0.0.1", port=be.port,
+                                            protocol=proto, host_header="api.internal:8443")])
+            body = pattern(70_000, "host")
+            r = await request(await hc.exchange("api"), b"/echo", body, method=b"POST")
+            assert r.sha == digest(body)
+            seen = be.seen[-1][1]
+            assert seen[host_name] == b"api.internal:8443"
+            assert seen[b"x-forwarded-host"] == b"api"
+            assert b'host="api"' in seen[b"forwarded"]
+            # a connector without a rewrite keeps the client's
+            hc.set_targets([ConnectorConfig(key="api", host="127.0.0.1", port=be.port,
+                                            protocol=proto)])
+            await request(await hc.exchange("api"), b"/echo", b"x", method=b"POST")
+            assert be.seen[-1][1][host_name] == b"api"
+            assert b"x-forwarded-host" not in be.seen[-1][1]
+
+
+async def test_a_host_rewrite_holds_for_a_request_from_another_site() -> None:
+    with trio.fail_after(60):
+        async with serving(h1_handler) as be, connectors() as hc, linked(hc) as link:
+            hc.set_targets([ConnectorConfig(key="api", host="127.0.0.1", port=be.port,
+                                            protocol="http1", host_header="backend")])
+            flow = await open_flow(link)
+            r = await request(flow, b"/big/1000")
+            assert r.size == 1000
+            assert be.seen[-1][1][b"host"] == b"backend"
+            assert be.seen[-1][1][b"x-forwarded-host"] == b"api"

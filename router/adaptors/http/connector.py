@@ -68,6 +68,7 @@ class HttpConnectors:
         self._connect = connect
         self._targets: tuple[ConnectorConfig, ...] = ()
         self._by_key: dict[str, list[tuple[ConnectorConfig, str]]] = {}  # with "host:port"
+        self._host: dict[str, bytes] = {}  # "host:port" -> its connector's Host rewrite
         self._turn: Counter[str] = Counter()
         self.h1: dict[str, H1Pool] = {}  # by "host:port"
         self.h2: dict[str, H2Pool] = {}
@@ -76,18 +77,21 @@ class HttpConnectors:
 
     def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None:
         self._targets = tuple(c for c in connectors if c.protocol in PROTOCOLS)
-        self._by_key = {}
+        self._by_key, self._host = {}, {}
         for con in self._targets:  # formatted once, not per request
             host = f"[{con.host}]" if ":" in con.host else con.host  # as Endpoint writes it
             self._by_key.setdefault(con.key, []).append((con, f"{host}:{con.port}"))
+            if con.host_header:
+                self._host[f"{host}:{con.port}"] = con.host_header.encode()
 
     def serves(self, key: str) -> bool:
         return any(c.key == key for c in self._targets)
 
     # ---- getting a backend connection
-    async def lease(self, key: str) -> Lease:
+    async def lease(self, key: str) -> tuple[Lease, bytes]:
         """A connection (HTTP/1.1) or a stream slot (HTTP/2) to one of `key`'s targets,
-        rotating over several; NoTarget with each target's reason if none answers."""
+        rotating over several, with the Host that target's connector sends (b"" for the
+        client's); NoTarget with each target's reason if none answers."""
         targets = self._by_key.get(key)
         if not targets:
             raise NoTarget(f"site {self.site} has no HTTP connector for {key!r}")
@@ -97,7 +101,7 @@ class HttpConnectors:
         for i in range(len(targets)):
             con, endpoint = targets[(start + i) % len(targets)]
             try:
-                return await self._lease_one(con, endpoint)
+                return await self._lease_one(con, endpoint), self._host.get(endpoint, b"")
             except (OSError, trio.TooSlowError) as exc:
                 errors.append(f"{endpoint}: {connect_reason(exc)}")
         raise NoTarget(f"site {self.site} cannot reach {key!r} target {'; '.join(errors)}")
@@ -147,7 +151,7 @@ class HttpConnectors:
         accepted = False
         try:
             try:
-                lease = await self.lease(open_msg.routing_key)
+                lease, host = await self.lease(open_msg.routing_key)
             except NoTarget as exc:
                 if pending.reset_reason is None:
                     self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
@@ -172,7 +176,7 @@ class HttpConnectors:
                 await give_back(lease)
                 outcome = "reset"
                 return
-            outcome = await serve(flow, lease, self._fresh)
+            outcome = await serve(flow, lease, self._fresh, host=host)
             if flow.done:
                 side.release()
             elif flow.reset_reason is None:
@@ -192,18 +196,18 @@ class HttpConnectors:
     async def exchange(self, key: str) -> MessagePeer:
         """The serving site is this one: the listener's end of an exchange that this
         object serves; NoTarget if no target answers."""
-        lease = await self.lease(key)
+        lease, host = await self.lease(key)
         mine, theirs = local_pair()
         entry = self._table.begin(key, "connector", client="local")
         self._table.spawn(guarded, f"local HTTP request for {key}", self._serve_local,
-                          mine, lease, entry)
+                          mine, lease, host, entry)
         return theirs
 
-    async def _serve_local(self, peer: LocalExchange, lease: Lease,
+    async def _serve_local(self, peer: LocalExchange, lease: Lease, host: bytes,
                            entry: FlowEntry) -> None:
         outcome: Outcome = "error"
         try:
-            outcome = await serve(peer, lease, self._fresh)
+            outcome = await serve(peer, lease, self._fresh, host=host)
         finally:
             if outcome != "ok":
                 peer.abort(FlowCode.PEER_RESET, peer.reset_reason or "the exchange failed")

@@ -83,6 +83,23 @@ def with_forwarded(head: RequestHead) -> RequestHead:
                        scheme=head.scheme, headers=tuple(headers), client=head.client)
 
 
+def rewrite_host(head: RequestHead, host: bytes) -> RequestHead:
+    """The head as a connector with a Host rewrite sends it: `host` as the authority,
+    the client's appended to x-forwarded-host (as Envoy does) so the application can
+    still build its links. A CONNECT keeps its authority: that is its target."""
+    if head.method == b"CONNECT" or head.authority == host:
+        return head
+    headers = [(n, v) for n, v in head.headers if n != b"x-forwarded-host"]
+    xfh = next((v for n, v in head.headers if n == b"x-forwarded-host"), None)
+    if head.authority:
+        headers.append((b"x-forwarded-host",
+                        xfh + b", " + head.authority if xfh else head.authority))
+    elif xfh:
+        headers.append((b"x-forwarded-host", xfh))
+    return RequestHead(method=head.method, target=head.target, authority=host,
+                       scheme=head.scheme, headers=tuple(headers), client=head.client)
+
+
 def _quoted(text: str) -> str:
     """An RFC 7230 quoted-string."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

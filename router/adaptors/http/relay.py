@@ -23,7 +23,13 @@ from router.adaptors.http.backend import (
     close_stream,
 )
 from router.adaptors.http.flowmsg import FlowLost
-from router.adaptors.http.hop import is_grpc, request_h1, request_h2, response_headers
+from router.adaptors.http.hop import (
+    is_grpc,
+    request_h1,
+    request_h2,
+    response_headers,
+    rewrite_host,
+)
 from router.adaptors.http.message import (
     Body,
     End,
@@ -60,9 +66,10 @@ async def give_back(lease: Lease) -> None:
 
 
 async def serve(peer: MessagePeer, lease: Lease,
-                fresh: tunnel.FreshConnection | None = None) -> Outcome:
+                fresh: tunnel.FreshConnection | None = None, *, host: bytes = b"") -> Outcome:
     """Relay one request and its response; the outcome for the table. `fresh` opens
-    the connection of its own that a tunnel takes (`tunnel.py`)."""
+    the connection of its own that a tunnel takes (`tunnel.py`); a `host` replaces the
+    client's Host (or :authority), which then goes on as x-forwarded-host."""
     try:
         head = await peer.receive()
     except FlowLost:
@@ -72,6 +79,8 @@ async def serve(peer: MessagePeer, lease: Lease,
         await give_back(lease)
         peer.abort(FlowCode.INTERNAL, "the request did not start with its head")
         return "error"
+    if host:
+        head = rewrite_host(head, host)
     if proposes_tunnel(head):
         if not isinstance(lease, H1Lease):
             lease.release()
