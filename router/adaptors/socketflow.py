@@ -1,10 +1,17 @@
 """A flow whose local end is a TCP socket: the data path of the TCP adaptor.
 
-Two tasks per flow: socket -> link (reads only as much as the peer's credit allows,
-so a slow far end stops us reading, and the kernel pushes back on the client), and
-link -> socket (credit is granted back only after bytes were written to the socket).
-The link's reader never blocks on a flow: it appends to a buffer that the credit
-window bounds.
+Two directions: socket -> link (reads only as much as the peer's credit allows, so a
+slow far end stops us reading, and the kernel pushes back on the client), and link ->
+socket (credit is granted back only after bytes were written to the socket). The
+link's reader never blocks on a flow: it writes to the socket while the kernel takes
+the bytes, and appends the rest to a buffer that the credit window bounds.
+
+One task per flow end, most of the time: the flow's own task reads the socket, and
+the link reader writes to it. A second task is started only when a write would block
+(a client that reads slowly, a bulk download) while the first still reads; once the
+socket reached EOF, the first task delivers the rest itself. A task, a nursery's
+child and two events less per flow end than a writer task per flow: less CPU per new
+flow, and less memory per open one.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 
 import trio
 
@@ -31,16 +39,20 @@ class SocketFlow(FlowEnd):
     def __init__(self, side: FlowSide, entry: FlowEntry) -> None:
         super().__init__(side, entry)
         self._fd: int | None = None  # the local socket, once attached
+        self._sock: trio.SocketStream | None = None
         self._writing = False
+        self._nursery: trio.Nursery | None = None  # while the flow runs
+        self._writer = False  # a task delivers link -> socket (started, or the flow's own)
+        self._delivered = False  # the peer's FIN passed on: link -> socket is done
 
     # ---- FlowHandler: called by the link reader, must not block
     def on_data(self, data: bytes) -> None:
         if self._fd is not None and not self._inbox and not self._writing:
-            # Fast path: hand the bytes to the kernel now, without waking our writer
-            # task; one task switch less per message.
+            # Fast path: hand the bytes to the kernel now, without waking a task; one
+            # task switch less per message.
             try:
                 n = os.write(self._fd, data)
-            except OSError:  # would block, or broken: the writer task deals with it
+            except OSError:  # would block, or broken: a writer task deals with it
                 n = 0
             if n:
                 self.side.grant(n)
@@ -49,17 +61,40 @@ class SocketFlow(FlowEnd):
                     return
                 data = data[n:]
         super().on_data(data)
+        self._start_writer()
+
+    def on_fin(self) -> None:
+        super().on_fin()
+        if self._sock is not None and not self._inbox and not self._writer:
+            # Everything was delivered: half-close now (shutdown never blocks).
+            self._writer = self._delivered = True
+            # OSError: the client is gone, and our read of it says so.
+            with contextlib.suppress(OSError):
+                self._sock.socket.shutdown(socket.SHUT_WR)
+        else:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if not self._writer and self._nursery is not None and self._sock is not None:
+            self._writer = True
+            self._nursery.start_soon(self._link_to_socket, self._sock)
 
     # ---- the pump
     async def run(self, sock: trio.SocketStream) -> None:
         """Pump until both directions finished or the flow is reset; closes `sock`."""
         self._fd = sock.socket.fileno()
+        self._sock = sock
         failure: tuple[FlowCode, str] | None = None
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._socket_to_link, sock)
-                    nursery.start_soon(self._link_to_socket, sock)
+                    self._nursery = nursery
+                    if self._inbox or self._remote_fin:  # came before we ran
+                        self._start_writer()
+                    await self._socket_to_link(sock)
+                    if not self._writer:  # nothing to read any more: deliver ourselves
+                        self._writer = True
+                        await self._link_to_socket(sock)
         except BaseException as exc:
             # Cancellation reaches us inside the nursery's exception group.
             failure = ((FlowCode.SHUTDOWN, "flow cancelled: router shutting down")
@@ -67,7 +102,7 @@ class SocketFlow(FlowEnd):
                        else (FlowCode.INTERNAL, "internal error in this router"))
             raise
         finally:
-            self._fd = None
+            self._fd = self._sock = self._nursery = None
             if self.reset_reason is None and failure is not None:
                 # Both ends must see a reset, never an EOF that looks like a whole transfer.
                 self.reset_reason = failure[1]
@@ -120,7 +155,7 @@ class SocketFlow(FlowEnd):
 
     async def _link_to_socket(self, sock: trio.SocketStream) -> None:
         side, entry, inbox = self.side, self.entry, self._inbox
-        while True:
+        while not self._delivered:
             while not inbox and not self._remote_fin:
                 self._data_ready = trio.Event()
                 await self._data_ready.wait()
@@ -139,6 +174,7 @@ class SocketFlow(FlowEnd):
                 side.grant(len(data))
                 continue
             # Peer half-closed and everything it sent was delivered.
+            self._delivered = True
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await sock.send_eof()
             return
