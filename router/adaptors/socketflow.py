@@ -160,7 +160,7 @@ class SocketFlow(FlowEnd):
                 self._data_ready = trio.Event()
                 await self._data_ready.wait()
             if inbox:
-                data = inbox.popleft() if len(inbox) == 1 else b"".join(inbox)
+                data = inbox[0] if len(inbox) == 1 else b"".join(inbox)
                 inbox.clear()
                 self._writing = True
                 try:

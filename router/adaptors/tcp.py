@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import trio
 
@@ -46,12 +47,13 @@ def _end_for(stream: trio.abc.Stream) -> type[End]:
     return SocketFlow if isinstance(stream, trio.SocketStream) else StreamFlow
 
 
-async def _pump(end: End, stream: trio.abc.Stream) -> None:
+def _pump(end: End, stream: trio.abc.Stream) -> Coroutine[Any, Any, None]:
+    """`end.run(stream)`, typed; not a coroutine itself, so an open flow holds no
+    frame of it."""
     if isinstance(end, SocketFlow):
         assert isinstance(stream, trio.SocketStream)
-        await end.run(stream)
-    else:
-        await end.run(stream)
+        return end.run(stream)
+    return end.run(stream)
 
 
 async def _close_abortively(stream: trio.abc.Stream) -> None:

@@ -45,11 +45,11 @@ async def events_until(raw: RawH2, kind: type, timeout: float = 10) -> list[h2.e
     return events
 
 
-async def still_open(raw: RawH2) -> None:
+async def still_open(raw: RawH2, timeout: float = 10) -> None:
     """A PING is answered: the connection was not closed."""
     raw.h2.ping(b"12345678")
     await raw.flush()
-    events = await events_until(raw, h2.events.PingAckReceived)
+    events = await events_until(raw, h2.events.PingAckReceived, timeout)
     assert not [e for e in events if isinstance(e, h2.events.ConnectionTerminated)], events
 
 
