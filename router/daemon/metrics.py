@@ -65,7 +65,8 @@ def per_key_metrics(table: FlowTable) -> Iterator[Metric]:
         active.add_metric([key, role], t.active)
         moved.add_metric([key, role, "c2s"], t.bytes_c2s)
         moved.add_metric([key, role, "s2c"], t.bytes_s2c)
-        ttfb.add_metric([key, role], t.ttfb.cumulative(), sum_value=t.ttfb.sum)
+        if t.ttfb.count:  # 15 series each: none for an end that never sees a first byte
+            ttfb.add_metric([key, role], t.ttfb.cumulative(), sum_value=t.ttfb.sum)
     yield from (opened, closed, active, moved, ttfb)
     requests = CounterMetricFamily(
         "vanrouter_http_requests", "HTTP requests answered by an http listener here",

@@ -6,8 +6,9 @@ in a route table (404 if none). Every input has a cap, as the port may face more
 local scraper (`admin_bind = "0.0.0.0"` for Kubernetes probes): the request head's size
 (431), a request body (413), the time to send a head (408, against a client that never
 finishes one), the idle time between keep-alive requests, the connections open at once
-(503), and the time one chunk of a response may take to leave (a client that does not
-read is dropped; nothing is queued for it beyond the chunk at hand).
+(past it the one idle longest between requests is closed for the newcomer; with none
+idle, the newcomer gets a 503), and the time one chunk of a response may take to leave
+(a client that does not read is dropped; nothing is queued for it beyond that chunk).
 
 The interface handlers are written against (the console builds on it):
 
@@ -171,9 +172,15 @@ class _Server:
         self.limits = limits
         self.connections = 0
         self.turning_away = 0  # connections past the cap, being told so
+        # Connections waiting for their next request, longest first: at the cap the
+        # first one is closed for the newcomer, so idle keep-alives cannot hold the port.
+        self.idle: dict[_Connection, trio.CancelScope] = {}
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        if self.connections >= self.limits.max_connections:
+        if self.connections >= self.limits.max_connections and self.idle:
+            oldest = next(iter(self.idle))
+            self.idle.pop(oldest).cancel()  # it closes at once, quietly
+        elif self.connections >= self.limits.max_connections:
             if self.turning_away < self.limits.max_connections:
                 self.turning_away += 1
                 try:
@@ -183,7 +190,7 @@ class _Server:
             return  # (past both caps: closed at once)
         self.connections += 1
         try:
-            await _Connection(stream, self.routes, self.limits).serve()
+            await _Connection(stream, self.routes, self.limits, self.idle).serve()
         finally:
             self.connections -= 1
 
@@ -202,10 +209,12 @@ class _Connection:
     """One client connection: requests one after another (keep-alive) until either
     side closes, an error, or a streamed response."""
 
-    def __init__(self, stream: trio.SocketStream, routes: Routes, limits: WebLimits) -> None:
+    def __init__(self, stream: trio.SocketStream, routes: Routes, limits: WebLimits,
+                 idle: dict[_Connection, trio.CancelScope]) -> None:
         self.stream = stream
         self.routes = routes
         self.limits = limits
+        self._idle = idle
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_head_bytes)
 
     async def serve(self) -> None:
@@ -223,13 +232,18 @@ class _Connection:
             pass
 
     # ---- reading
-    async def _receive(self, deadline: float) -> bool:
-        """Feed h11 what arrives before `deadline`; False if nothing did in time."""
-        with trio.move_on_at(deadline):
+    async def _receive(self, deadline: float, *, idle: bool = False) -> bool:
+        """Feed h11 what arrives before `deadline`; False if nothing did in time (or,
+        `idle`: between requests, the connection was closed for a newer one)."""
+        with trio.move_on_at(deadline) as scope:
+            if idle:
+                self._idle[self] = scope
             try:
                 data = await self.stream.receive_some(READ_BYTES)
             except trio.BrokenResourceError as exc:
                 raise _Gone from exc
+            finally:
+                self._idle.pop(self, None)
             self.h11.receive_data(data)
             return True
         return False
@@ -248,7 +262,8 @@ class _Connection:
                 break
             if event is not h11.NEED_DATA:
                 return None  # ConnectionClosed
-            if not await self._receive(min(idle_until, head_until)):
+            if not await self._receive(min(idle_until, head_until),
+                                       idle=head_until == math.inf):
                 if head_until == math.inf:
                     return None  # idle: close quietly
                 raise _Refuse(408, f"no complete request head in "

@@ -256,15 +256,32 @@ async def test_idle_keep_alive_connection_is_closed(fast: tuple[App, int]) -> No
         assert await read_to_end(silent) == b""
 
 
-async def test_connections_past_the_cap_get_503(fast: tuple[App, int]) -> None:
+async def test_at_the_cap_the_longest_idle_connection_makes_room(
+        fast: tuple[App, int]) -> None:
     _, port = fast
-    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(FAST.max_connections)]
-    for s in held:
-        await s.send_all(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+    idle = [await Client.open(port) for _ in range(FAST.max_connections)]
+    for client in idle:
+        assert (await client.request("/hello"))[0] == 200  # then idle, kept alive
+    newcomer = await Client.open(port)
+    assert (await newcomer.request("/hello"))[0] == 200
+    with trio.fail_after(5):
+        assert await read_to_end(idle[0].stream) == b""  # the longest idle: closed
+    assert (await idle[1].request("/hello"))[0] == 200  # the others: still served
+    for client in (*idle, newcomer):
+        await client.stream.aclose()
+
+
+async def test_past_the_cap_with_none_idle_a_client_gets_503(fast: tuple[App, int]) -> None:
+    _, port = fast
+    busy = []
+    for _ in range(FAST.max_connections):  # streams: busy, never idle
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        await s.send_all(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
         assert (await s.receive_some(65536)).startswith(b"HTTP/1.1 200 ")
+        busy.append(s)
     reply = await raw(port, b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert reply.startswith(b"HTTP/1.1 503 ")
-    for s in held:
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"too many connections" in reply
+    for s in busy:
         await s.aclose()
 
 
