@@ -100,7 +100,8 @@ def link_metrics(r: RouterView) -> Iterator[Metric]:
         "vanrouter_link_reconnects", "Times the link came up again after the first",
         labels=labels)
     for s in r.links.samples():
-        up.add_metric([s.link, s.peer_site], 1 if s.up else 0)
+        if s.up is not None:
+            up.add_metric([s.link, s.peer_site], 1 if s.up else 0)
         if s.rtt is not None:
             rtt.add_metric([s.link, s.peer_site], s.rtt)
         moved.add_metric([s.link, s.peer_site, "in"], s.bytes_in)

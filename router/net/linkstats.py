@@ -27,7 +27,7 @@ class LinkSample:
 
     link: str
     peer_site: str
-    up: bool
+    up: bool | None  # None: an accepted link that is gone (the dialling side reports down)
     rtt: float | None  # seconds, of a live link that had a keepalive answered
     bytes_in: int
     bytes_out: int
@@ -36,13 +36,16 @@ class LinkSample:
 
 def link_samples(totals: dict[tuple[str, str], LinkTotals], live: Iterable[Link],
                  dialled: Iterable[tuple[str, str]]) -> list[LinkSample]:
-    """A sample per (name, peer site) that ever came up or is dialled now."""
+    """A sample per (name, peer site) that ever came up or is dialled now. A link this
+    site dials is up or down; one it accepted is up while it runs, and then only its
+    counters remain (whether it should be up is the dialling side's to say)."""
     out: dict[tuple[str, str], LinkSample] = {}
     for (name, peer), t in totals.items():
-        out[name, peer] = LinkSample(name, peer, False, None, t.bytes_in, t.bytes_out,
+        out[name, peer] = LinkSample(name, peer, None, None, t.bytes_in, t.bytes_out,
                                      max(0, t.ups - 1))
     for name, peer in dialled:
-        out.setdefault((name, peer), LinkSample(name, peer, False, None, 0, 0, 0))
+        s = out.setdefault((name, peer), LinkSample(name, peer, False, None, 0, 0, 0))
+        s.up = False
     for link in live:
         s = out.setdefault((link.name, link.peer_site),
                            LinkSample(link.name, link.peer_site, False, None, 0, 0, 0))
