@@ -31,6 +31,7 @@ from router.site.config import (
     ConnectorConfig,
     ListenerConfig,
     SiteConfig,
+    admin_url,
     connector_from,
     listener_from,
     port_clash,
@@ -135,7 +136,8 @@ def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     root = resolve_site_dir(a.site_dir, a.name)
     try:
         check_init_args(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
-                        advertise=tuple(a.advertise or ()))
+                        advertise=tuple(a.advertise or ()), admin_port=a.admin_port,
+                        admin_bind=a.admin_bind)
         for entry in a.advertise or ():  # site.toml also takes the unbracketed IPv6 of old
             Endpoint.parse(entry)
     except (SiteError, ConfigError) as exc:
@@ -143,12 +145,15 @@ def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     except InvalidName as exc:
         raise UsageError(f"--advertise: {exc}") from None
     site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
-                     advertise=tuple(a.advertise or ()))
+                     advertise=tuple(a.advertise or ()), admin_port=a.admin_port,
+                     admin_bind=a.admin_bind)
     cfg = site.config()
     how = f"--site {cfg.name}" if a.site_dir is None else f"--site-dir {root}"
-    out(a, {"site": cfg.name, "site_dir": str(root), "link_port": cfg.link_port},
+    out(a, {"site": cfg.name, "site_dir": str(root), "link_port": cfg.link_port,
+            "admin_port": cfg.admin_port, "admin_url": admin_url(cfg)},
         f"site {cfg.name} created in {root}\n"
         f"  links accepted on {Endpoint(cfg.bind, cfg.link_port)}, advertised as {cfg.host}\n"
+        f"  admin (metrics, health) on {admin_url(cfg)}\n"
         f"  start its router with: sitectl {how} run")
     return 0
 
@@ -463,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address other sites dial")
     p.add_argument("--link-port", type=int, default=None)
     p.add_argument("--bind", default="0.0.0.0", help="address the link port listens on")
+    p.add_argument("--admin-port", type=int, default=None,
+                   help="HTTP admin port: /metrics, /healthz, /readyz (default: picked)")
+    p.add_argument("--admin-bind", default="127.0.0.1",
+                   help="address the admin port listens on (0.0.0.0 for Kubernetes probes)")
     p.add_argument("--advertise", action="append", metavar="HOST:PORT",
                    help="where other sites dial this one, if not --host:link-port "
                    "(NAT, port forwarding, several addresses); repeatable, tried in order")

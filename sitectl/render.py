@@ -45,11 +45,21 @@ def render_links(links: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def render_admin(st: dict[str, Any]) -> str:
+    if st.get("admin_url"):
+        return f"admin: {_t(st['admin_url'])}  (metrics, healthz, readyz)"
+    if st.get("admin_error"):
+        return f"admin: NOT LISTENING: {_t(st['admin_error'])}"
+    return ("admin: none (add `admin_port = PORT` under [site] in site.toml and restart "
+            "the router, for /metrics, /healthz and /readyz)")
+
+
 def render_status(st: dict[str, Any]) -> str:
     lines = [
         f"site {st['site']}  (router {st['router_id']}, pid {st['pid']}, "
         f"up {st['uptime_s']:.0f}s)",
         f"link endpoint: {st['link_endpoint']}",
+        render_admin(st),
         "links:",
         render_links(st["links"]),
         "listeners:",

@@ -1,19 +1,20 @@
-"""Prometheus metrics on an optional HTTP port (`metrics_port` in the config).
+"""The router's Prometheus metrics: a collector that reads its counters at scrape time.
 
-A collector reads the router's state at scrape time, so the hot path carries no
-instrumentation; the registry is per router (never the global one), and the HTTP
-endpoint is a small trio server (prometheus_client's own server would start a thread).
+Counters are plain ints kept where the work happens (the flow table's per-key
+`Counters`, the link table's `LinkTotals`, the routing core); nothing on the data path
+calls into prometheus_client. The registry is the router's own (never the global one),
+served on the admin port (web_routes.py). Every metric is listed in docs/metrics.md, and
+a test compares that list with a live scrape: change both together. Labels never carry
+an address, a port or a flow id.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import time
 from collections.abc import Iterator
-from functools import partial
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -24,11 +25,6 @@ from prometheus_client.registry import Collector
 
 from router.daemon.view import RouterView
 from router.flows.table import FlowTable
-from router.net.accept import FdReserve, serve_listeners
-from router.net.errors import guarded
-
-log = logging.getLogger(__name__)
-MAX_REQUEST_BYTES = 8192
 
 
 class RouterCollector(Collector):
@@ -37,100 +33,101 @@ class RouterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         r = self.router
-        c = r.flows
-        yield GaugeMetricFamily("vanrouter_flows_active", "Flows open now", value=c.active)
-        yield CounterMetricFamily("vanrouter_flows_opened", "Flows started here", value=c.opened)
-        yield CounterMetricFamily("vanrouter_flows_refused",
-                                  "Client connections closed for want of a serving site",
-                                  value=c.refused)
-        moved = CounterMetricFamily("vanrouter_flow_bytes", "Bytes moved by local flows",
-                                    labels=["direction"])
-        moved.add_metric(["to_link"], c.bytes_out)
-        moved.add_metric(["to_socket"], c.bytes_in)
-        yield moved
-        yield from per_key_metrics(c)
-        up = GaugeMetricFamily("vanrouter_link_up", "1 if the link is up",
-                               labels=["link", "peer_site", "direction"])
-        rtt = GaugeMetricFamily("vanrouter_link_rtt_seconds", "Last keepalive round trip",
-                                labels=["link", "peer_site"])
-        link_bytes = CounterMetricFamily("vanrouter_link_bytes", "TLS bytes on the link",
-                                         labels=["link", "peer_site", "direction"])
-        for name, dial in r.links.dials.items():
-            up.add_metric([name, dial.spec.peer_site, "out"], 1 if dial.link else 0)
-        for link in r.links.all_links():
-            if link.direction == "in":
-                up.add_metric([link.name, link.peer_site, "in"], 1)
-            if link.rtt is not None:
-                rtt.add_metric([link.name, link.peer_site], link.rtt)
-            link_bytes.add_metric([link.name, link.peer_site, "in"], link.bytes_in)
-            link_bytes.add_metric([link.name, link.peer_site, "out"], link.bytes_out)
-        yield up
-        yield rtt
-        yield link_bytes
-        yield GaugeMetricFamily("vanrouter_routers_known", "Routers in the link-state database",
-                                value=len(r.routing.records()))
+        info = GaugeMetricFamily("vanrouter_site_info", "The site this router serves",
+                                 labels=["site"])
+        info.add_metric([r.config.name], 1)
+        yield info
+        yield GaugeMetricFamily("vanrouter_start_time_seconds",
+                                "When the router started, Unix time", value=r.started)
+        yield from per_key_metrics(r.flows)
+        yield from link_metrics(r)
+        yield from routing_metrics(r)
 
 
-
-def per_key_metrics(c: FlowTable) -> Iterator[Metric]:
-    """Counters per routing key, kept by the flow table as flows and requests end."""
-    flows = CounterMetricFamily("vanrouter_flows", "Flows ended, by routing key",
-                                labels=["key", "role", "outcome"])
-    for (key, role, outcome), n in sorted(c.stats.flows.items()):
-        flows.add_metric([key, role, outcome], n)
-    yield flows
+def per_key_metrics(table: FlowTable) -> Iterator[Metric]:
+    """Flows per routing key and role, HTTP requests per key, and the record ring."""
+    labels = ["routing_key", "role"]
+    opened = CounterMetricFamily("vanrouter_flows_opened", "Flows started", labels=labels)
+    closed = CounterMetricFamily("vanrouter_flows_closed", "Flows ended, by outcome",
+                                 labels=[*labels, "outcome"])
+    active = GaugeMetricFamily("vanrouter_flows_active", "Flows open now", labels=labels)
+    moved = CounterMetricFamily(
+        "vanrouter_flow_bytes", "Bytes of flows (c2s: client to server, s2c: back)",
+        labels=[*labels, "direction"], unit="bytes")
+    ttfb = HistogramMetricFamily(
+        "vanrouter_flow_ttfb_seconds",
+        "Time from a flow's start to the first byte from the serving side",
+        labels=labels)
+    for (key, role), t in sorted(table.stats.totals(table.entries()).items()):
+        opened.add_metric([key, role], t.opened)
+        for outcome, n in t.closed.items():
+            closed.add_metric([key, role, outcome], n)
+        active.add_metric([key, role], t.active)
+        moved.add_metric([key, role, "c2s"], t.bytes_c2s)
+        moved.add_metric([key, role, "s2c"], t.bytes_s2c)
+        if t.ttfb.count:  # 15 series each: none for an end that never sees a first byte
+            ttfb.add_metric([key, role], t.ttfb.cumulative(), sum_value=t.ttfb.sum)
+    yield from (opened, closed, active, moved, ttfb)
     requests = CounterMetricFamily(
         "vanrouter_http_requests", "HTTP requests answered by an http listener here",
-        labels=["key", "method", "status_class", "site"])
-    for labels, n in sorted(c.stats.requests.items()):
-        requests.add_metric(list(labels), n)
+        labels=["routing_key", "method", "code_class", "site"])
+    for label_values, n in sorted(table.stats.requests.items()):
+        requests.add_metric(list(label_values), n)
     yield requests
     duration = HistogramMetricFamily(
         "vanrouter_http_request_duration_seconds",
         "HTTP request duration, from its head to the end of the response",
-        labels=["key"])
-    for key, st in sorted(c.stats.http.items()):
+        labels=["routing_key"])
+    for key, st in sorted(table.stats.http.items()):
         duration.add_metric([key], st.latency.cumulative(), sum_value=st.latency.sum)
     yield duration
     yield CounterMetricFamily("vanrouter_flow_records_dropped",
                               "Flow records dropped from the full ring (oldest first)",
-                              value=c.records.dropped)
+                              value=table.records.dropped)
+    yield GaugeMetricFamily("vanrouter_flow_records", "Flow records held",
+                            value=len(table.records))
+
+
+def link_metrics(r: RouterView) -> Iterator[Metric]:
+    labels = ["link", "peer_site"]
+    up = GaugeMetricFamily("vanrouter_link_up", "1 if the link is up", labels=labels)
+    rtt = GaugeMetricFamily("vanrouter_link_rtt_seconds", "Last keepalive round trip",
+                            labels=labels)
+    moved = CounterMetricFamily(
+        "vanrouter_link_bytes", "TLS bytes on the link (in: received, out: sent)",
+        labels=[*labels, "direction"], unit="bytes")
+    reconnects = CounterMetricFamily(
+        "vanrouter_link_reconnects", "Times the link came up again after the first",
+        labels=labels)
+    for s in r.links.samples():
+        if s.up is not None:
+            up.add_metric([s.link, s.peer_site], 1 if s.up else 0)
+        if s.rtt is not None:
+            rtt.add_metric([s.link, s.peer_site], s.rtt)
+        moved.add_metric([s.link, s.peer_site, "in"], s.bytes_in)
+        moved.add_metric([s.link, s.peer_site, "out"], s.bytes_out)
+        reconnects.add_metric([s.link, s.peer_site], s.reconnects)
+    yield from (up, rtt, moved, reconnects)
+
+
+def routing_metrics(r: RouterView) -> Iterator[Metric]:
+    core = r.routing
+    yield GaugeMetricFamily("vanrouter_routers_known",
+                            "Routers in the link-state database (this one included)",
+                            value=len(core.records()))
+    yield GaugeMetricFamily("vanrouter_routers_reachable",
+                            "Routers with a path from this one (this one included)",
+                            value=len(core.reachable()))
+    yield CounterMetricFamily("vanrouter_routing_changes",
+                              "Changes to the network: a router, link, cost or key came, "
+                              "went or changed", value=core.changes)
+    ago = max(0.0, trio.current_time() - core.changed_at)
+    yield GaugeMetricFamily("vanrouter_routing_last_change_timestamp_seconds",
+                            "When the network last changed, Unix time",
+                            value=time.time() - ago)
 
 
 def make_registry(router: RouterView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouterCollector(router))
     return registry
-
-
-async def serve_metrics(registry: CollectorRegistry, host: str, port: int,
-                        reserve: FdReserve | None = None,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve /metrics; at the fd limit a scraper is turned away at once on `reserve`."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    task_status.started()
-    log.info("metrics on http://%s:%d/metrics", host, port)
-
-    async def handle(stream: trio.SocketStream) -> None:
-        async with stream:
-            request = b""
-            with trio.move_on_after(5):
-                while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        return
-                    request += chunk
-            parts = request.split(b" ", 2)
-            if len(parts) >= 2 and parts[0] == b"GET" and parts[1] in (b"/metrics", b"/"):
-                body = generate_latest(registry)
-                head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                        b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
-            else:
-                body = b"not found\n"
-                head = (b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n"
-                        b"Connection: close\r\n\r\n" % len(body))
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(head + body)
-
-    await serve_listeners(partial(guarded, "metrics request", handle), listeners,
-                          name="metrics", reserve=reserve)

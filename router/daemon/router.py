@@ -1,7 +1,7 @@
 """The router: assembles the parts and runs their task tree. No job of its own.
 
     run (root nursery)
-    +- control socket, metrics          (site mode)
+    +- admin port (web.py: /metrics, /healthz, /readyz), control socket (site mode)
     +- flow table: every flow's tasks   +- link port acceptor, dialers (link table)
     +- TCP listeners' accept loops      +- routing agent timer, signals
 
@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from functools import partial
 from typing import Any
 
 import trio
@@ -34,6 +35,8 @@ from router.daemon.control import ControlServer
 from router.daemon.identity import Identity
 from router.daemon.issuer import TokenIssuer
 from router.daemon.routing_agent import RoutingAgent
+from router.daemon.web import serve_web
+from router.daemon.web_routes import admin_routes
 from router.endpoint import Endpoint
 from router.flows.forwarder import Forwarder
 from router.flows.table import FlowTable
@@ -43,7 +46,7 @@ from router.net.links import LinkTable
 from router.net.side import FlowSide
 from router.protocol import Open
 from router.routing import RoutingCore, ed25519_verify
-from router.site.config import ListenerConfig, SiteConfig
+from router.site.config import ListenerConfig, SiteConfig, admin_url
 from router.site.directory import Site
 from router.site.tokens import GrantStore
 
@@ -106,6 +109,11 @@ class Router:
                                connectors=(self.connectors, self.http_connectors),
                                agent=self.agent)
         self._shutdown = trio.Event()
+        self._not_ready: str | None = "starting"  # None while serving
+        # The admin port's route table: the console adds its pages here.
+        self.web = admin_routes(self, lambda: self._not_ready)
+        self.admin_url: str | None = None  # once its server listens
+        self.admin_error: str | None = None  # why it does not
 
     @classmethod
     def from_site(cls, site: Site, config: SiteConfig) -> Router:
@@ -167,6 +175,7 @@ class Router:
                                    f"{exc.strerror}") from exc
         async with trio.open_nursery() as root:
             self.admin.nursery = root
+            await self._start_admin_port(root)
             if site is not None:
                 await self._start_site_services(site, root)
             await root.start(self.flows.run)
@@ -187,8 +196,10 @@ class Router:
             root.start_soon(self.agent.run)
             log.info("site %s (router %s) ready: links on %s:%d", self.name,
                      self.router_id, cfg.bind, cfg.link_port)
+            self._not_ready = None
             task_status.started()
             await self._shutdown.wait()
+            self._not_ready = "draining"
             await self._drain()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.http_connectors.aclose()
@@ -199,15 +210,29 @@ class Router:
         self.fd_reserve.close()
         log.info("site %s stopped", self.name)
 
+    async def _start_admin_port(self, root: trio.Nursery) -> None:
+        """Serve `self.web` on admin_bind:admin_port. A port that is taken must not keep
+        the site down (the data path matters more): status shows why it is missing."""
+        cfg = self.config
+        for old in cfg.renamed:
+            log.warning("site.toml: %s is the old name of admin_port; read as admin_port "
+                        "(the next change sitectl saves renames it)", old)
+        if not cfg.admin_port:
+            return
+        where = Endpoint(cfg.admin_bind, cfg.admin_port)
+        try:
+            await root.start(partial(serve_web, self.web, cfg.admin_bind, cfg.admin_port,
+                                     reserve=self.fd_reserve))
+        except OSError as exc:
+            self.admin_error = f"cannot listen on {where}: {exc.strerror or exc}"
+            log.error("admin port: %s", self.admin_error)
+            return
+        self.admin_url = admin_url(cfg)
+        log.info("admin port on %s (/metrics, /healthz, /readyz)", self.admin_url)
+
     async def _start_site_services(self, site: Site, root: trio.Nursery) -> None:
         assert self.issuer is not None
         await root.start(ControlServer(self, self.admin, self.issuer, site).serve)
-        if self.config.metrics_port:
-            # Imported only when wanted: prometheus_client adds ~10 MiB of RSS.
-            from router.daemon.metrics import make_registry, serve_metrics
-
-            await root.start(serve_metrics, make_registry(self), "127.0.0.1",
-                             self.config.metrics_port, self.fd_reserve)
         root.start_soon(self._watch_signals)
 
     async def _watch_signals(self) -> None:

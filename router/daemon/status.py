@@ -50,6 +50,8 @@ def site_status(r: RouterView) -> dict[str, Any]:
         "site": cfg.name,
         "router_id": r.router_id,
         "link_endpoint": ", ".join(str(Endpoint(h, p)) for h, p in r.endpoints()),
+        "admin_url": r.admin_url,  # None: no admin port (admin_error says why, if any)
+        "admin_error": r.admin_error,
         "pid": os.getpid(),
         "uptime_s": _ago(r.started),
         "links": links,

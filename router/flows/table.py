@@ -5,7 +5,7 @@ serving router once it has one, adds its bytes as they move and reports its
 outcome when it ends. This is the one place for the counters that status and
 metrics show, for the outstanding flows per serving router that the "balanced"
 strategy reads, and for the records of ended flows and the per-key counters kept
-from them (flows/records.py). An HTTP listener notes each request's method, path,
+from them (flows/records.py, flows/counters.py). An HTTP listener notes each request's method, path,
 response and retries on its entry (`note_request`, `note_response`, `note_attempt`);
 a TCP flow leaves those at their defaults, so its path costs what it did. The table
 also owns the nursery the flows' tasks run in, so that draining is one wait on one
@@ -22,8 +22,9 @@ from typing import Any
 
 import trio
 
+from router.flows.counters import Counters
 from router.flows.entry import FlowEntry, Outcome, Role
-from router.flows.records import FLOW_RECORDS_MAX, Counters, RecordRing
+from router.flows.records import FLOW_RECORDS_MAX, RecordRing
 
 PATH_MAX = 256  # characters of a request's path kept in its record
 

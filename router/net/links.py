@@ -31,6 +31,7 @@ from router.net.handshake import (
     wait_first_byte,
 )
 from router.net.link import Direction, Link, OpenCallback
+from router.net.linkstats import LinkSample, LinkTotals, link_samples
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.sockets import peer_name
 from router.net.tls import TLSStream
@@ -111,6 +112,8 @@ class LinkTable:
         self._waiting: WaitingRoom[trio.CancelScope] = WaitingRoom(MAX_WAITING_FOR_FIRST_BYTE)
         self._refusals = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
         self._changed = trio.Event()  # set when a link ends
+        # (link name, peer site) -> its ended links' bytes and how often one came up
+        self.totals: dict[tuple[str, str], LinkTotals] = {}
 
     # ---- neighbour bookkeeping
     def link_for(self, peer_id: str) -> Link | None:
@@ -140,7 +143,14 @@ class LinkTable:
             self._changed = trio.Event()
             await self._changed.wait()
 
+    def samples(self) -> list[LinkSample]:
+        """Per link name: up, RTT, bytes each way, reconnects (for metrics)."""
+        return link_samples(self.totals, self.all_links(),
+                            ((name, d.spec.peer_site) for name, d in self.dials.items()))
+
     async def _run_link(self, link: Link, early: list[Event]) -> None:
+        totals = self.totals.setdefault((link.name, link.peer_site), LinkTotals())
+        totals.ups += 1
         peers = self.by_peer.setdefault(link.peer_id, [])
         peers.append(link)
         if len(peers) == 1:
@@ -150,6 +160,8 @@ class LinkTable:
         try:
             await link.run(early)
         finally:
+            totals.bytes_in += link.bytes_in
+            totals.bytes_out += link.bytes_out
             peers.remove(link)
             if not peers:
                 del self.by_peer[link.peer_id]
@@ -264,6 +276,7 @@ class LinkTable:
     def remove_dial(self, name: str) -> None:
         state = self.dials.pop(name)
         state.deleted = True
+        self.totals.pop((name, state.spec.peer_site), None)  # its series end with it
         if state.link is None:
             state.cancel.cancel()
             return

@@ -92,6 +92,10 @@ class _Budget:
     at: float
 
 
+def _routes_differ(a: RouterRecord, b: RouterRecord) -> bool:
+    return (a.links, a.keys, a.listens) != (b.links, b.keys, b.listens)
+
+
 def _newer(record: RouterRecord, held: _Entry) -> bool:
     if record.seq != held.record.seq:
         return record.seq > held.record.seq
@@ -167,6 +171,10 @@ class RoutingCore:
         self.records_sent = 0
         self.messages_received = 0
         self.spf_runs = 0
+        # What the network looks like changed (a router, link, cost or key came or went;
+        # not a refresh of the same record): how often, and when last (core time).
+        self.changes = 0
+        self.changed_at = now
 
         self._commit_own(self._build_own(self._links, self._keys), now)
 
@@ -555,6 +563,8 @@ class RoutingCore:
             self._key_index.setdefault(key, {})[rid] = KeyAdvert(priority=priority, weight=weight)
         if old is None or old.links != entry.links:
             self._spf = None
+        if old is None or _routes_differ(old.record, entry.record):
+            self._changed()
         if rid != self._router_id:
             heapq.heappush(self._expiry_heap, (entry.expires_at, rid, entry.record.seq))
             if len(self._expiry_heap) > 2 * len(self._db) + 64:
@@ -567,6 +577,11 @@ class RoutingCore:
         del self._by_wire[entry.wire]
         self._unindex_keys(entry.record)
         self._spf = None
+        self._changed()
+
+    def _changed(self) -> None:
+        self.changes += 1
+        self.changed_at = self._now
 
     def _unindex_keys(self, record: RouterRecord) -> None:
         for key, _, _ in record.keys:

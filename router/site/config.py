@@ -49,7 +49,7 @@ from router.site.http_fields import (
 MAX_KEYS_PER_SITE = 10_000
 
 KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-METRICS_HOST = "127.0.0.1"  # the metrics endpoint is for local scrapers only
+ADMIN_BIND = "127.0.0.1"  # the admin port (metrics, probes, console) is local by default
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,13 +130,31 @@ class SiteConfig:
     host: str = "127.0.0.1"
     link_port: int
     bind: str = "0.0.0.0"
-    metrics_port: int = 0
+    # The HTTP admin server (/metrics, /healthz, /readyz, the console); 0: none. `sitectl
+    # init` picks one; a site.toml from before it has none, or says `metrics_port`.
+    admin_port: int = 0
+    admin_bind: str = ADMIN_BIND
     # Where other sites may dial this one, in order ("host:port"); empty means
     # host:link_port. Set it behind NAT or port forwarding, or for several addresses.
     advertise: tuple[str, ...] = ()
     limits: Limits = field(default_factory=Limits)
     listeners: tuple[ListenerConfig, ...] = ()
     connectors: tuple[ConnectorConfig, ...] = ()
+    # Fields read under their new name (e.g. "metrics_port" as admin_port), for the
+    # router to say so once; never written: the next save uses the new name.
+    renamed: tuple[str, ...] = ()
+
+
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
+def admin_url(config: SiteConfig) -> str | None:
+    """Where a client on this machine reaches the admin server (a wildcard bind through
+    loopback); None if the site has none."""
+    if not config.admin_port:
+        return None
+    host = _LOOPBACK.get(config.admin_bind, config.admin_bind)
+    return f"http://{Endpoint(host, config.admin_port)}/"
 
 
 def _host(reader: FieldReader, key: str, default: Any = ...) -> str:
@@ -303,9 +321,21 @@ def port_clash(site: SiteConfig, lst: ListenerConfig,
             return "port", f"a listener on {x.endpoint} already exists"
     if lst.port == site.link_port and _overlap(lst.host, site.bind):
         return "port", f"{lst.port} is the site's link_port"
-    if lst.port == site.metrics_port and _overlap(lst.host, METRICS_HOST):
-        return "port", f"{lst.port} is the site's metrics_port"
+    if lst.port == site.admin_port and _overlap(lst.host, site.admin_bind):
+        return "port", f"{lst.port} is the site's admin_port"
     return None
+
+
+def _admin_port(r: FieldReader) -> tuple[int, str, tuple[str, ...]]:
+    """(port, the field it came from, renamed fields): `metrics_port`, its old name, is
+    read as admin_port (0 there meant "none", so it is then as if absent)."""
+    port = r.port("admin_port", 0, allow_zero=True)
+    old = r.port("metrics_port", 0, allow_zero=True)
+    if not old:
+        return port, "admin_port", ()
+    if "admin_port" in r.table:
+        raise r.fail("metrics_port", "is the old name of admin_port: keep only admin_port")
+    return old, "metrics_port", ("metrics_port",)
 
 
 def parse_config(path: Path, text: str) -> SiteConfig:
@@ -322,7 +352,8 @@ def parse_config(path: Path, text: str) -> SiteConfig:
     if not isinstance(site_table, dict):
         raise ConfigError(f"{path}: missing [site] section")
     r = FieldReader(path, text, "site", site_table)
-    r.check_unknown({"name", "host", "link_port", "bind", "metrics_port", "advertise"})
+    r.check_unknown({"name", "host", "link_port", "bind", "admin_port", "admin_bind",
+                     "metrics_port", "advertise"})
     name = r.get("name", str)
     if not NAME_RE.fullmatch(name):
         raise r.fail("name", f"{name!r} is not a valid site name (letters, digits, ._-)")
@@ -338,19 +369,22 @@ def parse_config(path: Path, text: str) -> SiteConfig:
         routes_before += len(route) if isinstance(route, list) else 0
     connector_readers = _array(path, text, doc, "connector")
     connectors = [connector_from(cr) for cr in connector_readers]
+    admin_port, admin_field, renamed = _admin_port(r)
     config = SiteConfig(
         name=name,
         host=_host(r, "host", "127.0.0.1"),
         link_port=r.port("link_port"),
         bind=_host(r, "bind", "0.0.0.0"),
-        metrics_port=r.port("metrics_port", 0, allow_zero=True),
+        admin_port=admin_port,
+        admin_bind=_host(r, "admin_bind", ADMIN_BIND),
         advertise=_advertise(r),
         limits=_limits(path, text, limits_table),
         listeners=tuple(listeners),
         connectors=tuple(connectors),
+        renamed=renamed,
     )
-    if config.metrics_port == config.link_port:
-        raise r.fail("metrics_port", f"{config.metrics_port} is the site's link_port")
+    if config.admin_port == config.link_port:
+        raise r.fail(admin_field, f"{config.admin_port} is the site's link_port")
     # Only listeners on the same port can clash: grouped, 10,000 listeners parse in
     # linear time (comparing each with all before it took ~7 s, on every live change).
     by_port: dict[int, list[ListenerConfig]] = {}
@@ -390,7 +424,8 @@ HEADER = "# vanrouter site configuration. Edit freely; `sitectl` rewrites it ato
 def dump_config(config: SiteConfig) -> str:
     site: dict[str, Any] = {
         "name": config.name, "host": config.host, "link_port": config.link_port,
-        "bind": config.bind, "metrics_port": config.metrics_port,
+        "bind": config.bind, "admin_port": config.admin_port,
+        "admin_bind": config.admin_bind,
     }
     if config.advertise:
         site["advertise"] = list(config.advertise)

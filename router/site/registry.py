@@ -1,9 +1,11 @@
-"""Which link port a new site gets: the ports the user's other sites claim (a registry of
-every site dir this user created, wherever it lives), then the first free one."""
+"""Which link and admin ports a new site gets: not a port the user's other sites claim
+(a registry of every site dir this user created, wherever it lives), then the first
+free one."""
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Container
 from pathlib import Path
 
 from router.site.atomic import read_regular, write_atomic
@@ -12,6 +14,8 @@ from router.site.directory import data_home
 from router.site.errors import ConfigError, SiteError
 
 FIRST_LINK_PORT = 55671
+# Below the kernel's ephemeral range (32768 up), so an outgoing connection never holds it.
+FIRST_ADMIN_PORT = 9671
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -48,10 +52,10 @@ def remember(root: Path) -> None:
     write_atomic(registry, ("\n".join([*alive, str(root)]) + "\n").encode())
 
 
-def claimed_ports() -> dict[int, Path]:
-    """Link ports the user's other sites already claim (running or not), with the
-    site dir that claims each."""
-    ports: dict[int, Path] = {}
+def claimed_ports() -> dict[int, tuple[Path, str]]:
+    """Link and admin ports the user's other sites already claim (running or not), with
+    the site dir that claims each and what for ("link" or "admin")."""
+    ports: dict[int, tuple[Path, str]] = {}
     paths = set(data_home().glob("*/site.toml"))
     if _registry().exists():
         paths |= {Path(p) / "site.toml" for p in _registry_lines() if p}
@@ -59,15 +63,20 @@ def claimed_ports() -> dict[int, Path]:
         if not cfg.exists():
             continue
         try:
-            ports.setdefault(load_config(cfg).link_port, cfg.parent)
+            config = load_config(cfg)
         except ConfigError:
             continue
+        ports.setdefault(config.link_port, (cfg.parent, "link"))
+        if config.admin_port:
+            ports.setdefault(config.admin_port, (cfg.parent, "admin"))
     return ports
 
 
-def pick_link_port(bind: str) -> int:
+def pick_port(what: str, first: int, bind: str, taken: Container[int] = ()) -> int:
+    """The first port from `first` that no other site claims, not in `taken` (this
+    site's other port) and free on `bind` now. `what`: "link" or "admin"."""
     claimed = claimed_ports()
-    for port in range(FIRST_LINK_PORT, FIRST_LINK_PORT + 1000):
-        if port not in claimed and _port_free(bind, port):
+    for port in range(first, first + 1000):
+        if port not in claimed and port not in taken and _port_free(bind, port):
             return port
-    raise SiteError(f"no free link port in {FIRST_LINK_PORT}-{FIRST_LINK_PORT + 999}")
+    raise SiteError(f"no free {what} port in {first}-{first + 999}")

@@ -19,7 +19,7 @@ BASE = """\
 [site]
 name = "west"
 link_port = 55671
-metrics_port = 9100
+admin_port = 9100
 [limits]
 keepalive_interval_s = 1.0
 [[listener]]
@@ -75,11 +75,17 @@ ROWS = [
     (second("port = 18080", "port = 15432"), 14, "[listener] port",
      "a listener on 127.0.0.1:15432 already exists"),
     (second("port = 18080", "port = 55671"), 14, "[listener] port", "is the site's link_port"),
-    (second("port = 18080", "port = 9100"), 14, "[listener] port", "is the site's metrics_port"),
+    (second("port = 18080", "port = 9100"), 14, "[listener] port", "is the site's admin_port"),
     (second('key = "web"', 'key = "web"\nhost = "0.0.0.0"').replace("18080", "15432"), 15,
      "[listener] port", "a listener on 127.0.0.1:15432 already exists"),
-    (edited("metrics_port = 9100", "metrics_port = 55671"), 5, "[site] metrics_port",
+    (edited("admin_port = 9100", "admin_port = 55671"), 5, "[site] admin_port",
      "is the site's link_port"),
+    (edited("admin_port = 9100", "metrics_port = 55671"), 5, "[site] metrics_port",
+     "is the site's link_port"),  # its old name: the message names the line it is on
+    (edited("admin_port = 9100", "admin_port = 9100\nmetrics_port = 9101"), 6,
+     "[site] metrics_port", "is the old name of admin_port: keep only admin_port"),
+    (edited("admin_port = 9100", 'admin_bind = "not a host!"'), 5, "[site] admin_bind",
+     "is not an IP address or host name"),
     # An error in the second [[listener]] names its line, not the first one's.
     (second('strategy = "balanced"', 'strategy = "random"'), 15, "[listener] strategy",
      "'random' is not one of"),

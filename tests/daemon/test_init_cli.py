@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from router.site.registry import FIRST_ADMIN_PORT
 from tests.support.sites import Site, free_port, site_env
 
 
@@ -101,3 +103,27 @@ def test_bad_fields_exit_2_and_runtime_failures_exit_1(site: Site) -> None:
     not_running = site.sitectl("status", check=False)
     assert not_running.returncode == 1 and "not running" in one_line(not_running.stderr)
     assert snapshot(site.dir) == before
+
+
+def test_init_picks_an_admin_port_no_other_site_claims(tmp_path: Path) -> None:
+    env = site_env(tmp_path)
+    west = Site(tmp_path, "west", env)
+    out = west.sitectl("init", "west", "--link-port", str(free_port()), "--json").stdout
+    picked = json.loads(out)
+    assert picked["admin_port"] >= FIRST_ADMIN_PORT
+    assert picked["admin_url"] == f"http://127.0.0.1:{picked['admin_port']}/"
+    east = Site(tmp_path, "east", env)
+    text = east.sitectl("init", "east", "--link-port", str(free_port())).stdout
+    admin = next(line for line in text.splitlines() if "admin (metrics" in line)
+    assert f":{picked['admin_port']}/" not in admin and "http://127.0.0.1:" in admin
+    north = Site(tmp_path, "north", env)
+    taken = north.sitectl("init", "north", "--admin-port", str(picked["admin_port"]),
+                          check=False)
+    assert taken.returncode == 2
+    assert f"already the admin port of the site in {west.dir}" in one_line(taken.stderr)
+    same = north.sitectl("init", "north", "--admin-port", "9999", "--link-port", "9999",
+                         check=False)
+    assert same.returncode == 2 and "the same as --link-port" in one_line(same.stderr)
+    bad = north.sitectl("init", "north", "--admin-bind", "no way", check=False)
+    assert bad.returncode == 2 and "[site] admin_bind: 'no way'" in one_line(bad.stderr)
+    assert not north.dir.exists()

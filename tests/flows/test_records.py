@@ -12,8 +12,9 @@ from prometheus_client.registry import Collector
 
 from router.daemon.metrics import per_key_metrics
 from router.daemon.status import traffic
+from router.flows.counters import LATENCY_BUCKETS, Histogram
 from router.flows.entry import FlowEntry
-from router.flows.records import LATENCY_BUCKETS, Histogram, record_dict
+from router.flows.records import record_dict
 from router.flows.table import FlowTable
 from sitectl.render import render_requests
 
@@ -148,13 +149,15 @@ def test_metrics_and_status_read_the_counters() -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_PerKey(table))
     text = generate_latest(registry).decode()
-    assert ('vanrouter_http_requests_total{key="api",method="GET",site="west",'
-            'status_class="2xx"} 1.0') in text
-    assert ('vanrouter_http_requests_total{key="api",method="GET",site="none",'
-            'status_class="5xx"} 1.0') in text
-    assert 'vanrouter_flows_total{key="db",outcome="ok",role="connector"} 1.0' in text
-    assert 'vanrouter_http_request_duration_seconds_count{key="api"} 2.0' in text
-    assert 'vanrouter_http_request_duration_seconds_bucket{key="api",le="+Inf"} 2.0' in text
+    assert ('vanrouter_http_requests_total{code_class="2xx",method="GET",routing_key="api",'
+            'site="west"} 1.0') in text
+    assert ('vanrouter_http_requests_total{code_class="5xx",method="GET",routing_key="api",'
+            'site="none"} 1.0') in text
+    assert ('vanrouter_flows_closed_total{outcome="ok",role="connector",routing_key="db"} 1.0'
+            in text)
+    assert 'vanrouter_http_request_duration_seconds_count{routing_key="api"} 2.0' in text
+    assert ('vanrouter_http_request_duration_seconds_bucket{le="+Inf",routing_key="api"} 2.0'
+            in text)
     assert "vanrouter_flow_records_dropped_total 0.0" in text
     st = traffic(_View(table))  # type: ignore[arg-type]
     assert st["db"] == {"flows": {"connector": 1}}

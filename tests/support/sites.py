@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from signal import SIGCONT, SIGKILL, SIGTERM
@@ -205,6 +206,7 @@ class Site:
         self.process: Process | None = None
         self.log_path = log_path if log_path is not None else workdir / f"{name}.log"
         self.link_port = free_port()
+        self.admin_port = free_port()  # (another checkout's code may not know it)
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
@@ -234,8 +236,9 @@ class Site:
         xdg = self.env.get("XDG_DATA_HOME")
         if not self._in_process or not xdg:
             bind = [] if self.bind is None else ["--bind", self.bind]
+            admin = (["--admin-port", str(self.admin_port)] if self._in_process else [])
             self.sitectl("init", self.name, "--host", self.host, *bind,
-                         "--link-port", str(self.link_port))
+                         "--link-port", str(self.link_port), *admin)
             return self
         # The registry of the user's sites (and so the link ports they claim) is found
         # through XDG_DATA_HOME: this site's, not the test process's (the real home).
@@ -245,7 +248,7 @@ class Site:
             os.environ["XDG_DATA_HOME"] = xdg
             try:
                 init_site(self.dir.expanduser().resolve(), self.name, host=self.host,
-                          link_port=self.link_port,
+                          link_port=self.link_port, admin_port=self.admin_port,
                           bind="0.0.0.0" if self.bind is None else self.bind)
             except VanError as exc:
                 raise SiteError(f"sitectl init {self.name} failed: {exc}") from exc
@@ -305,6 +308,13 @@ class Site:
         checkout's code (`code_dir`, a `sitectl_bin` of its own), whose sitectl is the
         one that knows its router."""
         return self.code_dir is None and self.sitectl_bin == SITECTL
+
+    def admin_get(self, path: str, timeout: float = 10) -> str:
+        """GET a page of the router's admin port (e.g. "/metrics"); its text."""
+        url = f"http://{HOST}:{self.admin_port}{path}"
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            text: str = r.read().decode()
+        return text
 
     def status(self, network: bool = False) -> dict[str, Any]:
         """`sitectl status --json` (`--network`): what the user sees."""
