@@ -1,7 +1,8 @@
 """The network's links and load as `sitectl status --network` shows them, from the router
 records (who links to whom, at what cost) and the traffic summaries (how loaded).
 
-A link appears in the records of both its ends; its load comes from the summary of one
+A link appears in the records of both its ends (one only: it went down, and paths no
+longer use it); its load comes from the summary of one
 end (the end named first, else the other): that end's bytes out are the bytes towards
 the other end. Only summaries of reachable routers that have not expired are used.
 """
@@ -64,11 +65,11 @@ def network_links(routing: RoutingCore, live: dict[str, HeldSummary],
         # Side a is the one whose site sorts first, so a link reads the same everywhere.
         a, b = (x, y) if (names.get(x, x), x) <= (names.get(y, y), y) else (y, x)
         if a not in reachable and b not in reachable:
-            state = "unreachable"
+            state = "unreachable"  # beyond a partition: as its ends last said
         elif len(listed) == 2:
             state = "up"
         else:
-            state = "one-sided"  # coming up or going down: no path uses it
+            state = "down"  # one end withdrew it (or it is just coming up): no path uses it
         out.append({"a": names.get(a, a), "b": names.get(b, b), "a_router": a, "b_router": b,
                     "state": state, "cost": listed.get(a, listed.get(b)),
                     **_load(a, b, live, names, now)})

@@ -2,7 +2,8 @@
 
 Reads what is counted anyway (each link's bytes and RTT, the flow table's per-key flow
 counters) once per summary interval; nothing on the data path. Active flows per key are
-counted by walking the active entries, once per interval.
+counted by walking the active entries, once per interval. Each link is sent a PING per
+interval, so that a busy link (which keepalive never pings) has an RTT too.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class TrafficMeter:
                 moved_in += max(0, now_in - was_in)
                 moved_out += max(0, now_out - was_out)
             rtts = [link.rtt for link in peer_links if link.rtt is not None]
+            for link in peer_links:
+                link.probe_rtt()  # for the next summary
             links.append(LinkLoad(peer=peer_id, rtt_s=round(min(rtts), 6) if rtts else None,
                                   in_bytes_per_s=round(moved_in / dt),
                                   out_bytes_per_s=round(moved_out / dt)))

@@ -168,6 +168,13 @@ class Link:
         if self._taken is not None:
             self._taken.set()
 
+    def probe_rtt(self) -> None:
+        """PING now, so that `rtt` is measured on a busy link too (keepalive pings only
+        a link with nothing to send). Under load it includes the wait in the queues."""
+        if self.closed_reason is None:
+            self.conn.ping(trio.current_time())
+            self.kick()
+
     def batch(self) -> _Batch:
         """Commands inside leave in one write at the end (an OPEN with its early data,
         a response's head, body and end), instead of a write each."""

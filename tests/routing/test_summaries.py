@@ -226,7 +226,7 @@ def test_a_router_that_goes_away_has_its_summary_dropped(
 
 def test_a_summary_expires_when_its_router_stops_sending(
         line: tuple[Net, Node, Node, Node]) -> None:
-    net, a, b, c = line
+    net, a, _b, c = line
     net.tick(INTERVAL)
     assert a.table.get(c.id) is not None
     net.quiet.add("c")  # c stops sending; its links stay up
@@ -310,7 +310,7 @@ BAD_MESSAGES = [
 @pytest.mark.parametrize(("payload", "error", "why"), BAD_MESSAGES)
 def test_a_malformed_message_is_refused(line: tuple[Net, Node, Node, Node], payload: bytes,
                                         error: type[RoutingError], why: str) -> None:
-    net, a, b, c = line
+    net, a, b, _c = line
     with pytest.raises(error, match=_escape(why)):
         a.table.receive(b.id, payload, net.now)
     assert a.table.refused == 1
