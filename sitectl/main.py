@@ -171,6 +171,15 @@ def cmd_status(ctx: Ctx, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(ctx: Ctx, a: argparse.Namespace) -> int:
+    from sitectl.top import run_top
+
+    ctx.site.require()
+    if not 0.2 <= a.interval <= 60:
+        raise UsageError("--interval must be from 0.2 to 60 seconds")
+    return run_top(lambda: ctx.call("top"), once=a.once, interval=a.interval, as_json=a.json)
+
+
 def cmd_token_issue(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
     expires = parse_duration(a.expires)
@@ -473,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="this site, its links and services")
     p.add_argument("--network", action="store_true", help="also every site and key known")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("top", parents=[common], help="live traffic per key and site, and links")
+    p.add_argument("--once", action="store_true", help="print one frame and exit (--json: as "
+                   "JSON)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames "
+                   "(and between the two samples of --once)")
+    p.set_defaults(func=cmd_top)
 
     token = sub.add_parser("token", parents=[common], help="link tokens").add_subparsers(
         dest="sub", required=True, metavar="ACTION")

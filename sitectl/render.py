@@ -8,10 +8,13 @@ from typing import Any
 from router.protocol import printable
 
 
-def _t(value: object) -> str:
+def term_text(value: object) -> str:
     """A field as the terminal may show it: names, keys and reasons come from other
     sites, and a control or escape sequence in one must not reach the terminal."""
     return printable(str(value))
+
+
+_t = term_text
 
 
 def _since(epoch: float | None) -> str:
