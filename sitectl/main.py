@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.errors import CertError
+from router.daemon.logformat import LOG_FORMATS
 from router.endpoint import Endpoint
 from router.errors import VanError
 from router.names import InvalidName, validate_name
@@ -157,7 +158,7 @@ def cmd_run(ctx: Ctx, a: argparse.Namespace) -> int:
     from router.daemon.main import run_router
 
     ctx.site.require()
-    return run_router(ctx.root, log_level=a.log_level)
+    return run_router(ctx.root, log_level=a.log_level, log_format=a.log_format)
 
 
 def cmd_status(ctx: Ctx, a: argparse.Namespace) -> int:
@@ -477,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="run the router in the foreground")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="json: one JSON object per line (time, level, logger, message, site, "
+                   "and fields such as link, routing_key, flow_id)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", parents=[common], help="this site, its links and services")

@@ -185,7 +185,7 @@ class Router:
                 except ValueError as exc:
                     # One busy port must not keep the whole site down; status shows it.
                     self.listeners.errors[(lst.host, lst.port)] = str(exc)
-                    log.error("listener %s: %s", lst.key, exc)
+                    log.error("listener %s: %s", lst.key, exc, extra={"routing_key": lst.key})
             self.admin.apply()
             if site is not None:
                 for name in site.link_names():

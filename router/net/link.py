@@ -246,7 +246,8 @@ class Link:
             # No checkpoint from here until the caller's bookkeeping (routing told the
             # neighbour is gone) has run: flows woken by the resets above then retry on
             # a fresh route. The caller closes the stream.
-        log.info("link %s to %s ended: %s", self.name, self.peer_site, reason)
+        log.info("link %s to %s ended: %s", self.name, self.peer_site, reason,
+                 extra={"link": self.name, "peer_site": self.peer_site})
 
     async def _reader(self) -> None:
         conn = self.conn
