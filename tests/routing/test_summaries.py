@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import msgpack
 import pytest
 
-from router.protocol import Hello
+from router.protocol import Hello, ProtocolError
 from router.routing import (
     Ed25519Signer,
     ForgedRecord,
@@ -410,6 +410,14 @@ def test_an_older_router_takes_no_summaries_and_would_drop_one() -> None:
     with pytest.raises(ValueError, match="control, format or space"):
         Hello(router_id="r", site="s", max_frame_bytes=65536, keepalive_interval=1.0,
               features=("a b",))
+    for bad, why in ((5, "features must be a list of at most 32"),
+                     (["x"] * 33, "features must be a list of at most 32"),
+                     ([1], "feature must be a string"),
+                     (["x" * 65], "feature is 65 characters, more than 64")):
+        body = msgpack.packb({"router_id": "rold", "site": "old", "max_frame_bytes": 65536,
+                              "keepalive_interval": 1.0, "features": bad})
+        with pytest.raises(ProtocolError, match=f"bad HELLO message: {why}"):
+            Hello.from_wire(body)
     core = RoutingCore(site="old", signer=Ed25519Signer.generate(), verify=ed25519_verify,
                        now=0.0)
     core.neighbour_up("rnew", 1, 0.0)
