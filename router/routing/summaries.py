@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .core import MAX_MESSAGE_BYTES, RoutingCore
 from .errors import ForgedRecord, LimitExceeded, RoutingError
-from .records import MESSAGE_HEADER_BYTES, MESSAGE_ITEM_OVERHEAD_BYTES
+from .records import batched
 from .signing import Signer, VerifyFn
 from .summary import (
     MAX_INTERVAL_S,
@@ -249,21 +249,11 @@ class SummaryTable:
     def outgoing(self) -> list[tuple[str, bytes]]:
         """Drain queued summaries as (neighbour, payload), batched up to max_message_bytes."""
         out: list[tuple[str, bytes]] = []
-        limit = self._max_message_bytes - MESSAGE_HEADER_BYTES
         for peer, queue in self._queues.items():
-            batch: list[tuple[float, bytes]] = []
-            size = 0
-            for held in queue.values():
-                if held.expires_at <= self._now:
-                    continue
-                item_size = len(held.signed.wire) + MESSAGE_ITEM_OVERHEAD_BYTES
-                if batch and size + item_size > limit:
-                    out.append((peer, encode_summary_message(batch)))
-                    batch, size = [], 0
-                batch.append((round(held.age(self._now), 3), held.signed.wire))
-                size += item_size
-            if batch:
-                out.append((peer, encode_summary_message(batch)))
+            items = ((round(held.age(self._now), 3), held.signed.wire)
+                     for held in queue.values() if held.expires_at > self._now)
+            out += ((peer, m) for m in batched(items, self._max_message_bytes,
+                                                 encode_summary_message))
         self._queues.clear()
         self.sent += len(out)
         return out
