@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 import trio
 
@@ -32,9 +33,13 @@ class SocketFlow(FlowEnd):
         super().__init__(side, entry)
         self._fd: int | None = None  # the local socket, once attached
         self._writing = False
+        # Time to first byte: a listener's from the link, a connector's from its target.
+        self._ttfb_in = entry.role == "listener"
 
     # ---- FlowHandler: called by the link reader, must not block
     def on_data(self, data: bytes) -> None:
+        if self._ttfb_in:
+            self._first_byte()
         if self._fd is not None and not self._inbox and not self._writing:
             # Fast path: hand the bytes to the kernel now, without waking our writer
             # task; one task switch less per message.
@@ -83,6 +88,7 @@ class SocketFlow(FlowEnd):
         side, link, entry = self.side, self.side.link, self.entry
         fd = sock.socket.fileno()
         more = False  # did the last read fill its buffer (so more is likely waiting)?
+        first = entry.role == "connector"  # our target's first byte: its ttfb
         while True:
             credit = side.credit()
             while credit <= 0:
@@ -115,6 +121,9 @@ class SocketFlow(FlowEnd):
                 self.reset(FlowCode.INTERNAL, f"flow error: {exc}")
                 return
             entry.bytes_out += len(data)
+            if first:
+                first = False
+                entry.ttfb_s = max(0.0, time.time() - entry.start)
             if link.conn.outgoing_bytes > link.buffer_limit:
                 await link.wait_drained()
 
