@@ -1,0 +1,58 @@
+"""What `sitectl flows` shows: this router's flow records, or every router's merged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from router.daemon.view import RouterView
+from router.errors import VanError
+from router.flows.netrecords import ask_network, site_names
+from router.flows.records import record_dict
+from router.flows.recordwire import ANSWER_MAX_RECORDS, BadRecords, Query
+
+LIMIT_MAX = 1_000_000
+
+
+class FlowsRequestError(VanError):
+    """A `flows` request with a bad argument; the message says which."""
+
+
+def _query(args: dict[str, Any]) -> tuple[Query, int | None]:
+    """The filters, and the limit of the whole listing (None: all)."""
+    limit = args.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or not 1 <= limit <= LIMIT_MAX):
+        raise FlowsRequestError(f"limit must be an integer from 1 to {LIMIT_MAX}")
+    try:
+        query = Query(key=args.get("key"), active=args.get("active", False),
+                      limit=min(limit or ANSWER_MAX_RECORDS, ANSWER_MAX_RECORDS))
+    except BadRecords as exc:
+        raise FlowsRequestError(str(exc)) from None
+    return query, limit
+
+
+def _order(rec: dict[str, Any]) -> tuple[bool, float]:
+    """Active flows first, newest first; then ended ones, last ended first."""
+    end = rec["end"]
+    return (end is not None, -(end if end is not None else rec["start"]))
+
+
+async def flows_reply(r: RouterView, args: dict[str, Any]) -> dict[str, Any]:
+    """{"site", "records"} and with "network": every router's records merged, and
+    "missing": the sites that did not answer, with why."""
+    query, limit = _query(args)
+    names = site_names(r.routing)
+    local = [record_dict(e, names) for e in
+             r.flows.listed(key=query.key, active=query.active, limit=limit)]
+    site = r.config.name
+    if not args.get("network"):
+        return {"site": site, "records": local}
+    net = await ask_network(r.routing, r.links.link_for, site, query)
+    # The listener's site holds a flow's whole record: a connector's half of it is
+    # left out when that site answered.
+    answered = {site, *net.answered}
+    merged = [rec for rec in (*local, *net.records)
+              if rec["role"] == "listener" or rec["listener_site"] not in answered]
+    merged.sort(key=_order)
+    return {"site": site, "records": merged[:limit], "answered": sorted(answered),
+            "missing": sorted(net.missing, key=lambda m: m["site"])}
