@@ -94,6 +94,12 @@ def _check_trace(trace: object, cap: int) -> None:
         raise ValueError(f"trace must be a list, got {type(trace).__name__}")
     if len(trace) > cap:
         raise ValueError(f"trace has {len(trace)} hops, more than {cap}")
+    # Per flow on every router it crosses (OPEN and ACCEPT): the characters of all hops
+    # are checked at once, and one hop at a time only to say which one is wrong.
+    if all(isinstance(hop, str) and len(hop) <= MAX_NAME_CHARS for hop in trace):
+        joined = "".join(trace)
+        if joined.isprintable() and _SPACE.search(joined) is None:
+            return
     for hop in trace:
         _check_str("trace entry", hop, cap=MAX_NAME_CHARS)
 
