@@ -20,7 +20,7 @@ class FlowEntry:
     role: Role
     client: str
     # Router ids the flow crossed, in order, as far as this end knows: a connector's
-    # from the OPEN (and itself last), a listener's from the ACCEPT (empty before).
+    # from the OPEN (and itself last), a listener's from the ACCEPT (only itself before).
     trace: tuple[str, ...]
     start: float = field(default_factory=time.time)
     server_router: str | None = None  # the router serving it, once chosen
@@ -42,5 +42,6 @@ class FlowEntry:
     by_router: bool = False  # the response was an error we generated, not the backend's
     attempts: int = 1
     retry_reasons: tuple[str, ...] = ()  # why each attempt after the first happened
-    ttfb_s: float | None = None  # start to the response head
+    # start to the first byte from the serving side (HTTP: to the response head)
+    ttfb_s: float | None = None
     served_by_site: str | None = None
