@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
 from loads import LoadError, connection_rate, echo_check, iperf3_mbps
+from multihop import cpu_seconds
 from numbers_fmt import fmt, fmt_ratio, ratio
 from paths import RouterPair
 
@@ -42,6 +43,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "records_results.json"
 PAIRS = ("on", "off")
 RECORDS = 10_000  # the default ring size
+# On a shared machine the routers' CPU per unit of work holds better than the rates.
+METRICS = (("tput_1", "throughput, 1 flow (MB/s)"),
+           ("cpu_per_mb", "  routers' CPU per MB (ms)"),
+           ("conn_rate", "new connections (/s)"),
+           ("cpu_per_conn", "  routers' CPU per connection (us)"))
 
 
 @dataclass(frozen=True)
@@ -130,20 +136,30 @@ def run(settings: Settings, iperf3: str, sitectl: str) -> dict[str, Any]:
             pairs[name] = pair
         time.sleep(1.0)
         samples: dict[str, dict[str, list[float]]] = {
-            "tput_1": {p: [] for p in PAIRS}, "conn_rate": {p: [] for p in PAIRS}}
+            key: {p: [] for p in PAIRS} for key, _ in METRICS}
+
+        def cpu(path: str) -> float:
+            return sum(cpu_seconds(pid) for pid in pairs[path].pids.values())
+
         for rep in range(settings.reps):
             order = PAIRS[rep % 2:] + PAIRS[:rep % 2]
             for path in order:
                 ports = pairs[path].ports
+                cpu0 = cpu(path)
                 mbps = iperf3_mbps(iperf3, ports["iperf"], settings.iperf_seconds, 1)
+                cpu_mb = (cpu(path) - cpu0) * 1000 / (mbps * settings.iperf_seconds)
                 time.sleep(0.3)
+                cpu0 = cpu(path)
                 conns = connection_rate(ports["echo"], settings.conn_seconds,
                                         settings.conn_concurrency)
+                cpu_conn = (cpu(path) - cpu0) * 1e6 / (conns * settings.conn_seconds)
                 time.sleep(0.3)
-                samples["tput_1"][path].append(mbps)
-                samples["conn_rate"][path].append(conns)
-                print(f"[{rep + 1}/{settings.reps}] records {path:<3}  tput_1={mbps:.1f} MB/s  "
-                      f"conn_rate={conns:.0f}/s", flush=True)
+                for key, value in (("tput_1", mbps), ("cpu_per_mb", cpu_mb),
+                                   ("conn_rate", conns), ("cpu_per_conn", cpu_conn)):
+                    samples[key][path].append(value)
+                print(f"[{rep + 1}/{settings.reps}] records {path:<3}  tput_1={mbps:.1f} MB/s "
+                      f"({cpu_mb:.2f} ms CPU/MB)  conn_rate={conns:.0f}/s "
+                      f"({cpu_conn:.0f} us CPU/conn)", flush=True)
         east_off = pairs["off"].sites["east"]
         off_records = len(json.loads(east_off.sitectl("flows", "--json").stdout))
         east = pairs["on"].sites["east"]
@@ -161,10 +177,10 @@ def run(settings: Settings, iperf3: str, sitectl: str) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = [f"{'metric':<26}{'on':>10}{'off':>10}{'on/off':>9}"]
-    for key, label in (("tput_1", "throughput, 1 flow MB/s"), ("conn_rate", "new connections/s")):
+    lines = [f"{'metric':<36}{'on':>10}{'off':>10}{'on/off':>9}"]
+    for key, label in METRICS:
         m = result["median"][key]
-        lines.append(f"{label:<26}{fmt(m['on']):>10}{fmt(m['off']):>10}"
+        lines.append(f"{label:<36}{fmt(m['on']):>10}{fmt(m['off']):>10}"
                      f"{fmt_ratio(result['ratio_on_off'][key]):>9}")
     r = result["reading"]
     lines += [
