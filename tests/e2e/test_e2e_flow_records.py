@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import socket
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.services import HashServer, transfer
-from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
+from tests.support.sites import Site, free_port, line_of_sites, wait_for
 
 FLOWS = 20
 HEADER = 16  # HashServer's header, sent before the pattern bytes
@@ -21,12 +20,7 @@ HEADER = 16  # HashServer's header, sent before the pattern bytes
 @pytest.fixture(scope="module")
 def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Site]]:
     """a - b - c; c serves "db", a listens for it."""
-    work = tmp_path_factory.mktemp("records")
-    env = site_env(work)
-    sites = [Site(work, name, env).init() for name in "abc"]
-    start_sites(*sites)
-    for left, right in itertools.pairwise(sites):
-        link(left, right, work)
+    sites = line_of_sites(tmp_path_factory.mktemp("records"), "abc")
     yield sites
     for site in sites:
         site.stop()

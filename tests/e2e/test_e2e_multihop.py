@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.services import HashServer, transfer
-from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
+from tests.support.sites import (
+    Site,
+    free_port,
+    line_of_sites,
+    link,
+    site_env,
+    start_sites,
+    wait_for,
+)
 
 MB = 1024 * 1024
 
@@ -17,12 +24,7 @@ MB = 1024 * 1024
 @pytest.fixture(scope="module")
 def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Site]]:
     """a - b - c - d, each linked to the next (the later one redeems)."""
-    work = tmp_path_factory.mktemp("line")
-    env = site_env(work)
-    sites = [Site(work, name, env).init() for name in "abcd"]
-    start_sites(*sites)
-    for left, right in itertools.pairwise(sites):
-        link(left, right, work)
+    sites = line_of_sites(tmp_path_factory.mktemp("line"), "abcd")
     yield sites
     for site in sites:
         site.stop()

@@ -9,6 +9,7 @@ stunnel)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -408,6 +409,22 @@ def link(issuer: Site, redeemer: Site, workdir: Path, *, cost: int | None = None
     out = redeemer.sitectl(*args)
     if "up" not in out.stdout:
         raise SiteError(f"link {redeemer.name} -> {issuer.name} did not come up: {out.stdout}")
+
+
+def line_of_sites(work: Path, names: str) -> list[Site]:
+    """Sites named by the letters of `names`, started, each linked to the next (the
+    later one redeems): a line such as a - b - c."""
+    env = site_env(work)
+    sites = [Site(work, name, env).init() for name in names]
+    start_sites(*sites)
+    try:
+        for left, right in itertools.pairwise(sites):
+            link(left, right, work)
+    except BaseException:
+        for site in sites:
+            site.stop()
+        raise
+    return sites
 
 
 class SiteNet:
