@@ -23,6 +23,7 @@ import trio
 
 from certs import CertError
 from router.daemon.admin import SiteAdmin
+from router.daemon.console import console_reply
 from router.daemon.issuer import TokenIssuer
 from router.daemon.status import network_status, site_status
 from router.daemon.view import RouterView
@@ -70,6 +71,10 @@ async def _status(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     if args.get("network"):
         result["network"] = network_status(t.view)
     return result
+
+
+async def _console(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    return console_reply(t.view)
 
 
 async def _listener_create(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +157,7 @@ async def _link_cost(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
 
 HANDLERS: dict[str, Handler] = {
     "status": _status,
+    "console": _console,
     "listener.create": _listener_create,
     "listener.delete": _listener_delete,
     "listener.set": _listener_set,
