@@ -440,8 +440,20 @@
   }
 
   // ---- start
+  function restart() {
+    // A new link pasted into this tab only changes the fragment: no reload happens.
+    const token = readToken();
+    if (!token || token === state.token) return;
+    state.token = token;
+    if (state.source) state.source.close();
+    stopPolling();
+    setConn("wait", "connecting");
+    openStream();
+  }
+
   function start() {
     watchStaleness();
+    window.addEventListener("hashchange", restart);
     state.token = readToken();
     if (!state.token) {
       setConn("refused", "no token");
