@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.errors import CertError
+from router.daemon.logformat import LOG_FORMATS
 from router.endpoint import Endpoint
 from router.errors import VanError
 from router.names import InvalidName, validate_name
@@ -163,7 +164,7 @@ def cmd_run(ctx: Ctx, a: argparse.Namespace) -> int:
     from router.daemon.main import run_router
 
     ctx.site.require()
-    return run_router(ctx.root, log_level=a.log_level)
+    return run_router(ctx.root, log_level=a.log_level, log_format=a.log_format)
 
 
 def cmd_status(ctx: Ctx, a: argparse.Namespace) -> int:
@@ -175,6 +176,15 @@ def cmd_status(ctx: Ctx, a: argparse.Namespace) -> int:
         text += "\n" + render_network(status["network"])
     out(a, status, text)
     return 0
+
+
+def cmd_top(ctx: Ctx, a: argparse.Namespace) -> int:
+    from sitectl.top import run_top
+
+    ctx.site.require()
+    if not 0.2 <= a.interval <= 60:
+        raise UsageError("--interval must be from 0.2 to 60 seconds")
+    return run_top(lambda: ctx.call("top"), once=a.once, interval=a.interval, as_json=a.json)
 
 
 def cmd_token_issue(ctx: Ctx, a: argparse.Namespace) -> int:
@@ -480,12 +490,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="run the router in the foreground")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="json: one JSON object per line (time, level, logger, message, site, "
+                   "and fields such as link, routing_key, flow_id)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", parents=[common], help="this site, its links and services")
     p.add_argument("--network", action="store_true", help="also every site and key known")
     p.set_defaults(func=cmd_status)
     add_console_parser(sub, common)
+
+    p = sub.add_parser("top", parents=[common], help="live traffic per key and site, and links")
+    p.add_argument("--once", action="store_true", help="print one frame and exit (--json: as "
+                   "JSON)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between frames "
+                   "(and between the two samples of --once)")
+    p.set_defaults(func=cmd_top)
 
     token = sub.add_parser("token", parents=[common], help="link tokens").add_subparsers(
         dest="sub", required=True, metavar="ACTION")

@@ -8,10 +8,13 @@ from typing import Any
 from router.protocol import printable
 
 
-def _t(value: object) -> str:
+def term_text(value: object) -> str:
     """A field as the terminal may show it: names, keys and reasons come from other
     sites, and a control or escape sequence in one must not reach the terminal."""
     return printable(str(value))
+
+
+_t = term_text
 
 
 def _since(epoch: float | None) -> str:
@@ -119,12 +122,29 @@ def render_routes(routes: list[dict[str, Any]], strategy: str, indent: str = "")
     return "\n".join(lines)
 
 
+def rate(per_s: float | None, unit: str = "B") -> str:
+    """A rate for people: 0 B/s, 950 B/s, 1.2 KB/s, 3.4 MB/s (powers of 1000)."""
+    if per_s is None:
+        return "-"
+    if per_s < 999.5:
+        return f"{per_s:.0f} {unit}/s"
+    for prefix in "KMG":
+        per_s /= 1000
+        if per_s < 999.5:
+            return f"{per_s:.1f} {prefix}{unit}/s"
+    return f"{per_s / 1000:.1f} T{unit}/s"
+
+
 def render_network(net: dict[str, Any]) -> str:
     lines = ["network sites:"]
     for site in net["sites"]:
         links = ", ".join(f"{_t(x['peer'])} (cost {x['cost']})" for x in site["links"]) or "none"
         reach = f"cost {site['cost']}" if site["reachable"] else "unreachable"
         lines.append(f"  {_t(site['site']):<16} {reach:<12} links: {links}")
+    lines.append("network links:")
+    lines.extend(render_network_link(x) for x in net.get("links", []))
+    if not net.get("links"):
+        lines.append("  (none)")
     lines.append("network keys:")
     for key, info in sorted(net["keys"].items()):
         servers = ", ".join(
@@ -133,4 +153,22 @@ def render_network(net: dict[str, Any]) -> str:
         listeners = ", ".join(map(_t, info.get("listeners", []))) or "none"
         lines.append(f"  {_t(key):<20} served by {servers or 'nobody'}; listened on {listeners};"
                      f" path {path}")
+        for row in info.get("traffic", []):
+            lines.append(f"    {_t(row['site']):<16} {_t(row['role']):<9} "
+                         f"{row['flows_per_s']:>8.2f} flows/s {row['errors_per_s']:>7.2f} "
+                         f"errors/s {row['active']:>6} active")
     return "\n".join(lines)
+
+
+def render_network_link(x: dict[str, Any]) -> str:
+    """`  a - b  up  cost 1  rtt 0.42 ms  a>b 1.2 MB/s  b>a 3.4 KB/s`"""
+    a, b = _t(x["a"]), _t(x["b"])
+    line = f"  {a + ' - ' + b:<32} {_t(x['state']):<11} cost {x['cost']}"
+    if x.get("rtt_ms") is not None:
+        line += f"  rtt {x['rtt_ms']:.2f} ms"
+    if x.get("reported_by") is not None:
+        line += (f"  {a}>{b} {rate(x['a_to_b_bytes_per_s'])}"
+                 f"  {b}>{a} {rate(x['b_to_a_bytes_per_s'])}")
+    else:
+        line += "  load not reported"
+    return line

@@ -109,7 +109,9 @@ class SocketFlow(FlowEnd):
                 self.side.reset(*failure)
             if self.reset_reason is not None:
                 abort_socket(sock)
-                log.debug("flow %d reset: %s", self.side.flow_id, self.reset_reason)
+                log.debug("flow %d reset: %s", self.side.flow_id, self.reset_reason,
+                          extra={"flow_id": self.entry.id, "routing_key": self.entry.key,
+                                 "link": self.side.link.name})
             self.side.release()
             with trio.CancelScope(shield=True):
                 await sock.aclose()

@@ -113,7 +113,9 @@ class TcpConnectors:
                 if pending.reset_reason is None:
                     self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
                                           trio.current_time(), "refused flow for %s from %s: %s",
-                                          open_msg.routing_key, open_msg.origin_site, exc)
+                                          open_msg.routing_key, open_msg.origin_site, exc,
+                                          extra={"routing_key": open_msg.routing_key,
+                                                 "peer_site": open_msg.origin_site})
                     side.refuse(FlowCode.NO_TARGET, str(exc))
                 outcome = "refused"
                 return
@@ -168,7 +170,8 @@ class TcpClients:
             except NoRoute as exc:
                 outcome = "refused"
                 self._refusal_log.log(lst.key, log, logging.WARNING, trio.current_time(),
-                                      "listener %s: closing client: %s", lst.key, exc)
+                                      "listener %s: closing client: %s", lst.key, exc,
+                                      extra={"routing_key": lst.key, "flow_id": entry.id})
                 return
             served = True  # the pump closes the client
             if route.end is not None:

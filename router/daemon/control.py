@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from router.daemon.admin import SiteAdmin
 from router.daemon.console import console_reply
 from router.daemon.issuer import TokenIssuer
 from router.daemon.status import network_status, site_status
+from router.daemon.top import TopCounter
 from router.daemon.view import RouterView
 from router.errors import VanError
 from router.net.accept import FdReserve, serve_listeners
@@ -46,6 +47,7 @@ class Targets:
     view: RouterView
     admin: SiteAdmin
     issuer: TokenIssuer
+    top: TopCounter = field(default_factory=TopCounter)
 
 
 Handler = Callable[[Targets, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -75,6 +77,10 @@ async def _status(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _console(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     return console_reply(t.view)
+
+
+async def _top(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    return t.top.reply(t.view)
 
 
 async def _listener_create(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +164,7 @@ async def _link_cost(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
 HANDLERS: dict[str, Handler] = {
     "status": _status,
     "console": _console,
+    "top": _top,
     "listener.create": _listener_create,
     "listener.delete": _listener_delete,
     "listener.set": _listener_set,

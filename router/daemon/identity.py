@@ -15,6 +15,7 @@ import certs
 from router.protocol import Hello
 from router.routing import Ed25519Signer
 from router.routing.signing import router_id_for
+from router.routing.summary import SUMMARY_FEATURE
 from router.site.config import Limits
 from router.site.directory import Site
 
@@ -66,7 +67,8 @@ class Identity:
         return Hello(router_id=self.router_id, site=self.name,
                      max_frame_bytes=self.limits.max_frame_bytes,
                      keepalive_interval=self.limits.keepalive_interval_s,
-                     early_bytes=min(EARLY_BYTES, self.limits.flow_window_bytes))
+                     early_bytes=min(EARLY_BYTES, self.limits.flow_window_bytes),
+                     features=(SUMMARY_FEATURE,))
 
     def server_context(self) -> ssl.SSLContext:
         if self._server_ctx is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 import certs
+from router.daemon.logformat import LOG_FORMATS, setup_logging
 from router.errors import VanError
 from router.site.config import SiteConfig
 from router.site.directory import Site, resolve_site_dir
@@ -22,14 +23,6 @@ from router.site.errors import ConfigError, SiteError
 from router.site.fields import FieldReader
 
 log = logging.getLogger(__name__)
-
-
-def setup_logging(site: str, level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s [{site}] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def recorded_pid(site: Site) -> int | None:
@@ -89,7 +82,7 @@ def raise_fd_limit() -> None:
     log.debug("descriptor limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
-def run_router(root: Path, *, log_level: str = "info") -> int:
+def run_router(root: Path, *, log_level: str = "info", log_format: str = "text") -> int:
     site = Site(root)
     try:
         site.require()
@@ -106,12 +99,12 @@ def run_router(root: Path, *, log_level: str = "info") -> int:
               + (f" (pid {pid})" if pid is not None else ""), file=sys.stderr)
         return 1
     try:
-        return _run_locked(site, log_level)
+        return _run_locked(site, log_level, log_format)
     finally:
         os.close(lock)
 
 
-def _run_locked(site: Site, log_level: str) -> int:
+def _run_locked(site: Site, log_level: str, log_format: str) -> int:
     # The edit lock is held from reading the config until the control socket answers
     # (router.run reports started): a sitectl edit meanwhile waits, then goes through
     # the router, instead of being saved offline where this router never sees it.
@@ -124,7 +117,7 @@ def _run_locked(site: Site, log_level: str) -> int:
         except VanError as exc:
             print(f"router: {exc}", file=sys.stderr)
             return 2
-        return _run_trio(site, config, log_level, starting)
+        return _run_trio(site, config, log_level, log_format, starting)
 
 
 class _Ready:
@@ -138,11 +131,11 @@ class _Ready:
         self._on_ready()
 
 
-def _run_trio(site: Site, config: SiteConfig, log_level: str,
+def _run_trio(site: Site, config: SiteConfig, log_level: str, log_format: str,
               starting: contextlib.ExitStack) -> int:
     from router.daemon.router import Router
 
-    setup_logging(config.name, log_level)
+    setup_logging(config.name, log_level, log_format)
     raise_fd_limit()
 
     async def main() -> None:
@@ -168,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site-dir")
     parser.add_argument("--site")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
     args = parser.parse_args(argv)
     try:
         root = resolve_site_dir(args.site_dir, args.site)
     except SiteError as exc:
         print(f"router: {exc}", file=sys.stderr)
         return 2
-    return run_router(root, log_level=args.log_level)
+    return run_router(root, log_level=args.log_level, log_format=args.log_format)

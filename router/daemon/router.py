@@ -36,6 +36,7 @@ from router.daemon.control import ControlServer
 from router.daemon.identity import Identity
 from router.daemon.issuer import TokenIssuer
 from router.daemon.routing_agent import RoutingAgent
+from router.daemon.traffic import TrafficMeter
 from router.daemon.web import serve_web
 from router.daemon.web_routes import admin_routes
 from router.endpoint import Endpoint
@@ -47,6 +48,7 @@ from router.net.links import LinkTable
 from router.net.side import FlowSide
 from router.protocol import Open
 from router.routing import RoutingCore, ed25519_verify
+from router.routing.summaries import SummaryTable
 from router.site.config import ListenerConfig, SiteConfig, admin_url
 from router.site.directory import Site
 from router.site.tokens import GrantStore
@@ -73,7 +75,11 @@ class Router:
                                    max_age=limits.routing_max_age_s)
         self.router_id = self.routing.router_id
         self.flows = FlowTable()
-        self.agent = RoutingAgent(self.routing, send=self._send_routing)
+        self.summaries = SummaryTable(core=self.routing, signer=identity.signer,
+                                      verify=ed25519_verify, now=trio.current_time(),
+                                      interval_s=limits.traffic_summary_s)
+        self.agent = RoutingAgent(self.routing, send=self._send_routing,
+                                  summaries=self.summaries)
         self.connectors = TcpConnectors(site=config.name, table=self.flows,
                                         window=limits.flow_window_bytes,
                                         connect_timeout=limits.connect_timeout_s,
@@ -95,6 +101,7 @@ class Router:
         self.links = LinkTable(identity=identity, limits=limits, events=self.agent,
                                on_open=self.forwarder.on_open, on_claim=self._on_claim,
                                reserve=self.fd_reserve, connect=connect_link)
+        self.agent.measure = TrafficMeter(self.links, self.flows, trio.current_time()).measure
         self.tcp_clients = TcpClients(forwarder=self.forwarder, connectors=self.connectors,
                                       table=self.flows)
         self.http_frontend = HttpFrontend(forwarder=self.forwarder, table=self.flows,
@@ -194,7 +201,7 @@ class Router:
                 except ValueError as exc:
                     # One busy port must not keep the whole site down; status shows it.
                     self.listeners.errors[(lst.host, lst.port)] = str(exc)
-                    log.error("listener %s: %s", lst.key, exc)
+                    log.error("listener %s: %s", lst.key, exc, extra={"routing_key": lst.key})
             self.admin.apply()
             if site is not None:
                 for name in site.link_names():

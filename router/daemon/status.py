@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from router.daemon.netview import key_traffic, live_summaries, network_links, summary_info
 from router.daemon.view import RouterView
 from router.endpoint import Endpoint
 from router.site.listener_edit import listener_status
@@ -79,8 +80,11 @@ def traffic(r: RouterView) -> dict[str, dict[str, Any]]:
 
 
 def network_status(r: RouterView) -> dict[str, Any]:
-    """Every site known, its links, and every routing key with its servers and path."""
+    """Every site known, its links, and every routing key with its servers and path; every
+    link with its state and load, and per key the traffic each site reports."""
     routing = r.routing
+    now = trio.current_time()
+    live = live_summaries(routing, r.summaries, now)
     names = {r.router_id: r.site for r in routing.records()}
     sites = []
     keys: dict[str, dict[str, Any]] = {}
@@ -90,6 +94,7 @@ def network_status(r: RouterView) -> dict[str, Any]:
             "site": rec.site, "router_id": rec.router_id, "reachable": cost is not None,
             "cost": cost,
             "links": [{"peer": names.get(peer, peer), "cost": c} for peer, c in rec.links],
+            "summary": summary_info(live.get(rec.router_id), now),
         })
         for key in rec.listens:
             entry = keys.setdefault(key, {"servers": [], "listeners": [], "path": None})
@@ -98,8 +103,12 @@ def network_status(r: RouterView) -> dict[str, Any]:
             entry = keys.setdefault(key, {"servers": [], "listeners": [], "path": None})
             entry["servers"].append({"site": rec.site, "priority": priority, "weight": weight,
                                      "reachable": cost is not None})
+    for key, rows in key_traffic(routing, live, now).items():
+        keys.setdefault(key, {"servers": [], "listeners": [], "path": None})["traffic"] = rows
     for key, entry in keys.items():
+        entry.setdefault("traffic", [])
         cands = routing.candidates(key)
         if cands:
             entry["path"] = [names.get(r, r) for r in routing.path(cands[0].router_id)]
-    return {"sites": sites, "keys": keys}
+    return {"sites": sites, "keys": keys, "links": network_links(routing, live, now),
+            "summary_interval_s": r.summaries.interval_s}

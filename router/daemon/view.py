@@ -8,6 +8,7 @@ from router.adaptors.listeners import Listeners
 from router.flows.table import FlowTable
 from router.net.links import LinkTable
 from router.routing import RoutingCore
+from router.routing.summaries import SummaryTable
 from router.site.config import SiteConfig
 
 
@@ -20,6 +21,8 @@ class RouterView(Protocol):
     def started(self) -> float: ...
     @property
     def routing(self) -> RoutingCore: ...
+    @property
+    def summaries(self) -> SummaryTable: ...
     @property
     def links(self) -> LinkTable: ...
     @property

@@ -168,6 +168,13 @@ class Link:
         if self._taken is not None:
             self._taken.set()
 
+    def probe_rtt(self) -> None:
+        """PING now, so that `rtt` is measured on a busy link too (keepalive pings only
+        a link with nothing to send). Under load it includes the wait in the queues."""
+        if self.closed_reason is None:
+            self.conn.ping(trio.current_time())
+            self.kick()
+
     def batch(self) -> _Batch:
         """Commands inside leave in one write at the end (an OPEN with its early data,
         a response's head, body and end), instead of a write each."""
@@ -239,7 +246,8 @@ class Link:
             # No checkpoint from here until the caller's bookkeeping (routing told the
             # neighbour is gone) has run: flows woken by the resets above then retry on
             # a fresh route. The caller closes the stream.
-        log.info("link %s to %s ended: %s", self.name, self.peer_site, reason)
+        log.info("link %s to %s ended: %s", self.name, self.peer_site, reason,
+                 extra={"link": self.name, "peer_site": self.peer_site})
 
     async def _reader(self) -> None:
         conn = self.conn

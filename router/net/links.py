@@ -156,7 +156,7 @@ class LinkTable:
         if len(peers) == 1:
             self._events.neighbour_up(link)
         log.info("link %s up: %s site %s (%s)", link.name, link.direction, link.peer_site,
-                 link.peer_id)
+                 link.peer_id, extra={"link": link.name, "peer_site": link.peer_site})
         try:
             await link.run(early)
         finally:

@@ -4,6 +4,7 @@ failures): a flood must not fill the disk or drown the lines that matter."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -29,15 +30,17 @@ class LogThrottle:
         return held
 
     def log(self, logger: logging.Logger, level: int, now: float, msg: str,
-            *args: Any) -> bool:
-        """Log `msg % args` unless held back; True if it was logged."""
+            *args: Any, extra: Mapping[str, object] | None = None) -> bool:
+        """Log `msg % args` unless held back; True if it was logged. `extra` are fields
+        for structured logs (`--log-format json`): link, routing_key, ..."""
         held = self.admit(now)
         if held is None:
             return False
         if held:
-            logger.log(level, msg + " (and %d more like it since the last report)", *args, held)
+            logger.log(level, msg + " (and %d more like it since the last report)", *args, held,
+                       extra=extra)
         else:
-            logger.log(level, msg, *args)
+            logger.log(level, msg, *args, extra=extra)
         return True
 
 
@@ -55,11 +58,11 @@ class KeyedLogThrottle:
         self._rest = LogThrottle(interval)
 
     def log(self, kind: str, logger: logging.Logger, level: int, now: float, msg: str,
-            *args: Any) -> bool:
+            *args: Any, extra: Mapping[str, object] | None = None) -> bool:
         throttle = self._throttles.get(kind)
         if throttle is None:
             if len(self._throttles) >= self.max_kinds:
                 throttle = self._rest
             else:
                 throttle = self._throttles[kind] = LogThrottle(self.interval)
-        return throttle.log(logger, level, now, msg, *args)
+        return throttle.log(logger, level, now, msg, *args, extra=extra)

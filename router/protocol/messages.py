@@ -40,6 +40,8 @@ MIN_FRAME_BYTES = 1024  # below this, framing overhead would dominate
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 MAX_KEEPALIVE_SECONDS = 3600.0
 MAX_EARLY_BYTES = 1024 * 1024  # early DATA a router may offer to hold per flow
+MAX_FEATURES = 32  # names in a HELLO's features
+MAX_FEATURE_CHARS = 64
 
 _SPACE = re.compile(r"\s")  # what str.isspace() calls a space (per request: no loop)
 _MSGPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
@@ -130,6 +132,9 @@ class Hello:
     # request costs no round trip. Optional on the wire: a peer that does not name it
     # (an older router) takes none, and is sent none.
     early_bytes: int = 0
+    # Optional messages the sender takes (e.g. "summary": traffic summaries in ROUTING
+    # frames); a peer that names none (an older router) is sent none of them.
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_str("router_id", self.router_id, cap=MAX_NAME_CHARS, nonempty=True)
@@ -137,6 +142,10 @@ class Hello:
         _check_int("max_frame_bytes", self.max_frame_bytes, lo=MIN_FRAME_BYTES, hi=MAX_FRAME_BYTES)
         _check_seconds("keepalive_interval", self.keepalive_interval, hi=MAX_KEEPALIVE_SECONDS)
         _check_int("early_bytes", self.early_bytes, lo=0, hi=MAX_EARLY_BYTES)
+        if not isinstance(self.features, tuple) or len(self.features) > MAX_FEATURES:
+            raise ValueError(f"features must be a list of at most {MAX_FEATURES}")
+        for feature in self.features:
+            _check_str("feature", feature, cap=MAX_FEATURE_CHARS, nonempty=True)
 
     def to_wire(self) -> bytes:
         return _pack(
@@ -146,13 +155,16 @@ class Hello:
                 "max_frame_bytes": self.max_frame_bytes,
                 "keepalive_interval": self.keepalive_interval,
                 "early_bytes": self.early_bytes,
+                "features": list(self.features),
             }
         )
 
     @classmethod
     def from_wire(cls, data: bytes) -> Self:
         f = _unpack("HELLO", data, ("router_id", "site", "max_frame_bytes", "keepalive_interval"),
-                    optional=("early_bytes",))
+                    optional=("early_bytes", "features"))
+        if isinstance(f.get("features"), list):
+            f["features"] = tuple(f["features"])
         interval = f["keepalive_interval"]
         if isinstance(interval, int) and not isinstance(interval, bool):
             f["keepalive_interval"] = float(interval)

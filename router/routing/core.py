@@ -32,6 +32,7 @@ from .records import (
     MESSAGE_ITEM_OVERHEAD_BYTES,
     KeyAdvert,
     RouterRecord,
+    batched,
     check_int,
     check_str,
     decode_message,
@@ -394,19 +395,9 @@ class RoutingCore:
     def outgoing(self) -> list[tuple[str, bytes]]:
         """Drain queued records as (neighbour, payload), batched up to max_message_bytes."""
         out: list[tuple[str, bytes]] = []
-        limit = self._max_message_bytes - MESSAGE_HEADER_BYTES
         for peer, queue in self._queues.items():
-            batch: list[tuple[float, bytes]] = []
-            size = 0
-            for entry in queue.values():
-                item_size = len(entry.wire) + MESSAGE_ITEM_OVERHEAD_BYTES
-                if batch and size + item_size > limit:
-                    out.append((peer, encode_message(batch)))
-                    batch, size = [], 0
-                batch.append((max(0.0, self._now - entry.origin_time), entry.wire))
-                size += item_size
-            if batch:
-                out.append((peer, encode_message(batch)))
+            items = ((max(0.0, self._now - e.origin_time), e.wire) for e in queue.values())
+            out += ((peer, m) for m in batched(items, self._max_message_bytes, encode_message))
             self.records_sent += len(queue)
         self._queues.clear()
         self.messages_sent += len(out)

@@ -13,7 +13,7 @@ changes when a record is aged out, which a neighbour could force anyway by not f
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -188,6 +188,29 @@ class RouterRecord:
             public_key=fields[6],
             signature=fields[7],
         )
+
+
+Encode = Callable[[Sequence[tuple[float, bytes]]], bytes]
+
+
+def batched(items: Iterable[tuple[float, bytes]], max_message_bytes: int,
+            encode: Encode) -> list[bytes]:
+    """(age, wire) items as messages of at most `max_message_bytes` each (one item
+    alone may be more: records and summaries are capped below the limit anyway)."""
+    out: list[bytes] = []
+    limit = max_message_bytes - MESSAGE_HEADER_BYTES
+    batch: list[tuple[float, bytes]] = []
+    size = 0
+    for age, wire in items:
+        item_size = len(wire) + MESSAGE_ITEM_OVERHEAD_BYTES
+        if batch and size + item_size > limit:
+            out.append(encode(batch))
+            batch, size = [], 0
+        batch.append((age, wire))
+        size += item_size
+    if batch:
+        out.append(encode(batch))
+    return out
 
 
 def encode_message(items: Sequence[tuple[float, bytes]]) -> bytes:

@@ -70,6 +70,7 @@ class Limits:
     max_control_request_bytes: int = 64 * 1024
     routing_refresh_s: float = 30.0
     routing_max_age_s: float = 100.0
+    traffic_summary_s: float = 5.0  # how often this router tells the network its load
     # HTTP listeners, each client connection (router.adaptors.http.limits.HttpLimits)
     http_max_head_bytes: int = 64 * 1024
     http_max_headers: int = 128
@@ -202,6 +203,7 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "max_control_request_bytes": (1024, 16 * 1024 * 1024),
     "routing_refresh_s": (0.01, DAY_S),
     "routing_max_age_s": (0.01, DAY_S),
+    "traffic_summary_s": (1.0, 60.0),  # the summaries' own bounds (routing/summary.py)
     # HTTP: a request the listener accepts must fit the message codec between routers
     # (message.MessageLimits: its head twice over, as `forwarded` repeats the authority,
     # and two more headers); the HTTP/2 bounds are RFC 9113's.

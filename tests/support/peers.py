@@ -49,8 +49,10 @@ class LinkedPair:
             echo.close()
 
 
-async def authenticated_peer(site: Site, name: str) -> TLSStream:
-    """A link peer with a certificate from the site's own CA, past HELLO; it never reads."""
+async def authenticated_peer(site: Site, name: str,
+                             features: tuple[str, ...] = ()) -> TLSStream:
+    """A link peer with a certificate from the site's own CA, past HELLO; it never reads.
+    `features` go in its HELLO ("summary": it is sent traffic summaries)."""
     ca = certs.CertificateAuthority.from_pem(certs.load_pem(site.dir / "ca.crt"),
                                              certs.load_pem(site.dir / "ca.key"))
     pair = ca.issue(name, role=certs.Role.CLIENT)
@@ -61,7 +63,7 @@ async def authenticated_peer(site: Site, name: str) -> TLSStream:
     conn = LinkConnection(
         role=Role.DIALER,
         hello=Hello(router_id=f"r{name}", site=name, max_frame_bytes=256 * 1024,
-                    keepalive_interval=1.0),
+                    keepalive_interval=1.0, features=features),
         limits=LinkLimits(), now=trio.current_time())
     await stream.send_all(conn.data_to_send())
     return stream

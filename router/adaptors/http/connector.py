@@ -156,7 +156,9 @@ class HttpConnectors:
                 if pending.reset_reason is None:
                     self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
                                           trio.current_time(), "refused flow for %s from %s: %s",
-                                          open_msg.routing_key, open_msg.origin_site, exc)
+                                          open_msg.routing_key, open_msg.origin_site, exc,
+                                          extra={"routing_key": open_msg.routing_key,
+                                                 "peer_site": open_msg.origin_site})
                     side.refuse(FlowCode.NO_TARGET, str(exc))
                 outcome = "refused"
                 return

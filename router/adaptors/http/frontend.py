@@ -130,7 +130,8 @@ class HttpFrontend:
             if failure is not None:
                 self._error_log.log(lst.key, log, logging.WARNING, trio.current_time(),
                                     "listener %s: %d: %s", lst.key, failure.status,
-                                    failure.reason)
+                                    failure.reason,
+                                    extra={"routing_key": lst.key, "flow_id": entry.id})
                 self._table.note_response(entry, status=failure.status, site=None,
                                           by_router=True)
                 if grpc:
