@@ -115,9 +115,10 @@ async def test_a_snapshot_shows_sites_links_services_and_flows(
         got = b""
         while len(got) < 3000:
             got += await client.receive_some()
-        await trio.sleep(1.5)  # a second snapshot has rates over a window
+        # A second snapshot has rates over a window; by then every router told the
+        # others its load (traffic summaries, every traffic_summary_s).
         await snapshot(a.router)
-        await trio.sleep(1.5)
+        await trio.sleep(a.router.config.limits.traffic_summary_s + 1)
         snap = await snapshot(a.router)
         assert snap["site"] == "a" and snap["version"] == 1
         assert [(s["site"], s["local"], s["reachable"]) for s in snap["sites"]] == [
@@ -126,12 +127,16 @@ async def test_a_snapshot_shows_sites_links_services_and_flows(
         assert set(edges) == {("a", "b"), ("b", "c")}
         assert edges["a", "b"]["state"] == "up" and edges["a", "b"]["local"]
         assert edges["b", "c"]["state"] == "up" and not edges["b", "c"]["local"]
+        assert edges["b", "c"]["rtt_ms"] is not None  # as b reports it
+        assert edges["b", "c"]["b_to_a_bytes_per_s"] is not None
         [mine] = snap["local_links"]
         assert mine["peer_site"] == "b" and mine["state"] == "up"
         assert mine["bytes_out"] > 3000 and mine["out_bytes_per_s"] is not None
         [svc] = snap["services"]
         assert svc["key"] == "db" and svc["path"] == ["a", "b", "c"]
         assert svc["connectors"] == [{"site": "c", "reachable": True}]
+        assert {(t["site"], t["role"], t["active"]) for t in svc["traffic"]} == {
+            ("a", "listener", 1), ("c", "connector", 1)}
         [here] = svc["here"]
         assert here["role"] == "listener" and here["active"] == 1
         [flow] = snap["flows"]["active"]

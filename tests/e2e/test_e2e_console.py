@@ -173,6 +173,9 @@ def test_every_site_is_drawn_with_its_links(browser: WebDriver, line: Line,
     # east's own link shows its RTT once a keepalive was answered.
     assert "ms" in wait_for(lambda: (e := edge(browser, "east", "hub")) and "ms" in e["label"]
                             and e["label"], what="the east-hub RTT")
+    # hub's link to west, with the RTT hub measures: from its traffic summary.
+    assert "ms" in wait_for(lambda: (e := edge(browser, "hub", "west")) and "ms" in e["label"]
+                            and e["label"], what="the hub-west RTT")
     assert "#token" not in browser.current_url  # out of the address bar (and history)
     assert browser.find_element(By.ID, "site-name").text == "east"
     assert browser.find_element(By.ID, "conn").text == "live"  # server-sent events

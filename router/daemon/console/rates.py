@@ -19,6 +19,7 @@ from router.flows.entry import Role
 
 RATE_WINDOW_S = 5.0
 MIN_SPAN_S = 0.2  # a shorter span gives no rate (it would be mostly noise)
+MAX_SPAN_S = 60.0  # ... and a longer one neither (it would say little of now)
 MAX_SAMPLES = 8  # a window's worth at one snapshot a second, and some to spare
 FAILED = tuple(o for o in OUTCOMES if o != "ok")
 
@@ -74,12 +75,15 @@ class Rates:
         self._samples: deque[Sample] = deque(maxlen=MAX_SAMPLES)
 
     def take(self, sample: Sample) -> Sample | None:
-        """Keep `sample`; the one to compare it with (None: no rates yet)."""
-        while self._samples and sample.at - self._samples[0].at > RATE_WINDOW_S:
-            self._samples.popleft()
-        base = self._samples[0] if self._samples else None
-        self._samples.append(sample)
-        if base is None or sample.at - base.at < MIN_SPAN_S:
+        """Keep `sample`; the one to compare it with (None: no rates yet). That is the
+        oldest within RATE_WINDOW_S, or the newest before it (after a pause, when no
+        console asked, a rate over the pause is better than none), if not too old."""
+        samples = self._samples
+        while len(samples) > 1 and sample.at - samples[1].at >= RATE_WINDOW_S:
+            samples.popleft()
+        base = samples[0] if samples else None
+        samples.append(sample)
+        if base is None or not MIN_SPAN_S <= sample.at - base.at <= MAX_SPAN_S:
             return None
         return base
 
