@@ -49,6 +49,7 @@ bench: $(STAMP)
 	  echo "bench: install" $$missing "for the full comparison"
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/http_bench.py
+	$(BIN)/python bench/records_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,15 @@ SetupError = SiteError  # a path could not be set up
 class RouterPair:
     """Sites west (connectors, next to the servers) and east (listeners), linked by mTLS.
 
-    With `code_dir`, sitectl and both routers run from that checkout's code."""
+    With `code_dir`, sitectl and both routers run from that checkout's code; `configure`
+    may edit each site (its site.toml, say) between init and start."""
 
     def __init__(self, root: Path, sitectl: str, env: dict[str, str], stack: ExitStack,
-                 code_dir: Path | None = None) -> None:
+                 code_dir: Path | None = None,
+                 configure: Callable[[Site], None] | None = None) -> None:
         self.root = root
         self.stack = stack
+        self.configure = configure
         self.sites = {name: Site(root, name, env, bind=HOST, runner="sitectl",
                                  log_path=root / f"router-{name}.log", sitectl_bin=sitectl,
                                  code_dir=code_dir, start_timeout=START_TIMEOUT)
@@ -54,6 +58,8 @@ class RouterPair:
     def start(self, targets: dict[str, int]) -> None:
         for site in self.sites.values():
             site.init()
+            if self.configure is not None:
+                self.configure(site)
         for name, site in self.sites.items():
             site.start(wait=False)
             # Registered now, so routers are stopped even if setup fails; east first,

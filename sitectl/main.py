@@ -45,7 +45,7 @@ from router.site.fields import FieldReader
 from router.site.http_fields import CONNECTOR_PROTOCOLS
 from router.site.linkfiles import MAX_LINK_COST, LinkSpec
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
-from sitectl import http_cmds
+from sitectl import flows_cmd, http_cmds
 from sitectl.client import ConnectionLost, NotRunning, call
 from sitectl.console_cmd import add_console_parser
 from sitectl.errors import FileProblem, UsageError
@@ -61,6 +61,7 @@ EPILOG = """example:
   west$ sitectl connector create db 127.0.0.1:5432
   east$ sitectl listener create db 15432          # psql -h 127.0.0.1 -p 15432 ...
   east$ sitectl status --network
+  east$ sitectl flows --network                   # every site's recent flows
 
 Sites live under $XDG_DATA_HOME/vanrouter/sites/NAME unless --site-dir (or
 $SITECTL_SITE_DIR) says otherwise; --site NAME picks one when there are several."""
@@ -569,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.set_defaults(func=lambda c, a: _delete(c, a, "connector"))
     http_cmds.add_route_parsers(sub, common)
+    flows_cmd.add_flows_parser(sub, common)
     return parser
 
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 
 import trio
 
@@ -44,9 +45,13 @@ class SocketFlow(FlowEnd):
         self._nursery: trio.Nursery | None = None  # while the flow runs
         self._writer = False  # a task delivers link -> socket (started, or the flow's own)
         self._delivered = False  # the peer's FIN passed on: link -> socket is done
+        # Time to first byte: a listener's from the link, a connector's from its target.
+        self._ttfb_in = entry.role == "listener"
 
     # ---- FlowHandler: called by the link reader, must not block
     def on_data(self, data: bytes) -> None:
+        if self._ttfb_in:
+            self._first_byte()
         if self._fd is not None and not self._inbox and not self._writing:
             # Fast path: hand the bytes to the kernel now, without waking a task; one
             # task switch less per message.
@@ -120,6 +125,7 @@ class SocketFlow(FlowEnd):
         side, link, entry = self.side, self.side.link, self.entry
         fd = sock.socket.fileno()
         more = False  # did the last read fill its buffer (so more is likely waiting)?
+        first = entry.role == "connector"  # our target's first byte: its ttfb
         while True:
             credit = side.credit()
             while credit <= 0:
@@ -152,6 +158,9 @@ class SocketFlow(FlowEnd):
                 self.reset(FlowCode.INTERNAL, f"flow error: {exc}")
                 return
             entry.bytes_out += len(data)
+            if first:
+                first = False
+                entry.ttfb_s = max(0.0, time.time() - entry.start)
             if link.conn.outgoing_bytes > link.buffer_limit:
                 await link.wait_drained()
 

@@ -8,16 +8,24 @@ only for bytes the stream took.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import trio
 
 from router.flows.end import FlowEnd
+from router.flows.entry import FlowEntry
 from router.net.errors import only
+from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK
 from router.protocol import FlowCode, FlowError
 
 
 class StreamFlow(FlowEnd):
+    def __init__(self, side: FlowSide, entry: FlowEntry) -> None:
+        super().__init__(side, entry)
+        # Time to first byte: a listener's from the link, a connector's from its target.
+        self._ttfb_in = entry.role == "listener"
+
     async def run(self, stream: trio.abc.Stream) -> None:
         """Pump until both directions finished or the flow is reset; closes `stream`."""
         try:
@@ -55,6 +63,8 @@ class StreamFlow(FlowEnd):
                 self.reset(FlowCode.INTERNAL, f"flow error: {exc}")
                 return
             self.entry.bytes_out += len(data)
+            if self.entry.ttfb_s is None and self.entry.role == "connector":
+                self.entry.ttfb_s = max(0.0, time.time() - self.entry.start)
             await self.side.link.wait_drained()
 
     async def _link_to_stream(self, stream: trio.abc.Stream) -> None:

@@ -8,6 +8,7 @@ When the serving site is this one, the two sockets are spliced here.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
@@ -72,29 +73,34 @@ class TcpConnectors:
         self._window = window
         self._connect_timeout = connect_timeout
         self._connect = connect
-        self._targets: Sequence[ConnectorConfig] = ()
+        self._targets: Sequence[tuple[ConnectorConfig, str]] = ()  # and its host:port
         self._turn: Counter[str] = Counter()
         self._refusal_log = KeyedLogThrottle(REFUSAL_LOG_INTERVAL_S)
 
     def set_targets(self, connectors: Sequence[ConnectorConfig]) -> None:
-        self._targets = tuple(c for c in connectors if c.protocol == "tcp")
+        self._targets = tuple((c, str(c.endpoint)) for c in connectors if c.protocol == "tcp")
 
     async def connect(self, key: str) -> trio.abc.Stream:
-        """A connection to a local target for `key`, rotating over several; NoTarget
-        with each target's reason if none answers."""
-        targets = [c for c in self._targets if c.key == key]
+        """A connection to a local target for `key` (see `connect_target`)."""
+        stream, _ = await self.connect_target(key)
+        return stream
+
+    async def connect_target(self, key: str) -> tuple[trio.abc.Stream, str]:
+        """A connection to a local target for `key` and the target's host:port,
+        rotating over several; NoTarget with each target's reason if none answers."""
+        targets = [t for t in self._targets if t[0].key == key]
         if not targets:
             raise NoTarget(f"site {self.site} has no connector for {key!r}")
         start = self._turn[key]
         self._turn[key] += 1
         errors = []
         for i in range(len(targets)):
-            con = targets[(start + i) % len(targets)]
+            con, endpoint = targets[(start + i) % len(targets)]
             try:
                 with trio.fail_after(self._connect_timeout):
-                    return await self._connect(con.host, con.port)
+                    return await self._connect(con.host, con.port), endpoint
             except (OSError, trio.TooSlowError) as exc:
-                errors.append(f"{con.endpoint}: {connect_reason(exc)}")
+                errors.append(f"{endpoint}: {connect_reason(exc)}")
         raise NoTarget(f"site {self.site} cannot reach {key!r} target {'; '.join(errors)}")
 
     def serve_open(self, side: FlowSide, open_msg: Open) -> None:
@@ -104,11 +110,12 @@ class TcpConnectors:
     async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
         side = pending.side
         outcome: Outcome = "error"
+        reason: str | None = "serving router failed"
         target: trio.abc.Stream | None = None
         pumped = False
         try:
             try:
-                target = await self.connect(open_msg.routing_key)
+                target, entry.server = await self.connect_target(open_msg.routing_key)
             except NoTarget as exc:
                 if pending.reset_reason is None:
                     self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
@@ -117,25 +124,28 @@ class TcpConnectors:
                                           extra={"routing_key": open_msg.routing_key,
                                                  "peer_site": open_msg.origin_site})
                     side.refuse(FlowCode.NO_TARGET, str(exc))
-                outcome = "refused"
+                outcome, reason = "refused", str(exc)
                 return
             if pending.reset_reason is not None:  # the opener gave up meanwhile
-                outcome = "reset"
+                outcome, reason = "reset", pending.reset_reason
                 return
             end = _end_for(target)(side, entry)
             pending.hand_over(end)
-            if not side.accept(self._window):
-                outcome = "reset"  # the flow ended meanwhile
+            # Where the flow went goes back with the ACCEPT: the listener site's
+            # record is then whole, with no message of its own (see README).
+            if not side.accept(self._window, trace=entry.trace, server=entry.server or ""):
+                outcome, reason = "reset", end.reset_reason  # the flow ended meanwhile
                 return
             pumped = True
             await _pump(end, target)  # closes it
-            outcome = "reset" if end.reset_reason is not None else "ok"
+            reason = end.reset_reason
+            outcome = "reset" if reason is not None else "ok"
         except BaseException:
             if not pumped:  # an internal error: the opener must not wait for an answer
                 side.reset(FlowCode.INTERNAL, "serving router failed")
             raise
         finally:
-            self._table.end(entry, outcome)
+            self._table.end(entry, outcome, reason)
             if target is not None and not pumped:
                 await _close_abortively(target)
 
@@ -161,14 +171,19 @@ class TcpClients:
         def make_end(side: FlowSide) -> End:
             return kind(side, entry)
 
+        async def connect_local(key: str) -> trio.abc.Stream:
+            stream, entry.server = await self._connectors.connect_target(key)
+            return stream
+
         outcome: Outcome = "error"
+        reason: str | None = "internal error in this router"
         served = False
         try:
             try:
                 route = await self._forwarder.open(entry, lst.strategy, make_end=make_end,
-                                                   connect_local=self._connectors.connect)
+                                                   connect_local=connect_local)
             except NoRoute as exc:
-                outcome = "refused"
+                outcome, reason = "refused", str(exc)
                 self._refusal_log.log(lst.key, log, logging.WARNING, trio.current_time(),
                                       "listener %s: closing client: %s", lst.key, exc,
                                       extra={"routing_key": lst.key, "flow_id": entry.id})
@@ -176,34 +191,46 @@ class TcpClients:
             served = True  # the pump closes the client
             if route.end is not None:
                 await _pump(route.end, client)
-                outcome = "reset" if route.end.reset_reason is not None else "ok"
+                reason = route.end.reset_reason
+                outcome = "reset" if reason is not None else "ok"
             else:
                 assert route.target is not None
-                outcome = "ok" if await splice(client, route.target) else "reset"
+                if await splice(client, route.target, entry):
+                    outcome, reason = "ok", None
+                else:
+                    outcome, reason = "reset", "a connection was reset (spliced on this site)"
         except BaseException as exc:
             if only(exc, (trio.Cancelled,)) is not None:
-                outcome = "reset"  # shutdown: the flow (if any) was reset
+                # shutdown: the flow (if any) was reset
+                outcome, reason = "reset", "router shutting down"
             raise
         finally:
-            self._table.end(entry, outcome)
+            self._table.end(entry, outcome, reason)
             if not served:
                 await _close_abortively(client)
 
 
-async def splice(a: trio.abc.Stream, b: trio.abc.Stream) -> bool:
-    """Listener and connector on the same site: pump two streams, half-close aware;
-    True if both directions ended cleanly.
+async def splice(a: trio.abc.Stream, b: trio.abc.Stream, entry: FlowEntry) -> bool:
+    """Listener and connector on the same site: pump the client `a` and the target `b`,
+    half-close aware, counting on the listener's `entry`; True if both directions ended
+    cleanly.
 
     An end passes on as it happened: EOF as a half-close, a reset (or anything else
     that stops the pumps early) as a reset of both sockets, so a cut-off transfer
     never looks complete, as across sites where the flow's RESET does the same."""
     finished = 0
 
-    async def pump(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+    async def pump(src: trio.abc.Stream, dst: trio.abc.Stream, from_target: bool) -> None:
         nonlocal finished
         try:
             while data := await src.receive_some(READ_CHUNK):
                 await dst.send_all(data)
+                if not from_target:
+                    entry.bytes_out += len(data)  # as a listener's end counts
+                    continue
+                if entry.ttfb_s is None:
+                    entry.ttfb_s = max(0.0, time.time() - entry.start)
+                entry.bytes_in += len(data)
             if isinstance(dst, trio.abc.HalfCloseableStream):
                 await dst.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -213,8 +240,8 @@ async def splice(a: trio.abc.Stream, b: trio.abc.Stream) -> bool:
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, a, b)
-            nursery.start_soon(pump, b, a)
+            nursery.start_soon(pump, a, b, False)
+            nursery.start_soon(pump, b, a, True)
     finally:
         if finished < 2:
             abort_socket(a)

@@ -24,6 +24,7 @@ import trio
 from certs import CertError
 from router.daemon.admin import SiteAdmin
 from router.daemon.console import console_reply
+from router.daemon.flowsview import flows_reply
 from router.daemon.issuer import TokenIssuer
 from router.daemon.status import network_status, site_status
 from router.daemon.top import TopCounter
@@ -81,6 +82,11 @@ async def _console(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
 
 async def _top(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     return t.top.reply(t.view)
+
+
+async def _flows(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    """{"key", "active", "limit", "network"}, each optional: see `flows_reply`."""
+    return await flows_reply(t.view, args)
 
 
 async def _listener_create(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
@@ -165,6 +171,7 @@ HANDLERS: dict[str, Handler] = {
     "status": _status,
     "console": _console,
     "top": _top,
+    "flows": _flows,
     "listener.create": _listener_create,
     "listener.delete": _listener_delete,
     "listener.set": _listener_set,

@@ -41,6 +41,8 @@ from router.daemon.web import serve_web
 from router.daemon.web_routes import admin_routes
 from router.endpoint import Endpoint
 from router.flows.forwarder import Forwarder
+from router.flows.netrecords import RecordsServer, site_names
+from router.flows.recordwire import RECORDS_KEY
 from router.flows.table import FlowTable
 from router.net.accept import FdReserve
 from router.net.link import Link
@@ -74,12 +76,15 @@ class Router:
                                    refresh_interval=limits.routing_refresh_s,
                                    max_age=limits.routing_max_age_s)
         self.router_id = self.routing.router_id
-        self.flows = FlowTable()
+        self.flows = FlowTable(limits.flow_records_max, limits.flow_records_ttl_s,
+                               site=config.name, router_id=self.router_id)
         self.summaries = SummaryTable(core=self.routing, signer=identity.signer,
                                       verify=ed25519_verify, now=trio.current_time(),
                                       interval_s=limits.traffic_summary_s)
         self.agent = RoutingAgent(self.routing, send=self._send_routing,
                                   summaries=self.summaries)
+        self.records_server = RecordsServer(table=self.flows, site=config.name,
+                                            names=lambda: site_names(self.routing))
         self.connectors = TcpConnectors(site=config.name, table=self.flows,
                                         window=limits.flow_window_bytes,
                                         connect_timeout=limits.connect_timeout_s,
@@ -149,8 +154,11 @@ class Router:
         return tuple(Endpoint.parse(a, stored=True).pair() for a in self.config.advertise)
 
     def _serve_local(self, side: FlowSide, open_msg: Open) -> None:
-        """An OPEN for this router: the adaptor of the key's connectors serves it."""
-        if self.http_connectors.serves(open_msg.routing_key):
+        """An OPEN for this router: the adaptor of the key's connectors serves it (or
+        the records server, a question about our flows)."""
+        if open_msg.routing_key == RECORDS_KEY:
+            self.records_server.serve_open(side, open_msg)
+        elif self.http_connectors.serves(open_msg.routing_key):
             self.http_connectors.serve_open(side, open_msg)
         else:
             self.connectors.serve_open(side, open_msg)

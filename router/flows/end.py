@@ -8,6 +8,7 @@ kind of local peer (a TCP socket, any trio stream, an HTTP exchange next).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -57,14 +58,25 @@ class FlowEnd:
         self._remote_fin = False
         self._data_ready = _NO_WAITER
         self._credit_ready = _NO_WAITER
+        # A TCP listener's end times the first byte the link brings (the server's);
+        # set by the adaptors whose entry counts time to first byte this way.
+        self._ttfb_in = False
 
     def _answer_came(self) -> None:
         self._answered = True
         if self._answer is not None:
             self._answer.set()
 
+    def _first_byte(self) -> None:
+        """The first byte from the serving side: the entry's time to first byte."""
+        self._ttfb_in = False
+        self.entry.ttfb_s = max(0.0, time.time() - self.entry.start)
+
     # ---- FlowHandler: called by the link reader, must not block
-    def on_accepted(self, window: int) -> None:
+    def on_accepted(self, window: int, trace: tuple[str, ...], server: str) -> None:
+        # Where the flow went, for its record (the last attempt's, for a retried request)
+        self.entry.trace = trace
+        self.entry.server = server or None
         self._answer_came()
 
     def on_refused(self, code: FlowCode, reason: str) -> None:
@@ -81,6 +93,8 @@ class FlowEnd:
         self._scope.cancel()
 
     def on_data(self, data: bytes) -> None:
+        if self._ttfb_in:
+            self._first_byte()
         self._inbox.append(data)
         self._data_ready.set()
 
@@ -145,7 +159,7 @@ class PendingOpen:
     def on_fin(self) -> None:
         self._fin = True
 
-    def on_accepted(self, window: int) -> None: ...
+    def on_accepted(self, window: int, trace: tuple[str, ...], server: str) -> None: ...
     def on_refused(self, code: FlowCode, reason: str) -> None: ...
     def on_credit(self) -> None: ...
 
@@ -158,7 +172,8 @@ def accept_incoming(table: FlowTable, side: FlowSide, open_msg: Open, serve: Ser
     """An OPEN this site serves (from the link reader: must not block): registered in
     the table, held by a PendingOpen, and served by `serve` in the flows' nursery."""
     entry = table.begin(open_msg.routing_key, "connector", client=open_msg.client_addr,
-                        trace=open_msg.trace)
+                        trace=(*open_msg.trace, table.router_id),
+                        listener_site=open_msg.origin_site)
     pending = PendingOpen(side)
     side.attach(pending)
     table.spawn(guarded, f"{what} for {open_msg.routing_key}", serve, pending, entry, open_msg)

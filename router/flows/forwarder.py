@@ -94,6 +94,11 @@ class Forwarder:
                 route = await self._try(entry, cand, reasons, make_end, connect_local, early)
                 if isinstance(route, Route):
                     self._table.serving(entry, cand.router_id)
+                    entry.connector_site = cand.site
+                    if route.end is None:
+                        entry.trace = (self.router_id,)
+                    elif len(entry.trace) < 2:  # an older peer's ACCEPT says nothing
+                        entry.trace = (self.router_id, cand.router_id)
                     return route
                 if not route or attempt == ROUTE_ATTEMPTS:
                     break  # refused by the site: the next one

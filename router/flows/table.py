@@ -24,13 +24,18 @@ import trio
 
 from router.flows.counters import Counters
 from router.flows.entry import FlowEntry, Outcome, Role
-from router.flows.records import FLOW_RECORDS_MAX, RecordRing
+from router.flows.records import FLOW_RECORDS_MAX, FLOW_RECORDS_TTL_S, RecordRing
 
 PATH_MAX = 256  # characters of a request's path kept in its record
 
 
 class FlowTable:
-    def __init__(self, records_max: int = FLOW_RECORDS_MAX) -> None:
+    def __init__(self, records_max: int = FLOW_RECORDS_MAX,
+                 records_ttl_s: float = FLOW_RECORDS_TTL_S, *, site: str = "",
+                 router_id: str = "") -> None:
+        self.site = site  # this router's, for its entries' records
+        self.router_id = router_id
+        self._here: tuple[str, ...] = (router_id,) if router_id else ()
         self._ids = itertools.count(1)
         self._active: dict[int, FlowEntry] = {}
         self._outstanding: Counter[str] = Counter()
@@ -42,13 +47,21 @@ class FlowTable:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
-        self.records = RecordRing(records_max)
+        self.records = RecordRing(records_max, records_ttl_s)
+        self._recording = records_max > 0  # 0: no records at all, at no cost
         self.stats = Counters()
 
     # ---- registration
     def begin(self, key: str, role: Role, *, client: str = "?",
-              trace: tuple[str, ...] = ()) -> FlowEntry:
-        entry = FlowEntry(id=next(self._ids), key=key, role=role, client=client, trace=trace)
+              trace: tuple[str, ...] = (), listener_site: str = "") -> FlowEntry:
+        """A connector's end names the `listener_site` its OPEN came from."""
+        if role == "connector":
+            entry = FlowEntry(id=next(self._ids), key=key, role=role, client=client,
+                              trace=trace, listener_site=listener_site or self.site,
+                              connector_site=self.site)
+        else:  # the path is known once a site accepts: until then, here only
+            entry = FlowEntry(id=next(self._ids), key=key, role=role, client=client,
+                              trace=trace or self._here, listener_site=self.site)
         self._active[entry.id] = entry
         if role == "listener":
             self.opened += 1
@@ -64,14 +77,18 @@ class FlowTable:
         entry.server_router = router_id
         self._outstanding[router_id] += 1
 
-    def end(self, entry: FlowEntry, outcome: Outcome) -> None:
+    def end(self, entry: FlowEntry, outcome: Outcome, reason: str | None = None) -> None:
+        """The flow ended; `reason` says why when it was refused, reset or failed."""
         if self._active.pop(entry.id, None) is None:
             return  # ended twice: count once
         if entry.server_router is not None:
             self._release(entry.server_router)
         entry.end = time.time()
         entry.outcome = outcome
-        self.records.append(entry)
+        if reason is not None:
+            entry.reason = reason
+        if self._recording:
+            self.records.append(entry)
         self.stats.add(entry)
         self._done_in += entry.bytes_in
         self._done_out += entry.bytes_out
@@ -129,6 +146,17 @@ class FlowTable:
 
     def entries(self) -> Iterator[FlowEntry]:
         return iter(self._active.values())
+
+    def listed(self, *, key: str | None = None, active: bool = False,
+               limit: int | None = None) -> list[FlowEntry]:
+        """What `sitectl flows` shows: the active flows (newest first), then unless
+        `active` the records (newest first); only `key`'s if given, `limit` at most."""
+        chosen: Iterator[FlowEntry] = reversed(self._active.values())
+        if not active:
+            chosen = itertools.chain(chosen, self.records.recent(len(self.records)))
+        if key is not None:
+            chosen = (e for e in chosen if e.key == key)
+        return list(itertools.islice(chosen, limit))
 
     @property
     def bytes_in(self) -> int:

@@ -71,9 +71,10 @@ class TransitHalf:
             self.side.release()
 
     # -- FlowHandler (events about this half's own flow)
-    def on_accepted(self, window: int) -> None:
-        # The opener may have given up meanwhile: its RESET reaches us next.
-        self.peer.side.accept(window)
+    def on_accepted(self, window: int, trace: tuple[str, ...], server: str) -> None:
+        # The opener may have given up meanwhile: its RESET reaches us next. Where the
+        # flow went is passed on as it came, for the opener's record.
+        self.peer.side.accept(window, trace=trace, server=server)
         self._flush()  # early data the next hop could not take before, and FIN
 
     def on_refused(self, code: FlowCode, reason: str) -> None:

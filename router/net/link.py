@@ -61,7 +61,9 @@ class LinkLost(VanError):
 
 
 class FlowHandler(Protocol):
-    def on_accepted(self, window: int) -> None: ...
+    # `trace` (router ids, the serving one last) and `server` (its target) come with
+    # the ACCEPT for the opener's flow record; empty from an older peer.
+    def on_accepted(self, window: int, trace: tuple[str, ...], server: str) -> None: ...
     def on_refused(self, code: FlowCode, reason: str) -> None: ...
     def on_data(self, data: bytes) -> None: ...
     def on_credit(self) -> None: ...
@@ -326,7 +328,7 @@ class Link:
             elif isinstance(event, FlowAccepted):
                 handler = flows.get(event.flow_id)
                 if handler is not None:
-                    handler.on_accepted(event.window)
+                    handler.on_accepted(event.window, event.trace, event.server)
             elif isinstance(event, FlowRefused):
                 handler = flows.pop(event.flow_id, None)
                 if handler is not None:

@@ -42,11 +42,14 @@ class FlowSide:
         """Route this (incoming) flow's events to `handler`."""
         self.link.flows[self.flow_id] = handler
 
-    def accept(self, window: int, *, flush: bool = True) -> bool:
-        """Answer an incoming OPEN; False if the flow ended meanwhile. `flush=False`:
-        the caller's next command on this link sends it along."""
+    def accept(self, window: int, *, trace: tuple[str, ...] = (), server: str = "",
+               flush: bool = True) -> bool:
+        """Answer an incoming OPEN; False if the flow ended meanwhile. `trace` (the
+        routers the OPEN passed and this one) and `server` (the target's host:port) go
+        back for the opener's record. `flush=False`: the caller's next command on this
+        link sends it along."""
         try:
-            self.conn.accept_flow(self.flow_id, window)
+            self.conn.accept_flow(self.flow_id, window, trace=trace, server=server)
         except FlowError:
             return False
         if flush:

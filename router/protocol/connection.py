@@ -407,7 +407,8 @@ class LinkConnection:
         # The window counts from the OPEN: what we sent early is already in it.
         early_sent = self._peer_early_bytes - flow.send_credit
         flow.send_credit = max(0, accept.window - early_sent)
-        return FlowAccepted(flow_id=flow_id, window=accept.window)
+        return FlowAccepted(flow_id=flow_id, window=accept.window, trace=accept.trace,
+                            server=accept.server)
 
     def _on_refuse(self, flow_id: int, body: bytes, now: float) -> Event | None:
         refuse = Refuse.from_wire(body)
@@ -511,14 +512,17 @@ class LinkConnection:
         self._queue(FrameType.OPEN, flow_id, open.to_wire())
         return flow_id
 
-    def accept_flow(self, flow_id: int, window: int) -> None:
-        accept = Accept(window=window)  # ValueError for a bad window, before any change
+    def accept_flow(self, flow_id: int, window: int, *, trace: tuple[str, ...] = (),
+                    server: str = "") -> None:
+        """Accept the peer's OPEN; `trace` and `server` go back for its flow record."""
+        # ValueError for a bad window or trace, before any change
+        accept = Accept(window=window, trace=trace, server=server)
         flow = self._local_flow(flow_id)
         if window < flow.window:
             # The window counts from the OPEN and holds what arrived early; never below
             # the early offer, so the opener's credit cannot go negative.
             window = flow.window
-            accept = Accept(window=window)
+            accept = Accept(window=window, trace=trace, server=server)
         flow.on_local(FlowInput.SEND_ACCEPT)
         flow.recv_allowance += window - flow.window
         flow.window = window

@@ -43,10 +43,13 @@ class FlowOpened:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlowAccepted:
-    """The peer accepted a flow we opened and granted ``window`` bytes of credit."""
+    """The peer accepted a flow we opened and granted ``window`` bytes of credit;
+    ``trace`` and ``server`` say where it went (see ``Accept``; empty from an older peer)."""
 
     flow_id: int
     window: int
+    trace: tuple[str, ...] = ()
+    server: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

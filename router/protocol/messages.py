@@ -91,6 +91,21 @@ def _check_seconds(name: str, value: object, *, hi: float) -> None:
         raise ValueError(f"{name} must be in (0, {hi}] seconds, got {value}")
 
 
+def _check_trace(trace: object, cap: int) -> None:
+    if not isinstance(trace, tuple):
+        raise ValueError(f"trace must be a list, got {type(trace).__name__}")
+    if len(trace) > cap:
+        raise ValueError(f"trace has {len(trace)} hops, more than {cap}")
+    # Per flow on every router it crosses (OPEN and ACCEPT): the characters of all hops
+    # are checked at once, and one hop at a time only to say which one is wrong.
+    if all(isinstance(hop, str) and len(hop) <= MAX_NAME_CHARS for hop in trace):
+        joined = "".join(trace)
+        if joined.isprintable() and _SPACE.search(joined) is None:
+            return
+    for hop in trace:
+        _check_str("trace entry", hop, cap=MAX_NAME_CHARS)
+
+
 def _pack(body: dict[str, Any]) -> bytes:
     data: bytes = msgpack.packb(body, use_bin_type=True)
     return data
@@ -192,12 +207,7 @@ class Open:
         _check_str("origin_router", self.origin_router, cap=MAX_NAME_CHARS)
         _check_str("dest_router", self.dest_router, cap=MAX_NAME_CHARS)
         _check_str("client_addr", self.client_addr, cap=MAX_NAME_CHARS)
-        if not isinstance(self.trace, tuple):
-            raise ValueError(f"trace must be a list, got {type(self.trace).__name__}")
-        if len(self.trace) > MAX_TRACE_HOPS:
-            raise ValueError(f"trace has {len(self.trace)} hops, more than {MAX_TRACE_HOPS}")
-        for hop in self.trace:
-            _check_str("trace entry", hop, cap=MAX_NAME_CHARS)
+        _check_trace(self.trace, MAX_TRACE_HOPS)
         _check_int("window", self.window, lo=0, hi=MAX_WINDOW)
 
     def to_wire(self) -> bytes:
@@ -239,16 +249,31 @@ class Open:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Accept:
     window: int  # initial credit the acceptor grants the opener
+    # For the opener's flow record, so the listener site holds the whole record with no
+    # frame of its own: the routers the OPEN passed, the serving one last, and the
+    # target it reached (host:port). Optional on the wire: an older router sends
+    # neither, and transit routers pass both on unchanged.
+    trace: tuple[str, ...] = ()
+    server: str = ""
 
     def __post_init__(self) -> None:
         _check_int("window", self.window, lo=0, hi=MAX_WINDOW)
+        _check_trace(self.trace, MAX_TRACE_HOPS + 1)  # the OPEN's, and the acceptor
+        _check_str("server", self.server, cap=MAX_NAME_CHARS)
 
     def to_wire(self) -> bytes:
-        return _pack({"window": self.window})
+        body: dict[str, Any] = {"window": self.window}
+        if self.trace:
+            body["trace"] = list(self.trace)
+        if self.server:
+            body["server"] = self.server
+        return _pack(body)
 
     @classmethod
     def from_wire(cls, data: bytes) -> Self:
-        f = _unpack("ACCEPT", data, ("window",))
+        f = _unpack("ACCEPT", data, ("window",), optional=("trace", "server"))
+        if isinstance(f.get("trace"), list):
+            f["trace"] = tuple(f["trace"])
         try:
             return cls(**f)
         except ValueError as exc:

@@ -71,6 +71,8 @@ class Limits:
     routing_refresh_s: float = 30.0
     routing_max_age_s: float = 100.0
     traffic_summary_s: float = 5.0  # how often this router tells the network its load
+    flow_records_max: int = 10_000  # ended flows a router keeps; 0: no records
+    flow_records_ttl_s: float = 900.0  # ... for this long at most
     # HTTP listeners, each client connection (router.adaptors.http.limits.HttpLimits)
     http_max_head_bytes: int = 64 * 1024
     http_max_headers: int = 128
@@ -204,6 +206,9 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "routing_refresh_s": (0.01, DAY_S),
     "routing_max_age_s": (0.01, DAY_S),
     "traffic_summary_s": (1.0, 60.0),  # the summaries' own bounds (routing/summary.py)
+    # A record is a few hundred bytes: a million is a few hundred MB.
+    "flow_records_max": (0, 1_000_000),
+    "flow_records_ttl_s": (1.0, 7 * DAY_S),
     # HTTP: a request the listener accepts must fit the message codec between routers
     # (message.MessageLimits: its head twice over, as `forwarded` repeats the authority,
     # and two more headers); the HTTP/2 bounds are RFC 9113's.

@@ -54,14 +54,14 @@ async def test_internal_error_resets_the_client_and_leaks_nothing(
     router = Router.from_site(site, config)
     calls = 0
 
-    async def broken_connect(key: str) -> trio.abc.Stream:
+    async def broken_connect(key: str) -> tuple[trio.abc.Stream, str]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("injected bug")
-        return await trio.open_tcp_stream("127.0.0.1", backend_port)
+        return await trio.open_tcp_stream("127.0.0.1", backend_port), "backend"
 
-    monkeypatch.setattr(router.connectors, "connect", broken_connect)
+    monkeypatch.setattr(router.connectors, "connect_target", broken_connect)
     async with trio.open_nursery() as nursery:
         await nursery.start(router.run)
         baseline = fd_count()

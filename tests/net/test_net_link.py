@@ -24,7 +24,7 @@ class Recorder:
         self.reset: str | None = None
         self.got_reset = trio.Event()
 
-    def on_accepted(self, window: int) -> None:
+    def on_accepted(self, window: int, trace: tuple[str, ...], server: str) -> None:
         self.accepted.set()
 
     def on_refused(self, code: FlowCode, reason: str) -> None:

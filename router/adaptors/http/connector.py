@@ -56,6 +56,14 @@ class _Target:
     protocol: str
 
 
+def _note_lease(entry: FlowEntry, lease: Lease) -> None:
+    """The target and the protocol it speaks, for the request's record here."""
+    if isinstance(lease, H1Lease):
+        entry.protocol, entry.server = "http1", lease.pool.endpoint
+    else:
+        entry.protocol, entry.server = "http2", lease.conn.pool.endpoint
+
+
 class HttpConnectors:
     """The site's HTTP connectors and their pools of backend connections."""
 
@@ -160,8 +168,9 @@ class HttpConnectors:
                                           extra={"routing_key": open_msg.routing_key,
                                                  "peer_site": open_msg.origin_site})
                     side.refuse(FlowCode.NO_TARGET, str(exc))
-                outcome = "refused"
+                outcome, entry.reason = "refused", str(exc)
                 return
+            _note_lease(entry, lease)
             flow = MessageFlow(side, entry, request=True)
             if pending.reset_reason is None:
                 pending.hand_over(flow)
@@ -173,7 +182,8 @@ class HttpConnectors:
                     self._deferred.add(flow)
                     accepted = True
                 else:
-                    accepted = side.accept(self._window)
+                    accepted = side.accept(self._window, trace=entry.trace,
+                                           server=entry.server or "")
             if not accepted:  # the opener gave up meanwhile
                 await give_back(lease)
                 outcome = "reset"
@@ -201,6 +211,7 @@ class HttpConnectors:
         lease, host = await self.lease(key)
         mine, theirs = local_pair()
         entry = self._table.begin(key, "connector", client="local")
+        _note_lease(entry, lease)
         self._table.spawn(guarded, f"local HTTP request for {key}", self._serve_local,
                           mine, lease, host, entry)
         return theirs

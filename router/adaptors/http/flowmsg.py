@@ -79,7 +79,8 @@ class MessageFlow(FlowEnd):
     def accept_now(self, *, flush: bool = True) -> None:
         if self._accept_window is not None:
             window, self._accept_window = self._accept_window, None
-            self.side.accept(window, flush=flush)
+            self.side.accept(window, trace=self.entry.trace, server=self.entry.server or "",
+                             flush=flush)
 
     def expect_tunnel(self, request: RequestHead) -> None:
         """`request` (sent on this flow) proposes a protocol switch: a response that

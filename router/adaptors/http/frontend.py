@@ -48,7 +48,7 @@ from router.adaptors.http.message import (
     proposes_tunnel,
     switches,
 )
-from router.flows.entry import FlowEntry, Outcome
+from router.flows.entry import FlowEntry, FlowProtocol, Outcome
 from router.flows.forwarder import Forwarder, NoRoute
 from router.flows.table import FlowTable
 from router.net.logthrottle import KeyedLogThrottle
@@ -106,10 +106,11 @@ class HttpFrontend:
                     first += data
             if not first:
                 return  # nothing within the time
-            handle: Handler = functools.partial(self.handle, lst)
             if first.startswith(H2_PREFACE):
+                handle: Handler = functools.partial(self.handle, lst, "http2")
                 await server_h2.serve(stream, first, handle, self.limits, client)
             else:
+                handle = functools.partial(self.handle, lst, "http1")
                 await server_h1.serve(stream, first, handle, self.limits, client)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
@@ -117,17 +118,21 @@ class HttpFrontend:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def handle(self, lst: ListenerConfig, head: RequestHead, body: RequestBody,
-                     sink: ResponseSink) -> None:
+    async def handle(self, lst: ListenerConfig, protocol: FlowProtocol, head: RequestHead,
+                     body: RequestBody, sink: ResponseSink) -> None:
         """One request, retries included; BrokenResourceError if the client went away."""
         grpc = is_grpc(head.headers)
         # One entry per request (its attempts, bytes and answer), as records count it.
         entry = self._table.begin(lst.key, "listener", client=head.client)
+        entry.protocol = "grpc" if grpc else protocol
         self._table.note_request(entry, method=head.method, path=head.target)
         outcome: Outcome = "error"
+        reason: str | None = "internal error in this router"
         try:
             failure, outcome = await self._serve_request(lst, entry, head, body, sink)
+            reason = None if outcome == "ok" else "the HTTP exchange did not complete"
             if failure is not None:
+                reason = failure.reason
                 self._error_log.log(lst.key, log, logging.WARNING, trio.current_time(),
                                     "listener %s: %d: %s", lst.key, failure.status,
                                     failure.reason,
@@ -138,13 +143,13 @@ class HttpFrontend:
                     self._table.note_grpc_status(entry, failure.grpc_status)
                 await answer_error(sink, failure, grpc)
         except ClientGone:
-            outcome = "reset"
+            outcome, reason = "reset", "the client went away"
             raise trio.BrokenResourceError("the client went away") from None
         except BaseException:
             outcome = "reset"
             raise
         finally:
-            self._table.end(entry, outcome)
+            self._table.end(entry, outcome, reason)
 
     async def _serve_request(self, lst: ListenerConfig, entry: FlowEntry, head: RequestHead,
                              body: RequestBody, sink: ResponseSink
