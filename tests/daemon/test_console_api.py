@@ -240,3 +240,37 @@ async def test_console_reply_gives_the_link(autojump_clock: trio.testing.MockClo
         a.admin_url = "http://127.0.0.1:9999/"
         reply = console_reply(a)
         assert reply["link"] == f"http://127.0.0.1:9999/#token={a.console_token}"
+
+
+async def test_every_sites_flows_are_asked_over_the_links_not_too_often(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with mem_net() as net:
+        a, b, c = await line(net)
+        client = net.client(a, "db")
+        await client.send_all(b"x" * 100)
+        got = b""
+        while len(got) < 100:
+            got += await client.receive_some()
+        # b is in the middle: no flow ends there, but it can ask a and c for theirs.
+        assert (await snapshot(b.router))["flows"]["active"] == []
+        r = await get(b.router, "/api/v1/network/flows", headers=bearer(b.router))
+        assert r.status == 200 and header(r, "cache-control") == "no-store"
+        reply = json.loads(r.body)
+        assert reply["missing"] == [] and reply["answered"] == ["a", "b", "c"]
+        [flow] = reply["records"]  # a's whole record; c's half of it is left out
+        assert flow["listener_site"] == "a" and flow["sites"] == ["a", "b", "c"]
+        assert flow["end"] is None and flow["bytes_c2s"] == 100
+        # Asked again within NETWORK_FLOWS_EVERY_S: the same answer, no new question.
+        again = await get(b.router, "/api/v1/network/flows", headers=bearer(b.router))
+        assert again.body == r.body
+        assert (await get(b.router, "/api/v1/network/flows")).status == 401
+        await client.aclose()
+        await wait_until(lambda: a.flows.active == 0, "the flow ended")
+        net.mem.refuse(c.endpoint)
+        for conn in net.mem.live(c.endpoint):
+            conn.cut()
+        await trio.sleep(3)
+        reply = json.loads((await get(b.router, "/api/v1/network/flows",
+                                      headers=bearer(b.router))).body)
+        assert [flow["outcome"] for flow in reply["records"]] == ["ok"]
+        assert [m["site"] for m in reply["missing"]] == ["c"]

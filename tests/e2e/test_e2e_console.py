@@ -218,6 +218,30 @@ def test_a_running_flow_appears_with_its_path(browser: WebDriver, line: Line,
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ended), what="the flow ended ok")
 
 
+def test_a_site_in_between_shows_every_sites_flows(browser: WebDriver, line: Line,
+                                                  tmp_path: Path) -> None:
+    """hub carries the flow but is neither of its ends: its console asks the others."""
+    browser.get("about:blank")
+    browser.get(line.hub.sitectl("console", "--url").stdout.strip())
+    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#topology g.node.local'),
+             what="hub's console")
+    with socket.create_connection(("127.0.0.1", line.port), timeout=10) as sock:
+        sock.sendall(b"q" * 7000)
+        got = 0
+        while got < 7000:
+            got += len(sock.recv(65536))
+        browser.find_element(By.ID, "flows-network").click()
+        active = '#flows tr.flow[data-key="db"][data-state="active"]'
+        row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, active),
+                       what="east's flow listed on hub")[0]
+        assert "east \u2192 hub \u2192 west" in row.text and "7.00 KB" in row.text
+        assert "every site's flows" in browser.find_element(By.ID, "flows-note").text
+        shot(browser, tmp_path, "network-flows")
+    browser.find_element(By.ID, "flows-here").click()
+    wait_for(lambda: "this site's" in browser.find_element(By.ID, "flows-note").text,
+             what="back to hub's own flows")
+
+
 def test_nothing_loads_from_off_the_machine(browser: WebDriver, line: Line,
                                             tmp_path: Path) -> None:
     opened(browser, line)

@@ -1,7 +1,10 @@
 """The console's JSON API and its live stream, on the router's admin port.
 
-    GET /api/v1/snapshot   the whole view as JSON (snapshot.py)
-    GET /api/v1/events     the same as server-sent events, one a second
+    GET /api/v1/snapshot        the whole view as JSON (snapshot.py)
+    GET /api/v1/events          the same as server-sent events, one a second
+    GET /api/v1/network/flows   every reachable router's flows, asked over the links
+                                (as `sitectl flows --network`), at most one question
+                                per NETWORK_FLOWS_EVERY_S whoever asks
 
 Both need the token (access.py); anything else under /api/ is a 404 once the token is
 shown, so paths cannot be probed without it. Read-only: nothing here changes the
@@ -22,12 +25,15 @@ import trio
 from router.daemon.console.access import NO_STORE, SECURITY_HEADERS, authorized, refused
 from router.daemon.console.assets import Assets
 from router.daemon.console.snapshot import Snapshots
+from router.daemon.flowsview import flows_reply
 from router.daemon.view import RouterView
 from router.daemon.web import Routes, WebRequest, WebResponse
 
 INTERVAL_S = 1.0
 MAX_STREAMS = 16
 RETRY_MS = 2000  # how soon a browser's EventSource reconnects after a stream ends
+NETWORK_FLOWS_EVERY_S = 3.0  # each question goes to every router: not more often
+NETWORK_FLOWS_MAX = 200
 API_HEADERS = (*SECURITY_HEADERS, *NO_STORE)
 
 
@@ -36,7 +42,11 @@ class Console:
 
     def __init__(self, view: RouterView, token: str) -> None:
         self.token = token
+        self._view = view
         self._snapshots = Snapshots(view)
+        self._network_lock = trio.Lock()  # one question to the network at a time
+        self._network: bytes = b""
+        self._network_at = -float("inf")
         self._latest: bytes = b""
         self._latest_at = -float("inf")
         self.streams = 0  # open event streams
@@ -65,7 +75,23 @@ class Console:
                                headers=API_HEADERS)
         if request.path == "/api/v1/events":
             return self._events()
+        if request.path == "/api/v1/network/flows":
+            return WebResponse(200, await self._network_flows(),
+                               content_type="application/json", headers=API_HEADERS)
         return _json_error(404, f"no API {request.path[:200]}")
+
+    async def _network_flows(self) -> bytes:
+        """The network's flows, asked again once the last answer is
+        NETWORK_FLOWS_EVERY_S old; whoever asks meanwhile waits for that answer."""
+        async with self._network_lock:
+            if trio.current_time() - self._network_at >= NETWORK_FLOWS_EVERY_S:
+                reply = await flows_reply(self._view, {"network": True,
+                                                       "limit": NETWORK_FLOWS_MAX})
+                reply["time"] = time.time()
+                self._network = json.dumps(reply, separators=(",", ":"),
+                                           default=str).encode()
+                self._network_at = trio.current_time()
+            return self._network
 
     def _events(self) -> WebResponse:
         if self.streams >= MAX_STREAMS:

@@ -18,7 +18,8 @@ from router.daemon.console.rates import LinkId, Rates, RoleId, Sample, sample
 from router.daemon.status import network_status, site_status
 from router.daemon.view import RouterView
 from router.flows.counters import KeyTotals
-from router.flows.entry import FlowEntry
+from router.flows.netrecords import site_names
+from router.flows.records import record_dict
 
 SNAPSHOT_VERSION = 1
 MAX_SITES = 200
@@ -189,43 +190,11 @@ def _services(keys: Iterable[str], net_keys: Mapping[str, Any],
 
 # ---- flows
 def _flows(view: RouterView) -> dict[str, Any]:
+    """This router's newest active flows and records, as `sitectl flows --json` has them."""
     table = view.flows
-    names = {rec.router_id: rec.site for rec in view.routing.records()}
-    site = view.config.name
-    active = list(itertools.islice(reversed(list(table.entries())), MAX_FLOWS))
-    return {"active": [flow_json(e, names, site, view) for e in active],
-            "recent": [flow_json(e, names, site, view)
-                       for e in table.records.recent(MAX_FLOWS)],
+    names = site_names(view.routing)
+    return {"active": [record_dict(e, names)
+                       for e in table.listed(active=True, limit=MAX_FLOWS)],
+            "recent": [record_dict(e, names) for e in table.records.recent(MAX_FLOWS)],
             "active_total": table.active, "recent_total": len(table.records),
             "dropped": table.records.dropped}
-
-
-def flow_json(entry: FlowEntry, names: Mapping[str, str], site: str, view: RouterView
-              ) -> dict[str, Any]:
-    """A flow end with the record fields of `sitectl flows --json`. Its path is the
-    trace its OPEN carried; a listener's end, whose OPEN left from here, takes the
-    route to its serving router."""
-    listener = entry.role == "listener"
-    sites = [names.get(hop, hop) for hop in entry.trace]
-    if listener and not sites:
-        path = [] if entry.server_router is None else view.routing.path(entry.server_router)
-        sites = [names.get(hop, hop) for hop in path] or [site]
-    elif not listener and (not sites or sites[-1] != site):
-        sites.append(site)
-    rec: dict[str, Any] = {
-        "id": entry.id, "protocol": "tcp" if entry.method is None else "http",
-        "routing_key": entry.key, "role": entry.role,
-        "listener_site": site if listener else (sites[0] if sites else None),
-        "connector_site": (site if not listener else
-                           None if entry.server_router is None
-                           else names.get(entry.server_router, entry.server_router)),
-        "sites": sites, "client": entry.client, "server": None,
-        "start": entry.start, "end": entry.end,
-        "bytes_c2s": entry.bytes_out if listener else entry.bytes_in,
-        "bytes_s2c": entry.bytes_in if listener else entry.bytes_out,
-        "ttfb_s": entry.ttfb_s, "outcome": entry.outcome, "reason": None,
-    }
-    if entry.method is not None:
-        rec.update(method=entry.method, url_path=entry.path, status=entry.status,
-                   attempts=entry.attempts)
-    return rec

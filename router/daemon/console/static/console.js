@@ -14,6 +14,7 @@
   const POLL_MS = 1000;
   const STREAM_RETRY_MS = 10000;
   const STALE_MS = 4000; // no data for this long: the view is greyed out
+  const NETWORK_FLOWS_MS = 3000; // every site's flows: asked over the links, not often
   const SVG = "http://www.w3.org/2000/svg";
 
   const state = {
@@ -24,6 +25,9 @@
     source: null,
     pollTimer: null,
     retryTimer: null,
+    flowsMode: "here", // this site's flows (in the snapshot), or every site's
+    networkFlows: null, // the last answer of /api/v1/network/flows
+    networkTimer: null,
   };
 
   // ---- small DOM helpers (text only)
@@ -190,6 +194,8 @@
 
   function refused() {
     stopPolling();
+    clearTimeout(state.networkTimer);
+    state.flowsMode = "here";
     clearTimeout(state.retryTimer);
     if (state.source) state.source.close();
     setConn("refused", "token refused");
@@ -213,11 +219,10 @@
     document.title = s.site + " \u00b7 vanrouter console";
     document.getElementById("updated").textContent =
       "updated " + fmtTime(s.time) + " \u00b7 up " + fmtSeconds(s.uptime_s);
-    const rtts = new Map(s.edges.map((e) => [pairKey(e.a, e.b), e.rtt_ms]));
     renderTopology(s);
     renderLinks(s);
     renderServices(s);
-    renderFlows(s, rtts);
+    renderFlows(s);
   }
 
   function layout(sites) {
@@ -356,7 +361,9 @@
   }
 
   function flowRow(f, rtts, here) {
-    const id = f.role + ":" + f.id;
+    // Ids are per router: with every site's flows, the site makes them unique.
+    const id = (f.role === "listener" ? f.listener_site : f.connector_site) + ":" +
+      f.role + ":" + f.id;
     const open = state.expanded.has(id);
     const duration = (f.end === null ? s_now() : f.end) - f.start;
     const outcome = f.end === null ? "active" : f.outcome;
@@ -375,8 +382,7 @@
     el("td", {}, badge(outcome, "outcome-" + outcome)));
     row.addEventListener("click", () => {
       if (state.expanded.has(id)) state.expanded.delete(id); else state.expanded.add(id);
-      if (state.last) renderFlows(state.last, new Map(state.last.edges.map(
-        (e) => [pairKey(e.a, e.b), e.rtt_ms])));
+      if (state.last) renderFlows(state.last);
     });
     const rows = [row];
     if (open) rows.push(el("tr", { class: "detail", "data-flow-detail": id },
@@ -421,22 +427,70 @@
     return dl;
   }
 
-  function renderFlows(s, rtts) {
-    const f = s.flows;
+  function renderFlows(s) {
+    const rtts = new Map(s.edges.map((e) => [pairKey(e.a, e.b), e.rtt_ms]));
+    const network = state.flowsMode === "network";
     const rows = [];
     const section = (text) => el("tr", { class: "section" }, el("td", { colspan: 9 }, text));
-    if (f.active.length) {
-      rows.push(section("active (" + f.active_total + ")"));
+    let active, recent, note;
+    if (network) {
+      const reply = state.networkFlows;
+      const records = reply ? reply.records : [];
+      active = records.filter((r) => r.end === null);
+      recent = records.filter((r) => r.end !== null);
+      note = reply === null ? "asking every site\u2026" : "every site's flows, asked over " +
+        "the links at " + fmtTime(reply.time) + (reply.missing.length ? " \u00b7 no answer from " +
+          reply.missing.map((m) => m.site + " (" + m.error + ")").join(", ") : "");
+      if (active.length) rows.push(section("active (" + active.length + ")"));
+      for (const flow of active) rows.push(...flowRow(flow, rtts, s.site));
+      if (recent.length) rows.push(section("ended (" + recent.length + ")"));
+      for (const flow of recent) rows.push(...flowRow(flow, rtts, s.site));
+    } else {
+      const f = s.flows;
+      if (f.active.length) rows.push(section("active (" + f.active_total + ")"));
       for (const flow of f.active) rows.push(...flowRow(flow, rtts, s.site));
-    }
-    if (f.recent.length) {
-      rows.push(section("recent (" + f.recent_total + " kept" +
-        (f.dropped ? ", " + f.dropped + " dropped" : "") + ")"));
+      if (f.recent.length) {
+        rows.push(section("recent (" + f.recent_total + " kept" +
+          (f.dropped ? ", " + f.dropped + " dropped" : "") + ")"));
+      }
       for (const flow of f.recent) rows.push(...flowRow(flow, rtts, s.site));
+      note = "this site's flow ends, newest first \u00b7 click one for its path";
     }
-    fill("flows", rows, 9, "no flows yet");
-    document.getElementById("flows-note").textContent =
-      "this site's flow ends, newest first \u00b7 click one for its path";
+    fill("flows", rows, 9, network && state.networkFlows === null ? "asking\u2026"
+      : "no flows yet");
+    document.getElementById("flows-note").textContent = note;
+  }
+
+  function setFlowsMode(mode) {
+    state.flowsMode = mode;
+    document.getElementById("flows-here").classList.toggle("on", mode === "here");
+    document.getElementById("flows-network").classList.toggle("on", mode === "network");
+    clearTimeout(state.networkTimer);
+    state.networkFlows = null;
+    if (mode === "network") askNetwork();
+    if (state.last) renderFlows(state.last);
+  }
+
+  async function askNetwork() {
+    let again = true;
+    try {
+      const reply = await fetch(API + "network/flows", {
+        headers: { Authorization: "Bearer " + state.token },
+        cache: "no-store",
+      });
+      if (reply.status === 401) {
+        again = false;
+        refused();
+      } else if (reply.ok && state.flowsMode === "network") {
+        state.networkFlows = await reply.json();
+        if (state.last) renderFlows(state.last);
+      }
+    } catch (err) {
+      // The router is not answering: the connection badge says so already.
+    }
+    if (again && state.flowsMode === "network") {
+      state.networkTimer = setTimeout(askNetwork, NETWORK_FLOWS_MS);
+    }
   }
 
   // ---- start
@@ -454,6 +508,9 @@
   function start() {
     watchStaleness();
     window.addEventListener("hashchange", restart);
+    document.getElementById("flows-here").addEventListener("click", () => setFlowsMode("here"));
+    document.getElementById("flows-network").addEventListener(
+      "click", () => setFlowsMode("network"));
     state.token = readToken();
     if (!state.token) {
       setConn("refused", "no token");
