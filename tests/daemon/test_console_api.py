@@ -13,6 +13,7 @@ import trio.testing
 
 from router.daemon.console import console_reply
 from router.daemon.console.api import MAX_STREAMS, EventStream
+from router.daemon.console.snapshot import MAX_FLOWS, MAX_SERVICES
 from router.daemon.router import Router
 from router.daemon.web import WebRequest, WebResponse
 from router.site.config import ConnectorConfig
@@ -274,3 +275,25 @@ async def test_every_sites_flows_are_asked_over_the_links_not_too_often(
                                       headers=bearer(b.router))).body)
         assert [flow["outcome"] for flow in reply["records"]] == ["ok"]
         assert [m["site"] for m in reply["missing"]] == ["c"]
+
+
+async def test_a_snapshot_stays_small_however_much_there_is(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with mem_net() as net:
+        keys = tuple(ConnectorConfig(key=f"k{i:03d}", host="nowhere", port=1)
+                     for i in range(MAX_SERVICES + 20))
+        a = (await net.add_router("a", connectors=keys)).router
+        flows = a.flows
+        for i in range(MAX_FLOWS * 3):
+            entry = flows.begin("k000", "connector", client=f"10.0.0.{i % 250}:{i}")
+            if i >= MAX_FLOWS * 2:
+                flows.end(entry, "ok")
+        snap = await snapshot(a)
+        assert len(snap["services"]) == MAX_SERVICES
+        assert snap["omitted"]["services"] == 20
+        assert len(snap["flows"]["active"]) == MAX_FLOWS
+        assert len(snap["flows"]["recent"]) == MAX_FLOWS
+        assert snap["flows"]["active_total"] == MAX_FLOWS * 2
+        assert snap["flows"]["active"][0]["client"].endswith(f":{MAX_FLOWS * 2 - 1}")
+        for entry in list(flows.entries()):
+            flows.end(entry, "reset")

@@ -1,9 +1,11 @@
 """The web console in a real browser (Debian's headless Chromium, driven by selenium),
 against three router subprocesses in a line, east - hub - west, with a TCP service at
 west reached from east: every site drawn with its links, a running flow in the flows
-view with its path, nothing loaded from anywhere but the router, the API closed without
-the token, and a killed site's link red within 3 s without a reload. One browser and
-one network for the module; each test saves a screenshot in its tmp dir."""
+view with its path (on east, and on hub from every site's records), nothing loaded from
+anywhere but the router, the API closed without the token, and a killed site's link red
+within 3 s without a reload. One browser and one network for the module; each browser
+test saves a screenshot in its tmp dir, and is skipped, saying why, without Chromium,
+its driver or selenium (the `sitectl console` tests run anyway)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,18 +26,13 @@ import pytest
 from tests.support.services import EchoServer
 from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
-                                "(pip install -e '.[dev]')")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Chromium and its driver (Debian: apt-get install chromium chromium-driver)")
-
+# selenium's locator strategies (selenium.webdriver.common.by.By), imported only with it
+CSS, ID, TAG = "css selector", "id", "tag name"
 RED = "rgb(224, 49, 49)"  # console.css --down
 GREEN = "rgb(47, 158, 68)"  # console.css --up
 
@@ -76,8 +73,14 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip("needs Chromium and its driver (Debian: apt-get install chromium "
+                    "chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium "
+                                    "(pip install -e '.[dev]')")
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
-    assert CHROMIUM is not None
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-extensions",
@@ -105,7 +108,7 @@ def opened(browser: WebDriver, line: Line) -> None:
     browser.get("about:blank")  # (the same URL again would only change the fragment)
     browser.get_log("performance")  # (drop what earlier pages did)
     browser.get(line.link())
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "#topology g.node"),
+    wait_for(lambda: browser.find_elements(CSS, "#topology g.node"),
              what="the topology drawn")
 
 
@@ -123,6 +126,24 @@ def edge(browser: WebDriver, a: str, b: str) -> dict[str, Any] | None:
            return {state: g.dataset.state, label: g.querySelector("text").textContent,
                    stroke: getComputedStyle(g.querySelector("line")).stroke};""", a, b)
     return found
+
+
+def test_sitectl_console_says_why_there_is_no_console(tmp_path: Path) -> None:
+    site = Site(tmp_path, "lone", site_env(tmp_path)).init()
+    stopped = site.sitectl("console", "--url", check=False)
+    assert stopped.returncode == 1 and stopped.stdout == ""
+    assert "the router of site lone is not running" in stopped.stderr
+    with socket.socket() as squatter:  # the admin port is taken: the site runs without
+        squatter.bind(("127.0.0.1", site.admin_port))
+        squatter.listen()
+        site.start()
+        try:
+            busy = site.sitectl("console", "--url", check=False)
+            assert busy.returncode == 1 and busy.stdout == ""
+            assert busy.stderr.startswith("sitectl: site lone has no admin port, so no "
+                                          "console (cannot listen on 127.0.0.1:")
+        finally:
+            site.stop()
 
 
 def test_sitectl_console_prints_a_link_and_the_api_wants_its_token(line: Line) -> None:
@@ -160,9 +181,9 @@ def test_every_site_is_drawn_with_its_links(browser: WebDriver, line: Line,
                                             tmp_path: Path) -> None:
     opened(browser, line)
     sites = wait_for(lambda: len(got := browser.find_elements(
-        By.CSS_SELECTOR, "#topology g.node")) == 3 and got, what="three sites")
+        CSS, "#topology g.node")) == 3 and got, what="three sites")
     assert sorted(s.get_attribute("data-site") or "" for s in sites) == ["east", "hub", "west"]
-    [local] = browser.find_elements(By.CSS_SELECTOR, "#topology g.node.local")
+    [local] = browser.find_elements(CSS, "#topology g.node.local")
     assert local.get_attribute("data-site") == "east" and "this site" in local.text
     for a, b in (("east", "hub"), ("hub", "west")):
         wait_for(lambda a=a, b=b: (e := edge(browser, a, b)) and e["state"] == "up",
@@ -177,13 +198,13 @@ def test_every_site_is_drawn_with_its_links(browser: WebDriver, line: Line,
     assert "ms" in wait_for(lambda: (e := edge(browser, "hub", "west")) and "ms" in e["label"]
                             and e["label"], what="the hub-west RTT")
     assert "#token" not in browser.current_url  # out of the address bar (and history)
-    assert browser.find_element(By.ID, "site-name").text == "east"
-    assert browser.find_element(By.ID, "conn").text == "live"  # server-sent events
-    links = browser.find_elements(By.CSS_SELECTOR, "#links tbody tr[data-link]")
-    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in links] == ["hub"]
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#services tr[data-key="db"]'),
+    assert browser.find_element(ID, "site-name").text == "east"
+    assert browser.find_element(ID, "conn").text == "live"  # server-sent events
+    links = browser.find_elements(CSS, "#links tbody tr[data-link]")
+    assert [r.find_elements(TAG, "td")[1].text for r in links] == ["hub"]
+    wait_for(lambda: browser.find_elements(CSS, '#services tr[data-key="db"]'),
              what="the db service listed")
-    row = browser.find_element(By.CSS_SELECTOR, '#services tr[data-key="db"]')
+    row = browser.find_element(CSS, '#services tr[data-key="db"]')
     assert "west" in row.text and "east \u2192 hub \u2192 west" in row.text
     shot(browser, tmp_path, "topology")
 
@@ -197,25 +218,25 @@ def test_a_running_flow_appears_with_its_path(browser: WebDriver, line: Line,
         while got < 5000:
             got += len(sock.recv(65536))
         active = '#flows tr.flow[data-key="db"][data-state="active"]'
-        row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, active),
+        row = wait_for(lambda: browser.find_elements(CSS, active),
                        what="the flow listed as active")[0]
         assert "east \u2192 hub \u2192 west" in row.text
         assert "5.00 KB / 5.00 KB" in wait_for(
-            lambda: (r := browser.find_elements(By.CSS_SELECTOR, active)) and r[0].text,
+            lambda: (r := browser.find_elements(CSS, active)) and r[0].text,
             what="its bytes")
         row.click()
         detail = wait_for(lambda: browser.find_elements(
-            By.CSS_SELECTOR, "#flows tr.detail .hops"), what="the flow's path shown")[0]
-        hops = [h.text for h in detail.find_elements(By.CSS_SELECTOR, ".hop")]
+            CSS, "#flows tr.detail .hops"), what="the flow's path shown")[0]
+        hops = [h.text for h in detail.find_elements(CSS, ".hop")]
         assert hops == ["east", "hub", "west"]
-        wires = [w.text for w in detail.find_elements(By.CSS_SELECTOR, ".wire")]
+        wires = [w.text for w in detail.find_elements(CSS, ".wire")]
         assert len(wires) == 2 and wires[0].startswith("RTT") and "ms" in wires[0]
         shot(browser, tmp_path, "flow")
         # Expanded rows stay expanded as the view updates each second.
         time.sleep(1.5)
-        assert browser.find_elements(By.CSS_SELECTOR, "#flows tr.detail .hops")
+        assert browser.find_elements(CSS, "#flows tr.detail .hops")
     ended = '#flows tr.flow[data-key="db"][data-state="ok"]'
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, ended), what="the flow ended ok")
+    wait_for(lambda: browser.find_elements(CSS, ended), what="the flow ended ok")
 
 
 def test_a_site_in_between_shows_every_sites_flows(browser: WebDriver, line: Line,
@@ -223,22 +244,22 @@ def test_a_site_in_between_shows_every_sites_flows(browser: WebDriver, line: Lin
     """hub carries the flow but is neither of its ends: its console asks the others."""
     browser.get("about:blank")
     browser.get(line.hub.sitectl("console", "--url").stdout.strip())
-    wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, '#topology g.node.local'),
+    wait_for(lambda: browser.find_elements(CSS, '#topology g.node.local'),
              what="hub's console")
     with socket.create_connection(("127.0.0.1", line.port), timeout=10) as sock:
         sock.sendall(b"q" * 7000)
         got = 0
         while got < 7000:
             got += len(sock.recv(65536))
-        browser.find_element(By.ID, "flows-network").click()
+        browser.find_element(ID, "flows-network").click()
         active = '#flows tr.flow[data-key="db"][data-state="active"]'
-        row = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, active),
+        row = wait_for(lambda: browser.find_elements(CSS, active),
                        what="east's flow listed on hub")[0]
         assert "east \u2192 hub \u2192 west" in row.text and "7.00 KB" in row.text
-        assert "every site's flows" in browser.find_element(By.ID, "flows-note").text
+        assert "every site's flows" in browser.find_element(ID, "flows-note").text
         shot(browser, tmp_path, "network-flows")
-    browser.find_element(By.ID, "flows-here").click()
-    wait_for(lambda: "this site's" in browser.find_element(By.ID, "flows-note").text,
+    browser.find_element(ID, "flows-here").click()
+    wait_for(lambda: "this site's" in browser.find_element(ID, "flows-note").text,
              what="back to hub's own flows")
 
 
@@ -246,7 +267,7 @@ def test_nothing_loads_from_off_the_machine(browser: WebDriver, line: Line,
                                             tmp_path: Path) -> None:
     opened(browser, line)
     origin = f"http://127.0.0.1:{line.east.admin_port}"
-    wait_for(lambda: browser.find_element(By.ID, "conn").text == "live", what="live")
+    wait_for(lambda: browser.find_element(ID, "conn").text == "live", what="live")
     # Every request the browser made for this page, as DevTools saw it.
     urls = [m["params"]["request"]["url"] for m in map(
         _devtools, browser.get_log("performance")) if m["method"] == "Network.requestWillBeSent"]
@@ -293,7 +314,7 @@ def test_a_killed_site_turns_its_link_red_without_a_reload(
     assert browser.execute_script("return window.__sameDocument === true;")  # no reload
     east_hub = edge(browser, "east", "hub")
     assert east_hub is not None and east_hub["state"] == "up"
-    west = browser.find_element(By.CSS_SELECTOR, '#topology g.node[data-site="west"]')
+    west = browser.find_element(CSS, '#topology g.node[data-site="west"]')
     wait_for(lambda: "unreachable" in (west.get_attribute("class") or ""),
              what="west drawn unreachable")
     shot(browser, tmp_path, "killed")

@@ -1,10 +1,10 @@
 """What the console shows, as one JSON document: the network (sites and links), the
 services, this router's flows, its links.
 
-Built from what status already reads (site_status, network_status), the link table's
-counters and the flow table, at most once per interval however many consoles watch
-(see api.py). Every list is capped, so a large network or a flood of flows makes a
-longer "omitted" count, not a larger document.
+Built from what status already reads (site_status, network_status with the traffic
+summaries), the link table's counters and the flow table's records, at most once per
+interval however many consoles watch (see api.py). Every list is capped, so a large
+network or a flood of flows makes a larger "omitted" count, not a larger document.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ SNAPSHOT_VERSION = 1
 MAX_SITES = 200
 MAX_EDGES = 1000
 MAX_SERVICES = 300
+MAX_PER_SERVICE = 50  # listener sites, connector sites and traffic rows of each
 MAX_FLOWS = 100  # active ones shown, and as many recent records
 
 
@@ -99,19 +100,14 @@ def _sites(records: list[dict[str, Any]], here: str, links: list[dict[str, Any]]
 
 def _edges(net: Mapping[str, Any], here: str, links: list[dict[str, Any]]
            ) -> tuple[list[dict[str, Any]], int]:
-    """Every link between two sites: its state from the routing records (up when both
-    ends list it, down when one does, unreachable beyond a partition) and, for this
-    router's own links, the state, RTT and load it measures itself."""
-    edges: dict[tuple[str, str], dict[str, Any]] = {}
-    net_links = net.get("links")
-    if net_links is not None:  # network-wide link states and loads, from the summaries
-        for x in net_links:
-            edges[x["a"], x["b"]] = {
-                "a": x["a"], "b": x["b"], "state": x["state"], "cost": x["cost"],
-                "rtt_ms": x.get("rtt_ms"), "a_to_b_bytes_per_s": x.get("a_to_b_bytes_per_s"),
-                "b_to_a_bytes_per_s": x.get("b_to_a_bytes_per_s"), "local": False}
-    else:
-        edges = _edges_from_records(net["sites"])
+    """Every link between two sites as `status --network` has it (state from the routing
+    records, load from the traffic summaries), and this router's own links with the
+    state, RTT and load it measures itself, which it knows first."""
+    edges = {(x["a"], x["b"]): {
+        "a": x["a"], "b": x["b"], "state": x["state"], "cost": x["cost"],
+        "rtt_ms": x["rtt_ms"], "a_to_b_bytes_per_s": x["a_to_b_bytes_per_s"],
+        "b_to_a_bytes_per_s": x["b_to_a_bytes_per_s"], "local": False, "detail": None}
+        for x in net["links"]}
     for pair, group in itertools.groupby(
             sorted(links, key=lambda lk: _pair(here, lk["peer_site"])),
             key=lambda lk: _pair(here, lk["peer_site"])):
@@ -133,31 +129,11 @@ def _edges(net: Mapping[str, Any], here: str, links: list[dict[str, Any]]
             edge["a_to_b_bytes_per_s" if forward else "b_to_a_bytes_per_s"] = sum(outs)
             edge["b_to_a_bytes_per_s" if forward else "a_to_b_bytes_per_s"] = sum(ins)
     ordered = sorted(edges.values(), key=lambda e: (not e["local"], e["a"], e["b"]))
-    for edge in ordered:
-        edge.setdefault("detail", None)
     return ordered[:MAX_EDGES], max(0, len(ordered) - MAX_EDGES)
 
 
 def _pair(x: str, y: str) -> tuple[str, str]:
     return (x, y) if x <= y else (y, x)
-
-
-def _edges_from_records(sites: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    reachable = {s["site"] for s in sites if s["reachable"]}
-    listed: dict[tuple[str, str], dict[str, int]] = {}
-    for s in sites:
-        for link in s["links"]:
-            listed.setdefault(_pair(s["site"], link["peer"]), {})[s["site"]] = link["cost"]
-    edges = {}
-    for (a, b), by in listed.items():
-        if a not in reachable and b not in reachable:
-            state = "unreachable"
-        else:
-            state = "up" if len(by) == 2 else "down"
-        edges[a, b] = {"a": a, "b": b, "state": state, "cost": by.get(a, by.get(b)),
-                       "rtt_ms": None, "a_to_b_bytes_per_s": None,
-                       "b_to_a_bytes_per_s": None, "local": False}
-    return edges
 
 
 # ---- services
@@ -180,11 +156,16 @@ def _services(keys: Iterable[str], net_keys: Mapping[str, Any],
                 continue
             here.append({"role": role, "opened": t.opened, "active": t.active,
                          "closed": t.closed, **Rates.key(cur, base, (key, role))})
-        out.append({"key": key, "listeners": sorted(known.get("listeners", [])),
-                    "connectors": [{"site": s["site"], "reachable": s["reachable"]}
-                                   for s in known.get("servers", [])],
+        listeners = sorted(known.get("listeners", []))
+        connectors = [{"site": s["site"], "reachable": s["reachable"]}
+                      for s in known.get("servers", [])]
+        traffic = known.get("traffic", [])
+        out.append({"key": key, "listeners": listeners[:MAX_PER_SERVICE],
+                    "connectors": connectors[:MAX_PER_SERVICE],
                     "path": known.get("path"), "here": here,
-                    "traffic": known.get("traffic", [])})
+                    "traffic": traffic[:MAX_PER_SERVICE],
+                    "omitted": sum(max(0, len(x) - MAX_PER_SERVICE)
+                                   for x in (listeners, connectors, traffic))})
     return out
 
 

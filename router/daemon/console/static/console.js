@@ -342,7 +342,9 @@
           td(first ? svc.listeners.join(", ") || null : ""),
           el("td", {}, ...(first ? svc.connectors.map((c, j) => el("span",
             { class: c.reachable ? "" : "off", title: c.reachable ? "" : "not reachable" },
-            (j ? ", " : "") + c.site)) : [])),
+            (j ? ", " : "") + c.site)) : []),
+          first && svc.omitted ? el("span", { class: "muted" }, " +" + svc.omitted + " more")
+            : null),
           td(first ? (svc.path ? svc.path.join(" \u2192 ") : null) : ""),
           td(r ? r.role : null),
           td(r ? fmtNum(r.flows_per_s, 1) : null, "num"),
