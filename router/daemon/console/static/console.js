@@ -28,6 +28,7 @@
     flowsMode: "here", // this site's flows (in the snapshot), or every site's
     networkFlows: null, // the last answer of /api/v1/network/flows
     networkTimer: null,
+    flowRows: new Map(), // the flows table's rows, by flow (see flowRow)
   };
 
   // ---- small DOM helpers (text only)
@@ -313,10 +314,14 @@
   function fill(tableId, rows, columns, emptyText) {
     const body = document.querySelector("#" + tableId + " tbody");
     if (rows.length === 0) {
-      body.replaceChildren(el("tr", {}, el("td", { class: "empty", colspan: columns }, emptyText)));
-    } else {
-      body.replaceChildren(...rows);
+      rows = [el("tr", {}, el("td", { class: "empty", colspan: columns }, emptyText))];
     }
+    // Rows already in place stay where they are (moving them would lose a click).
+    rows.forEach((row, i) => {
+      const here = body.children[i];
+      if (here !== row) body.insertBefore(row, here || null);
+    });
+    while (body.children.length > rows.length) body.lastElementChild.remove();
   }
 
   function renderServices(s) {
@@ -362,7 +367,7 @@
       s.rate_window_s ? "rates over the last " + s.rate_window_s.toFixed(1) + " s" : "";
   }
 
-  function flowRow(f, rtts, here) {
+  function flowRow(f, rtts, here, seen) {
     // Ids are per router: with every site's flows, the site makes them unique.
     const id = (f.role === "listener" ? f.listener_site : f.connector_site) + ":" +
       f.role + ":" + f.id;
@@ -371,21 +376,38 @@
     const outcome = f.end === null ? "active" : f.outcome;
     const request = f.method ? f.method + " " + (f.url_path || "") +
       (f.status ? " \u2192 " + f.status : "") : null;
-    const row = el("tr", { class: "flow" + (open ? " open" : ""), "data-flow": id,
-      "data-key": f.routing_key, "data-state": outcome },
-    td(open ? "\u25be" : "\u25b8", "toggle"),
-    td(f.routing_key),
-    td(f.sites.join(" \u2192 ")),
-    td(f.client),
-    td(request),
-    td(fmtBytes(f.bytes_c2s) + " / " + fmtBytes(f.bytes_s2c), "num"),
-    td(f.ttfb_s === null ? null : fmtMs(f.ttfb_s * 1000), "num"),
-    td(fmtSeconds(Math.max(0, duration)), "num"),
-    el("td", {}, badge(outcome, "outcome-" + outcome)));
-    row.addEventListener("click", () => {
-      if (state.expanded.has(id)) state.expanded.delete(id); else state.expanded.add(id);
-      if (state.last) renderFlows(state.last);
-    });
+    const cells = [
+      td(open ? "\u25be" : "\u25b8", "toggle"),
+      td(f.routing_key),
+      td(f.sites.join(" \u2192 ")),
+      td(f.client),
+      td(request),
+      td(fmtBytes(f.bytes_c2s) + " / " + fmtBytes(f.bytes_s2c), "num"),
+      td(f.ttfb_s === null ? null : fmtMs(f.ttfb_s * 1000), "num"),
+      td(fmtSeconds(Math.max(0, duration)), "num"),
+      el("td", {}, badge(outcome, "outcome-" + outcome)),
+    ];
+    // A flow's row is kept from one update to the next, and only the cells that
+    // changed are replaced: a click whose press and release straddle an update
+    // still lands on the row (a new row would lose it).
+    let row = state.flowRows.get(id);
+    if (row === undefined) {
+      row = el("tr", { "data-flow": id }, ...cells);
+      row.addEventListener("click", () => {
+        if (state.expanded.has(id)) state.expanded.delete(id); else state.expanded.add(id);
+        if (state.last) renderFlows(state.last);
+      });
+    } else {
+      cells.forEach((cell, i) => {
+        const old = row.children[i];
+        if (!old) row.append(cell);
+        else if (old.outerHTML !== cell.outerHTML) old.replaceWith(cell);
+      });
+    }
+    seen.set(id, row);
+    row.className = "flow" + (open ? " open" : "");
+    row.dataset.key = f.routing_key;
+    row.dataset.state = outcome;
     const rows = [row];
     if (open) rows.push(el("tr", { class: "detail", "data-flow-detail": id },
       el("td", {}), el("td", { colspan: 8 }, hops(f.sites, rtts, here), fields(f))));
@@ -430,6 +452,7 @@
   }
 
   function renderFlows(s) {
+    const seen = new Map(); // the rows of this update, by flow
     const rtts = new Map(s.edges.map((e) => [pairKey(e.a, e.b), e.rtt_ms]));
     const network = state.flowsMode === "network";
     const rows = [];
@@ -444,23 +467,24 @@
         "the links at " + fmtTime(reply.time) + (reply.missing.length ? " \u00b7 no answer from " +
           reply.missing.map((m) => m.site + " (" + m.error + ")").join(", ") : "");
       if (active.length) rows.push(section("active (" + active.length + ")"));
-      for (const flow of active) rows.push(...flowRow(flow, rtts, s.site));
+      for (const flow of active) rows.push(...flowRow(flow, rtts, s.site, seen));
       if (recent.length) rows.push(section("ended (" + recent.length + ")"));
-      for (const flow of recent) rows.push(...flowRow(flow, rtts, s.site));
+      for (const flow of recent) rows.push(...flowRow(flow, rtts, s.site, seen));
     } else {
       const f = s.flows;
       if (f.active.length) rows.push(section("active (" + f.active_total + ")"));
-      for (const flow of f.active) rows.push(...flowRow(flow, rtts, s.site));
+      for (const flow of f.active) rows.push(...flowRow(flow, rtts, s.site, seen));
       if (f.recent.length) {
         rows.push(section("recent (" + f.recent_total + " kept" +
           (f.dropped ? ", " + f.dropped + " dropped" : "") + ")"));
       }
-      for (const flow of f.recent) rows.push(...flowRow(flow, rtts, s.site));
+      for (const flow of f.recent) rows.push(...flowRow(flow, rtts, s.site, seen));
       note = "this site's flow ends, newest first \u00b7 click one for its path";
     }
     fill("flows", rows, 9, network && state.networkFlows === null ? "asking\u2026"
       : "no flows yet");
     document.getElementById("flows-note").textContent = note;
+    state.flowRows = seen;
   }
 
   function setFlowsMode(mode) {
