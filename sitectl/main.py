@@ -47,6 +47,7 @@ from router.site.linkfiles import MAX_LINK_COST, LinkSpec
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
 from sitectl import flows_cmd, http_cmds
 from sitectl.client import ConnectionLost, NotRunning, call
+from sitectl.console_cmd import add_console_parser
 from sitectl.errors import FileProblem, UsageError
 from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem
 from sitectl.render import render_links, render_network, render_status
@@ -498,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="this site, its links and services")
     p.add_argument("--network", action="store_true", help="also every site and key known")
     p.set_defaults(func=cmd_status)
+    add_console_parser(sub, common)
 
     p = sub.add_parser("top", parents=[common], help="live traffic per key and site, and links")
     p.add_argument("--once", action="store_true", help="print one frame and exit (--json: as "

@@ -23,6 +23,7 @@ import trio
 
 from certs import CertError
 from router.daemon.admin import SiteAdmin
+from router.daemon.console import console_reply
 from router.daemon.flowsview import flows_reply
 from router.daemon.issuer import TokenIssuer
 from router.daemon.status import network_status, site_status
@@ -73,6 +74,10 @@ async def _status(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     if args.get("network"):
         result["network"] = network_status(t.view)
     return result
+
+
+async def _console(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    return console_reply(t.view)
 
 
 async def _top(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +169,7 @@ async def _link_cost(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
 
 HANDLERS: dict[str, Handler] = {
     "status": _status,
+    "console": _console,
     "top": _top,
     "flows": _flows,
     "listener.create": _listener_create,

@@ -31,6 +31,7 @@ from router.adaptors.http.limits import http_limits
 from router.adaptors.listeners import Listeners
 from router.adaptors.tcp import Connect, TcpClients, TcpConnectors
 from router.daemon.admin import SiteAdmin
+from router.daemon.console import Console, new_token
 from router.daemon.control import ControlServer
 from router.daemon.identity import Identity
 from router.daemon.issuer import TokenIssuer
@@ -124,6 +125,8 @@ class Router:
         self._not_ready: str | None = "starting"  # None while serving
         # The admin port's route table: the console adds its pages here.
         self.web = admin_routes(self, lambda: self._not_ready)
+        self.console = Console(self, new_token())  # its token is new at every start
+        self.console.add_routes(self.web)
         self.admin_url: str | None = None  # once its server listens
         self.admin_error: str | None = None  # why it does not
 
@@ -139,6 +142,10 @@ class Router:
     @property
     def config(self) -> SiteConfig:
         return self.admin.config
+
+    @property
+    def console_token(self) -> str:
+        return self.console.token
 
     def endpoints(self) -> tuple[tuple[str, int], ...]:
         """Where other sites dial us: `advertise`, else host:link_port."""
