@@ -184,20 +184,22 @@ def cmd_uninstall(ctx: _Ctx, a: argparse.Namespace) -> int:
         ran = systemctl("disable", "--now", service, timeout=(found.timeout_stop_s or 90) + 30)
         if not ran.ok:
             raise FileProblem(f"systemctl --user disable --now {service} failed: {ran.err}")
+    else:  # systemctl edits the [Install] links without a manager too
+        systemctl("disable", service)
+    wants = path.parent / "default.target.wants" / service
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        if wants.is_symlink():  # what `disable` removes, were it not there to run
+            wants.unlink()
+        path.unlink(missing_ok=True)
     except OSError as exc:
-        raise FileProblem(f"cannot remove {path}: {exc.strerror or exc}") from None
+        raise FileProblem(f"cannot remove {exc.filename}: {exc.strerror or exc}") from None
     if problem is None:
         systemctl("daemon-reload")
         systemctl("reset-failed", service)  # forget a failed state of the gone unit
         print(f"stopped, disabled and removed {service}")
     else:
-        print(f"removed {path}; no systemd user manager was reachable ({problem}) to stop "
-              f"or disable it: if one runs it later, run: systemctl --user disable --now "
-              f"{service}")
+        print(f"removed {path}; no systemd user manager was reachable ({problem}): if one "
+              f"still runs the router, stop it with: systemctl --user stop {service}")
     return 0
 
 
@@ -212,8 +214,9 @@ def cmd_status(ctx: _Ctx, a: argparse.Namespace) -> int:
     if found is not None:
         state["site_dir"] = None if found.site_dir is None else str(found.site_dir)
         state["timeout_stop_s"] = found.timeout_stop_s
-    enabled = systemctl("is-enabled", service)  # reads unit files: works without a manager
-    state["enabled"] = enabled.out or "unknown"
+    # is-enabled reads the unit files: it answers without a manager too.
+    state["enabled"] = (systemctl("is-enabled", service).out or "unknown") if found \
+        else "not installed"
     state["active"] = (systemctl("is-active", service).out or "unknown") if problem is None \
         else "unknown"
     if problem is not None:

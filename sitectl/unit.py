@@ -42,9 +42,11 @@ def unit_name(site: str) -> str:
 
 
 def unit_dir() -> Path:
-    """Where a user's own units go: $XDG_CONFIG_HOME/systemd/user."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "systemd" / "user"
+    """Where a user's own units go: $XDG_CONFIG_HOME/systemd/user (a relative value is
+    ignored, as the XDG spec and systemd do)."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    config = Path(base) if os.path.isabs(base) else Path.home() / ".config"
+    return config / "systemd" / "user"
 
 
 def quote(word: str, what: str) -> str:

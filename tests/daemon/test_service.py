@@ -198,9 +198,12 @@ def test_without_a_user_manager_it_says_what_to_run(west: Site, fake_tools: Path
     status = json.loads(west.sitectl("service", "status", "--json").stdout)
     assert status["installed"] and status["active"] == "unknown"
     assert status["site_dir"] == str(west.dir) and status["router"] == "not running"
+    wants = unit_path(tmp_path).parent / "default.target.wants" / UNIT
+    wants.parent.mkdir()
+    wants.symlink_to(unit_path(tmp_path))  # enabled earlier
     out = west.sitectl("service", "uninstall").stdout
-    assert f"systemctl --user disable --now {UNIT}" in out
-    assert not unit_path(tmp_path).exists()
+    assert f"stop it with: systemctl --user stop {UNIT}" in out
+    assert not unit_path(tmp_path).exists() and not wants.is_symlink()
 
 
 def test_with_a_user_manager_it_enables_starts_and_removes(west: Site, fake_tools: Path,
@@ -225,6 +228,8 @@ def test_with_a_user_manager_it_enables_starts_and_removes(west: Site, fake_tool
     assert not unit_path(tmp_path).exists()
     again = west.sitectl("service", "uninstall", check=False)
     assert again.returncode == 1 and "no service installed" in again.stderr
+    status = json.loads(west.sitectl("service", "status", "--json").stdout)
+    assert (status["installed"], status["enabled"]) == (False, "not installed")
 
 
 def test_a_router_started_by_hand_is_not_doubled(west: Site, fake_tools: Path) -> None:
