@@ -222,7 +222,8 @@ def cmd_manifests(ctx: _Ctx, a: argparse.Namespace) -> int:
             advertise = tuple(str(Endpoint.parse(x)) for x in a.advertise)
         except InvalidName as exc:
             raise UsageError(f"--advertise: {exc}") from None
-    doc = manifests(ctx.site, namespace=a.namespace, image=a.image,
+    image = a.image if a.image is not None else f"vanrouter:{package_version()}"
+    doc = manifests(ctx.site, namespace=a.namespace, image=image,
                     service_type=a.service_type, advertise=advertise)
     print(json.dumps(doc, indent=2))
     return 0
@@ -234,8 +235,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = kube.add_parser("manifests", parents=[common], help="print this site's objects for "
                         "one namespace (kubectl apply -f -)")
     p.add_argument("--namespace", required=True)
-    p.add_argument("--image", default=f"vanrouter:{package_version()}",
-                   help="the router image built from the Containerfile (default: %(default)s)")
+    p.add_argument("--image", help="the router image built from the Containerfile "
+                   "(default: vanrouter:VERSION, this sitectl's version)")
     p.add_argument("--service-type", default="ClusterIP", choices=SERVICE_TYPES,
                    help="how other sites reach the link port (default: %(default)s)")
     p.add_argument("--advertise", action="append", metavar="HOST:PORT",

@@ -45,7 +45,7 @@ from router.site.fields import FieldReader
 from router.site.http_fields import CONNECTOR_PROTOCOLS
 from router.site.linkfiles import MAX_LINK_COST, LinkSpec
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
-from router.version import package_version
+from router.version import VersionAction
 from sitectl import http_cmds, kube, service
 from sitectl.client import ConnectionLost, NotRunning, call
 from sitectl.errors import FileProblem, UsageError
@@ -138,7 +138,8 @@ def out(args: argparse.Namespace, data: Any, text: str) -> None:
 def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     root = resolve_site_dir(a.site_dir, a.name)
     try:
-        check_init_args(root, a.name, host=a.host or LOOPBACK, link_port=a.link_port,
+        check_init_args(root, a.name, host=LOOPBACK if a.host is None else a.host,
+                        link_port=a.link_port,
                         bind=a.bind,
                         advertise=tuple(a.advertise or ()), admin_port=a.admin_port,
                         admin_bind=a.admin_bind)
@@ -148,13 +149,13 @@ def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except InvalidName as exc:
         raise UsageError(f"--advertise: {exc}") from None
-    host, note = (a.host, None) if a.host else default_host()
+    host, note = (a.host, None) if a.host is not None else default_host()
     site = init_site(root, a.name, host=host, link_port=a.link_port, bind=a.bind,
                      advertise=tuple(a.advertise or ()), admin_port=a.admin_port,
                      admin_bind=a.admin_bind)
     cfg = site.config()
     how = f"--site {cfg.name}" if a.site_dir is None else f"--site-dir {root}"
-    picked = "" if a.host or note else " (this machine on its default route; or --host)"
+    picked = "" if a.host is not None or note else " (this machine on its default route; or --host)"
     out(a, {"site": cfg.name, "site_dir": str(root), "host": cfg.host,
             "link_port": cfg.link_port, "admin_port": cfg.admin_port,
             "admin_url": admin_url(cfg)},
@@ -495,8 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sitectl", parents=[common], description="Create a site, link it to other "
         "sites, expose services (connectors) and reach them (listeners).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version",
-                        version=f"sitectl (vanrouter) {package_version()}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common], help="create a site")

@@ -131,10 +131,11 @@ def cmd_install(ctx: _Ctx, a: argparse.Namespace) -> int:
         raise FileProblem(f"cannot write {path}: {exc.strerror or exc}") from None
     print(f"wrote {path}")
     enable = f"systemctl --user enable --now {service}"
-    problem = manager_problem() if not a.no_start else "--no-start"
-    if problem is not None:
-        print(f"systemd user manager not used ({problem}); once it is reachable, run:\n"
-              f"  systemctl --user daemon-reload\n  {enable}")
+    problem = None if a.no_start else manager_problem()
+    if a.no_start or problem is not None:
+        why = ("not started (--no-start); to enable and start it, run:" if a.no_start else
+               f"no systemd user manager reachable ({problem}); once one is, run:")
+        print(f"{why}\n  systemctl --user daemon-reload\n  {enable}")
     else:
         _enable(ctx, service, enable)
     user = getpass.getuser()
