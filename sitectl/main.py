@@ -45,10 +45,12 @@ from router.site.fields import FieldReader
 from router.site.http_fields import CONNECTOR_PROTOCOLS
 from router.site.linkfiles import MAX_LINK_COST, LinkSpec
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
-from sitectl import flows_cmd, http_cmds
+from router.version import VersionAction
+from sitectl import flows_cmd, http_cmds, kube, service
 from sitectl.client import ConnectionLost, NotRunning, call
 from sitectl.console_cmd import add_console_parser
 from sitectl.errors import FileProblem, UsageError
+from sitectl.hostaddr import LOOPBACK, default_host, is_loopback
 from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem
 from sitectl.render import render_links, render_network, render_status
 
@@ -138,7 +140,9 @@ def out(args: argparse.Namespace, data: Any, text: str) -> None:
 def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
     root = resolve_site_dir(a.site_dir, a.name)
     try:
-        check_init_args(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
+        check_init_args(root, a.name, host=LOOPBACK if a.host is None else a.host,
+                        link_port=a.link_port,
+                        bind=a.bind,
                         advertise=tuple(a.advertise or ()), admin_port=a.admin_port,
                         admin_bind=a.admin_bind)
         for entry in a.advertise or ():  # site.toml also takes the unbracketed IPv6 of old
@@ -147,17 +151,23 @@ def cmd_init(ctx: Ctx | None, a: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except InvalidName as exc:
         raise UsageError(f"--advertise: {exc}") from None
-    site = init_site(root, a.name, host=a.host, link_port=a.link_port, bind=a.bind,
+    host, note = (a.host, None) if a.host is not None else default_host()
+    site = init_site(root, a.name, host=host, link_port=a.link_port, bind=a.bind,
                      advertise=tuple(a.advertise or ()), admin_port=a.admin_port,
                      admin_bind=a.admin_bind)
     cfg = site.config()
     how = f"--site {cfg.name}" if a.site_dir is None else f"--site-dir {root}"
-    out(a, {"site": cfg.name, "site_dir": str(root), "link_port": cfg.link_port,
-            "admin_port": cfg.admin_port, "admin_url": admin_url(cfg)},
+    picked = "" if a.host is not None or note else " (this machine on its default route; or --host)"
+    out(a, {"site": cfg.name, "site_dir": str(root), "host": cfg.host,
+            "link_port": cfg.link_port, "admin_port": cfg.admin_port,
+            "admin_url": admin_url(cfg)},
         f"site {cfg.name} created in {root}\n"
-        f"  links accepted on {Endpoint(cfg.bind, cfg.link_port)}, advertised as {cfg.host}\n"
+        f"  links accepted on {Endpoint(cfg.bind, cfg.link_port)}, advertised as "
+        f"{cfg.host}{picked}\n"
         f"  admin (metrics, health) on {admin_url(cfg)}\n"
         f"  start its router with: sitectl {how} run")
+    if note:
+        print(f"sitectl: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -194,7 +204,9 @@ def cmd_token_issue(ctx: Ctx, a: argparse.Namespace) -> int:
     if not 1 <= a.uses <= MAX_USES:
         raise UsageError(f"--uses must be from 1 to {MAX_USES}")
     if not a.output or a.output == "-":
-        sys.stdout.write(ctx.call("token.issue", {"expires_s": expires, "uses": a.uses})["token"])
+        token = ctx.call("token.issue", {"expires_s": expires, "uses": a.uses})["token"]
+        sys.stdout.write(token)
+        _warn_if_loopback(token)
         return 0
     # The file is opened before the token is issued, so a bad path costs no grant.
     path = Path(a.output)
@@ -219,7 +231,20 @@ def cmd_token_issue(ctx: Ctx, a: argparse.Namespace) -> int:
             raise
     print(f"token written to {path} (valid {a.expires}, {a.uses} use(s)); "
           "hand it to the other site: sitectl link create FILE", file=sys.stderr)
+    _warn_if_loopback(token)
     return 0
+
+
+def _warn_if_loopback(token: str) -> None:
+    """One line when no other machine could redeem the token: every endpoint in it is
+    a loopback address (a site made with the --host of old, or on a machine with no
+    route), which on another machine means that machine itself."""
+    endpoints = Token.load(token.encode(), now=time.time()).endpoints
+    if all(is_loopback(host) for host, _ in endpoints):
+        where = ", ".join(str(Endpoint(h, p)) for h, p in endpoints)
+        print(f"sitectl: warning: the token points only at loopback ({where}): only this "
+              "machine can redeem it; set host (or advertise) in site.toml to an address "
+              "others reach, and restart the router", file=sys.stderr)
 
 
 def read_token_file(name: str) -> bytes:
@@ -473,11 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sitectl", parents=[common], description="Create a site, link it to other "
         "sites, expose services (connectors) and reach them (listeners).", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", parents=[common], help="create a site")
     p.add_argument("name")
-    p.add_argument("--host", default="127.0.0.1", help="address other sites dial")
+    p.add_argument("--host", default=None, help="address other sites dial (default: this "
+                   "machine's on its default route, or its FQDN if that resolves to it)")
     p.add_argument("--link-port", type=int, default=None)
     p.add_argument("--bind", default="0.0.0.0", help="address the link port listens on")
     p.add_argument("--admin-port", type=int, default=None,
@@ -571,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=lambda c, a: _delete(c, a, "connector"))
     http_cmds.add_route_parsers(sub, common)
     flows_cmd.add_flows_parser(sub, common)
+    service.add_parsers(sub, common)
+    kube.add_parsers(sub, common)
     return parser
 
 

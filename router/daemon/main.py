@@ -21,6 +21,7 @@ from router.site.config import SiteConfig
 from router.site.directory import Site, resolve_site_dir
 from router.site.errors import ConfigError, SiteError
 from router.site.fields import FieldReader
+from router.version import VersionAction
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--log-format", default="text", choices=LOG_FORMATS)
+    parser.add_argument("--version", action=VersionAction)
     args = parser.parse_args(argv)
     try:
         root = resolve_site_dir(args.site_dir, args.site)

@@ -35,6 +35,7 @@ from router.daemon.console import Console, new_token
 from router.daemon.control import ControlServer
 from router.daemon.identity import Identity
 from router.daemon.issuer import TokenIssuer
+from router.daemon.notify import sd_notify
 from router.daemon.routing_agent import RoutingAgent
 from router.daemon.traffic import TrafficMeter
 from router.daemon.web import serve_web
@@ -220,8 +221,13 @@ class Router:
                      self.router_id, cfg.bind, cfg.link_port)
             self._not_ready = None
             task_status.started()
+            if site is not None:  # a service manager waiting on Type=notify
+                sd_notify(f"READY=1\nSTATUS=serving: links on {cfg.bind}:{cfg.link_port}")
             await self._shutdown.wait()
             self._not_ready = "draining"
+            if site is not None:
+                sd_notify(f"STOPPING=1\nSTATUS=draining flows (up to "
+                          f"{self.config.limits.drain_timeout_s:g} s)")
             await self._drain()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.http_connectors.aclose()

@@ -8,6 +8,10 @@
     <site-dir>/grants.json         token grants this site issued (code hashes, uses left)
     <site-dir>/run/                control socket and pid file while the router runs
 
+A site directory may be read-only (a Kubernetes Secret and ConfigMap): then
+$SITECTL_RUN_DIR holds what run/ would and $SITECTL_DATA_DIR what the router writes
+(grants.json), each a directory of one site, e.g. an emptyDir.
+
 Here: the paths, the edit lock, loading the config and keys. Links: `linkfiles`;
 creating a site: `create`; picking its link port: `registry`; grants: `tokens`.
 """
@@ -37,6 +41,8 @@ from router.site.linkfiles import LinkFiles
 EDIT_LOCK_WAIT_S = 45.0
 SHARED_SOCKET_BASE = Path("/tmp")  # control sockets of site dirs too long for AF_UNIX
 ENV_SITE_DIR = "SITECTL_SITE_DIR"
+ENV_RUN_DIR = "SITECTL_RUN_DIR"  # instead of <site-dir>/run
+ENV_DATA_DIR = "SITECTL_DATA_DIR"  # instead of <site-dir> for the files the router writes
 
 
 def data_home() -> Path:
@@ -68,6 +74,9 @@ class Site(LinkFiles):
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        run, data = os.environ.get(ENV_RUN_DIR), os.environ.get(ENV_DATA_DIR)
+        self.run_dir = Path(run) if run else root / "run"
+        self.data_dir = Path(data) if data else root
 
     # ---- paths
     @property
@@ -75,12 +84,8 @@ class Site(LinkFiles):
         return self.root / "site.toml"
 
     @property
-    def run_dir(self) -> Path:
-        return self.root / "run"
-
-    @property
     def grants_path(self) -> Path:
-        return self.root / "grants.json"
+        return self.data_dir / "grants.json"
 
     @property
     def pid_path(self) -> Path:
