@@ -219,6 +219,7 @@ class Link:
                     nursery.start_soon(self._writer)
                     nursery.start_soon(self._timer)
                     self._dispatch(initial)
+                    self.probe_rtt()  # status and top show an RTT from the start
                     await self._reader()
         except BaseException as exc:
             first = only(exc, (LinkLost, *NETWORK_ERRORS))
