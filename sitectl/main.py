@@ -44,6 +44,7 @@ from router.site.errors import ARGUMENTS, ConfigError, SiteError
 from router.site.fields import FieldReader
 from router.site.http_fields import CONNECTOR_PROTOCOLS
 from router.site.linkfiles import MAX_LINK_COST, LinkSpec
+from router.site.proxyconf import ProxySettingError, check_proxy_setting, proxy_for
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
 from sitectl import http_cmds
 from sitectl.client import ConnectionLost, NotRunning, call
@@ -250,6 +251,10 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
             raise UsageError(f"--name: {exc}") from None
     if not 1 <= a.cost <= MAX_LINK_COST:
         raise UsageError(f"--cost must be from 1 to {MAX_LINK_COST}")
+    try:
+        proxy = None if a.proxy is None else check_proxy_setting(a.proxy)
+    except ProxySettingError as exc:
+        raise UsageError(f"--proxy: {exc}") from None
     token = Token.load(read_token_file(a.file), now=time.time())
     if token.site == cfg.name:
         raise UsageError(f"the token was issued by this site ({cfg.name}); "
@@ -273,10 +278,14 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
             errors.append(f"gave up after {REDEEM_ALL_TIMEOUT_S:g} s")
             break
         try:
+            via = proxy_for(proxy, host, port, os.environ)
+        except ProxySettingError as exc:
+            raise UsageError(f"--proxy env: {exc}") from None
+        try:
             result = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
                             code=token.code, csr_pem=csr_pem, key_pem=key_pem, site=cfg.name,
                             signer=signer, now=datetime.now(UTC),
-                            timeout=min(REDEEM_TIMEOUT_S, left))
+                            timeout=min(REDEEM_TIMEOUT_S, left), proxy=via)
             break
         except ClaimRefused as exc:
             errors.append(str(exc))
@@ -287,7 +296,7 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
         raise ClaimError("; ".join(errors))
     # Only the verified certificate is stored, and the issuer's router id is pinned.
     spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost,
-                    peer_router_id=result.issuer_router_id)
+                    peer_router_id=result.issuer_router_id, proxy=proxy)
     # Under the edit lock: a router starting meanwhile either reads links/ after the save
     # or answers link.add, so the new link is dialled now, not only after a restart.
     with ctx.site.edit_lock():
@@ -522,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "1-63 letters, digits, '.', '_', '-'")
     p.add_argument("--cost", type=int, default=1)
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the link")
+    p.add_argument("--proxy", metavar="URL", help="dial (and redeem) through this HTTP "
+                   "CONNECT proxy, http://[USER:PASSWORD@]HOST:PORT; `env`: as HTTPS_PROXY "
+                   "and NO_PROXY say, in the environment of the router when it dials")
     p.set_defaults(func=cmd_link_create)
     p = link.add_parser("list", parents=[common])
     p.set_defaults(func=cmd_link_list)

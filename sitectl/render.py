@@ -42,6 +42,8 @@ def render_links(links: list[dict[str, Any]]) -> str:
             line += f"  rtt {link['rtt_ms']:.2f} ms"
         if link.get("flows"):
             line += f"  flows {link['flows']}"
+        if link.get("proxy"):
+            line += f"  via proxy {_t(link['proxy'])}"
         if link.get("error") and link["state"] != "up":
             line += f"  ({_t(link['error'])})"
         rows.append(line)

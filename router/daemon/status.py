@@ -13,6 +13,7 @@ from router.daemon.netview import key_traffic, live_summaries, network_links, su
 from router.daemon.view import RouterView
 from router.endpoint import Endpoint
 from router.site.listener_edit import listener_status
+from router.site.proxyconf import setting_shown
 
 
 def _ago(epoch: float) -> float:
@@ -31,6 +32,7 @@ def site_status(r: RouterView) -> dict[str, Any]:
             "endpoints": [str(Endpoint(h, p)) for h, p in dial.spec.endpoints],
             "flows": len(link.flows) if link else 0,
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
+            "proxy": setting_shown(dial.spec.proxy),
         })
     for link in r.links.accepted:
         links.append({

@@ -5,11 +5,12 @@ agent) which neighbours are up and what routing messages they sent."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, Protocol
@@ -33,11 +34,13 @@ from router.net.handshake import (
 from router.net.link import Direction, Link, OpenCallback
 from router.net.linkstats import LinkSample, LinkTotals, link_samples
 from router.net.logthrottle import KeyedLogThrottle
+from router.net.proxy import ProxyError, open_via_proxy
 from router.net.sockets import peer_name
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
 from router.site.config import Limits
 from router.site.linkfiles import LinkSpec
+from router.site.proxyconf import ProxySettingError, proxy_for
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class DialState:
 class LinkTable:
     def __init__(self, *, identity: LinkIdentity, limits: Limits, events: NeighbourEvents,
                  on_open: OpenCallback, on_claim: ClaimHandler, reserve: FdReserve,
-                 connect: Connect = _open_tcp) -> None:
+                 connect: Connect = _open_tcp, environ: Mapping[str, str] = os.environ) -> None:
         self._identity = identity
         self._limits = limits
         self._events = events
@@ -102,6 +105,7 @@ class LinkTable:
         self._on_claim = on_claim
         self._reserve = reserve
         self._connect = connect
+        self._environ = environ  # HTTPS_PROXY, NO_PROXY for links whose proxy is "env"
         self.dials: dict[str, DialState] = {}
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
@@ -312,16 +316,28 @@ class LinkTable:
                 await trio.sleep(self._rng.uniform(delay / 2, delay))
                 delay = min(delay * 2, limits.redial_max_s)
 
+    async def _open(self, spec: LinkSpec, host: str, port: int) -> trio.abc.Stream:
+        """TCP to the peer, directly or through the link's HTTP CONNECT proxy."""
+        timeout = self._limits.connect_timeout_s
+        proxy = proxy_for(spec.proxy, host, port, self._environ)
+        if proxy is not None:
+            return await open_via_proxy(self._connect, proxy, host, port, timeout=timeout)
+        with trio.fail_after(timeout):
+            return await self._connect(host, port)
+
     async def _dial_once(self, state: DialState) -> float | None:
         """One attempt over every endpoint; returns how long the link was up."""
         spec = state.spec
         for host, port in spec.endpoints:
             where = Endpoint(host, port)
             try:
-                with trio.fail_after(self._limits.connect_timeout_s):
-                    sock = await self._connect(host, port)
+                sock = await self._open(spec, host, port)
             except (OSError, trio.TooSlowError) as exc:
                 state.last_error = f"cannot connect to {where}: {connect_reason(exc)}"
+                continue
+            except (ProxyError, ProxySettingError) as exc:
+                state.last_error = f"{where}: {exc}"
+                log.warning("link %s: %s", spec.name, state.last_error)
                 continue
             stream = TLSStream(sock, self._identity.client_context(spec.name),
                                server_side=False, server_hostname=spec.peer_site)
