@@ -35,6 +35,7 @@ from router.net.link import Direction, Link, OpenCallback
 from router.net.linkstats import LinkSample, LinkTotals, link_samples
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.proxy import ProxyError, open_via_proxy
+from router.net.renewal import Renewals
 from router.net.sockets import peer_name
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
@@ -65,6 +66,7 @@ class LinkIdentity(Protocol):
     def hello(self) -> Hello: ...
     def server_context(self) -> ssl.SSLContext: ...
     def client_context(self, link_name: str) -> ssl.SSLContext: ...
+    def credential_problem(self, link_name: str) -> str | None: ...
 
 
 class NeighbourEvents(Protocol):
@@ -97,7 +99,8 @@ class DialState:
 class LinkTable:
     def __init__(self, *, identity: LinkIdentity, limits: Limits, events: NeighbourEvents,
                  on_open: OpenCallback, on_claim: ClaimHandler, reserve: FdReserve,
-                 connect: Connect = _open_tcp, environ: Mapping[str, str] = os.environ) -> None:
+                 connect: Connect = _open_tcp, environ: Mapping[str, str] = os.environ,
+                 renewals: Renewals | None = None) -> None:
         self._identity = identity
         self._limits = limits
         self._events = events
@@ -106,6 +109,7 @@ class LinkTable:
         self._reserve = reserve
         self._connect = connect
         self._environ = environ  # HTTPS_PROXY, NO_PROXY for links whose proxy is "env"
+        self.renewals = renewals
         self.dials: dict[str, DialState] = {}
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
@@ -164,6 +168,8 @@ class LinkTable:
         try:
             await link.run(early)
         finally:
+            if self.renewals is not None:
+                self.renewals.link_ended(link)
             totals.bytes_in += link.bytes_in
             totals.bytes_out += link.bytes_out
             peers.remove(link)
@@ -178,7 +184,8 @@ class LinkTable:
                    conn: LinkConnection, peer: Hello, cost: int) -> Link:
         return Link(name=name, direction=direction, stream=stream, conn=conn, peer=peer,
                     cost=cost, buffer_limit=self._limits.link_buffer_bytes,
-                    on_open=self._on_open, on_routing=self._events.on_routing)
+                    on_open=self._on_open, on_routing=self._events.on_routing,
+                    on_renew=None if self.renewals is None else self.renewals.on_message)
 
     # ---- accepting
     async def serve(self, listeners: list[trio.SocketListener],
@@ -325,9 +332,27 @@ class LinkTable:
         with trio.fail_after(timeout):
             return await self._connect(host, port)
 
+    async def _run_dialled(self, link: Link, name: str, early: list[Event]) -> None:
+        """Run an outgoing link, renewing its certificate meanwhile."""
+        if self.renewals is None:
+            await self._run_link(link, early)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guarded, f"certificate renewal of link {name}",
+                               self.renewals.run_for, link, name)
+            await self._run_link(link, early)
+            nursery.cancel_scope.cancel()
+
     async def _dial_once(self, state: DialState) -> float | None:
         """One attempt over every endpoint; returns how long the link was up."""
         spec = state.spec
+        problem = self._identity.credential_problem(spec.name)
+        if problem is not None:
+            # Dialling cannot help: the peer would refuse it without saying why.
+            if state.last_error != problem:
+                log.error("link %s: %s", spec.name, problem, extra={"link": spec.name})
+            state.last_error, state.state = problem, "down"
+            return None
         for host, port in spec.endpoints:
             where = Endpoint(host, port)
             try:
@@ -357,7 +382,7 @@ class LinkTable:
                 state.last_error = None
                 started = trio.current_time()
                 try:
-                    await self._run_link(link, early)
+                    await self._run_dialled(link, spec.name, early)
                 finally:
                     state.link, state.since = None, time.time()
                     state.last_error = link.closed_reason

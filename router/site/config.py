@@ -71,6 +71,9 @@ class Limits:
     routing_refresh_s: float = 30.0
     routing_max_age_s: float = 100.0
     traffic_summary_s: float = 5.0  # how often this router tells the network its load
+    # Link client certificates this site issues, and its own server certificate, live this
+    # long; their holders renew them two thirds of the way through (30 days).
+    link_cert_lifetime_s: float = 30 * 86_400.0
     # HTTP listeners, each client connection (router.adaptors.http.limits.HttpLimits)
     http_max_head_bytes: int = 64 * 1024
     http_max_headers: int = 128
@@ -204,6 +207,9 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "routing_refresh_s": (0.01, DAY_S),
     "routing_max_age_s": (0.01, DAY_S),
     "traffic_summary_s": (1.0, 60.0),  # the summaries' own bounds (routing/summary.py)
+    # Down to a second for tests of renewal; a site down for longer than the lifetime
+    # needs a new token, so real sites want days (the router warns below an hour).
+    "link_cert_lifetime_s": (1.0, 3650 * DAY_S),
     # HTTP: a request the listener accepts must fit the message codec between routers
     # (message.MessageLimits: its head twice over, as `forwarded` repeats the authority,
     # and two more headers); the HTTP/2 bounds are RFC 9113's.

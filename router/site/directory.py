@@ -6,6 +6,8 @@
     <site-dir>/identity.key        Ed25519 key; the router id is derived from it
     <site-dir>/links/NAME.toml     a link this site dials, with NAME.crt/.key/-ca.crt
     <site-dir>/grants.json         token grants this site issued (code hashes, uses left)
+    <site-dir>/issued.json         unexpired link certificates its CA signed (certrecords)
+    <site-dir>/revoked.json        the sites it revoked, for good (certrecords)
     <site-dir>/run/                control socket and pid file while the router runs
 
 Here: the paths, the edit lock, loading the config and keys. Links: `linkfiles`;
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
+from router.site.atomic import write_atomic
 from router.site.config import SiteConfig, load_config, save_config
 from router.site.errors import SiteError
 from router.site.linkfiles import LinkFiles
@@ -190,6 +193,25 @@ class Site(LinkFiles):
             key_pem=certs.load_pem(self.root / "router.key"),
             cert_pem=certs.load_pem(self.root / "router.crt"),
         )
+
+    def save_router_keypair(self, keypair: certs.KeyPair) -> None:
+        """A renewed server certificate. Two atomic writes, the key first: a crash between
+        them leaves a key that does not match the certificate, which the router's start
+        notices and repairs by issuing a new one (it holds the CA)."""
+        try:
+            write_atomic(self.root / "router.key", keypair.key_pem, mode=0o600)
+            write_atomic(self.root / "router.crt", keypair.cert_pem, mode=0o644)
+        except OSError as exc:
+            raise SiteError(f"cannot save the renewed router certificate in {self.root}: "
+                            f"{exc.strerror or exc}") from None
+
+    @property
+    def issued_path(self) -> Path:
+        return self.root / "issued.json"
+
+    @property
+    def revoked_path(self) -> Path:
+        return self.root / "revoked.json"
 
     def identity_key(self) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(
