@@ -66,8 +66,10 @@ class Identity:
     def generate(cls, name: str, limits: Limits | None = None) -> Identity:
         """A new identity in memory; `add_link` gives it credentials to dial with."""
         ca = certs.CertificateAuthority.generate(name)
-        return cls(name=name, ca=ca, keypair=ca.issue(name), signer=Ed25519Signer.generate(),
-                   limits=limits or Limits())
+        limits = limits or Limits()
+        return cls(name=name, ca=ca, keypair=ca.issue(name,
+                                                      lifetime_s=limits.link_cert_lifetime_s),
+                   signer=Ed25519Signer.generate(), limits=limits)
 
     def add_link(self, link_name: str, issuer: Identity) -> None:
         """In memory, what redeeming a token of `issuer` does: a client certificate

@@ -30,7 +30,7 @@ class ServerCertState:
     error: str | None = None
 
 
-def _why_renew(identity: Identity, now: float) -> str | None:
+def _why_renew(identity: Identity, now: float, lifetime_s: float) -> str | None:
     """Why the server certificate must be renewed now, or None."""
     pair = identity.keypair
     if not certs.key_matches(pair.cert_pem, pair.key_pem):
@@ -40,6 +40,8 @@ def _why_renew(identity: Identity, now: float) -> str | None:
         return f"it expired at {info.expires:%Y-%m-%d %H:%M:%S} UTC"
     if info.renew_at.timestamp() <= now:
         return "two thirds of its lifetime have passed"
+    if info.expires.timestamp() - now > lifetime_s + 1:
+        return "link_cert_lifetime_s is shorter than what it has left"
     return None
 
 
@@ -56,7 +58,7 @@ def check_at_start(identity: Identity, lifetime_s: float, state: ServerCertState
     """Before the link port opens: a certificate that expired while the router was off
     (or does not match its key) is replaced at once; no network needed."""
     now = time.time()
-    why = _why_renew(identity, now)
+    why = _why_renew(identity, now, lifetime_s)
     if why is not None:
         renew_server_cert(identity, lifetime_s, state, now, why)
 

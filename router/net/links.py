@@ -55,7 +55,7 @@ HANDSHAKES_PER_SOURCE_PER_S = 10.0
 MAX_WAITING_FOR_FIRST_BYTE = 1024
 REFUSAL_LOG_INTERVAL_S = 10.0  # per kind of refusal
 _DIGITS = re.compile(r"\d+")
-DialPhase = Literal["connecting", "up", "down"]
+DialPhase = Literal["connecting", "up", "down", "expired"]
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 ClaimHandler = Callable[[bytes], Awaitable[dict[str, object]]]
 
@@ -318,7 +318,8 @@ class LinkTable:
                     delay = limits.redial_min_s  # it was healthy: retry quickly
                 if state.deleted:
                     return
-                state.state = "connecting"
+                if state.state != "expired":  # it stays so: no dial can help
+                    state.state = "connecting"
                 # Full jitter keeps many sites from redialling a restarted hub in lockstep.
                 await trio.sleep(self._rng.uniform(delay / 2, delay))
                 delay = min(delay * 2, limits.redial_max_s)
@@ -351,7 +352,7 @@ class LinkTable:
             # Dialling cannot help: the peer would refuse it without saying why.
             if state.last_error != problem:
                 log.error("link %s: %s", spec.name, problem, extra={"link": spec.name})
-            state.last_error, state.state = problem, "down"
+            state.last_error, state.state = problem, "expired"
             return None
         for host, port in spec.endpoints:
             where = Endpoint(host, port)
