@@ -28,6 +28,7 @@ from router.names import InvalidName, validate_name
 from router.protocol.claim import ClaimError, ClaimRefused
 from router.routing.choice import STRATEGIES
 from router.routing.signing import Ed25519Signer
+from router.site.certrecords import IssuedCerts, Revocations, build_revocation
 from router.site.config import (
     ConnectorConfig,
     ListenerConfig,
@@ -50,7 +51,7 @@ from sitectl import http_cmds
 from sitectl.client import ConnectionLost, NotRunning, call
 from sitectl.errors import FileProblem, UsageError
 from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem
-from sitectl.render import render_links, render_network, render_status
+from sitectl.render import render_links, render_network, render_revoked, render_status
 
 EPILOG = """example:
   west$ sitectl init west --host 203.0.113.5     # the address other sites dial
@@ -338,6 +339,8 @@ def _wait_link_up(ctx: Ctx, name: str, timeout: float) -> str:
 
 def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
+    if a.revoked:
+        return _list_revoked(ctx, a)
     reply = ctx.try_call("status", {})
     if reply is not None:
         links = reply["links"]
@@ -349,6 +352,37 @@ def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
                           "state": "router not running", "cost": spec.cost,
                           "endpoints": [str(Endpoint(h, p)) for h, p in spec.endpoints]})
     out(a, links, render_links(links))
+    return 0
+
+
+def _list_revoked(ctx: Ctx, a: argparse.Namespace) -> int:
+    from router.daemon.certstatus import revoked_entry
+
+    reply = ctx.try_call("status", {})  # the running router knows when each was refused
+    rows = reply["revoked"] if reply is not None else [
+        revoked_entry(e) for e in Revocations(ctx.site.revoked_path).entries]
+    out(a, rows, render_revoked(rows))
+    return 0
+
+
+def cmd_link_revoke(ctx: Ctx, a: argparse.Namespace) -> int:
+    ctx.site.require()
+    try:
+        validate_name(a.site, "site name")
+    except InvalidName as exc:
+        raise UsageError(str(exc)) from None
+    with ctx.site.edit_lock():
+        reply = ctx.try_call("link.revoke", {"site": a.site, "reason": a.reason})
+        if reply is None:
+            entry = Revocations(ctx.site.revoked_path).add(build_revocation(
+                a.site, a.reason, own_site=ctx.site.config().name, now=time.time(),
+                issued=IssuedCerts(ctx.site.issued_path)))
+            out(a, {"revoked": entry.stored(), "closed": 0},
+                f"site {entry.site} revoked (router not running: recorded; its links are "
+                "refused from the router's start)")
+            return 0
+    out(a, reply, f"site {a.site} revoked: {reply['closed']} live link(s) closed; its "
+        "certificates and router ids are refused from now on")
     return 0
 
 
@@ -536,7 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "and NO_PROXY say, in the environment of the router when it dials")
     p.set_defaults(func=cmd_link_create)
     p = link.add_parser("list", parents=[common])
+    p.add_argument("--revoked", action="store_true", help="the sites this site revoked")
     p.set_defaults(func=cmd_link_list)
+    p = link.add_parser("revoke", parents=[common], help="cut off a site this site issued "
+                        "a token to, for good: its links close now and are refused from "
+                        "then on, and nothing is renewed or redeemed for it")
+    p.add_argument("site")
+    p.add_argument("--reason", default="", help="one line, shown to the site and in logs")
+    p.set_defaults(func=cmd_link_revoke)
     p = link.add_parser("delete", parents=[common])
     p.add_argument("name")
     p.set_defaults(func=cmd_link_delete)

@@ -8,6 +8,8 @@ the link port trusts no other), and the CSR must be for that name and a new key.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 
 import trio
@@ -49,6 +51,26 @@ class CertSigner:
 
     def refusal_text(self, entry: Revoked) -> str:
         return revocation_text(entry, self.site)
+
+    # ---- the link port's gate (router.net.links.LinkGate)
+    def link_refusal(self, der: bytes | None, site: str | None = None,
+                     router_id: str | None = None) -> str | None:
+        """Why a peer may not link: its certificate (serial, key, name, router id) or
+        what its HELLO says is revoked. None: it may."""
+        if not self.revocations.entries:
+            return None
+        info = None
+        if der is not None:
+            # TLS accepted it; if it is malformed, the HELLO checks say what is wrong.
+            with contextlib.suppress(certs.CertError):
+                info = certs.leaf_info_der(der)
+        entry = self.revoked(site=site, router_id=router_id, info=info) or (
+            None if info is None else
+            self.revoked(site=info.common_name, router_id=info.router_id))
+        if entry is None:
+            return None
+        entry.last_refused = time.time()
+        return self.refusal_text(entry)
 
     def _sign(self, csr_pem: bytes, *, site: str, router_id: str, how: str) -> bytes:
         """Sign and record; CertError or SiteError (nothing recorded) if it cannot."""

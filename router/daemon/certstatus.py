@@ -9,6 +9,7 @@ import certs
 from router.daemon.view import RouterView
 from router.net.link import Link
 from router.net.links import DialState
+from router.site.certrecords import Revoked
 
 
 def dialled(r: RouterView, name: str, dial: DialState) -> dict[str, Any]:
@@ -41,8 +42,10 @@ def server(r: RouterView) -> dict[str, Any]:
             "error": r.server_cert.error}
 
 
+def revoked_entry(e: Revoked) -> dict[str, Any]:
+    return {"site": e.site, "router_ids": e.router_ids, "revoked": e.revoked,
+            "reason": e.reason, "certificates": len(e.serials), "last_refused": e.last_refused}
+
+
 def revoked(r: RouterView) -> list[dict[str, Any]]:
-    return [{"site": e.site, "router_ids": e.router_ids, "revoked": e.revoked,
-             "reason": e.reason, "certificates": len(e.serials),
-             "last_refused": e.last_refused}
-            for e in r.cert_signer.revocations.entries]
+    return [revoked_entry(e) for e in r.cert_signer.revocations.entries]

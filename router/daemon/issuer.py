@@ -48,6 +48,9 @@ class TokenIssuer:
         try:
             claim = decode_claim_body(body)
             grant = self._grants.check(claim.code, now=time.time())
+            revoked = self._signer.revoked(site=claim.site, router_id=claim.router_id)
+            if revoked is not None:
+                raise ClaimError(self._signer.refusal_text(revoked))
             refusal = refusal_for(claim, own_site=self.site, own_router_id=self.router_id,
                                   linked_sites=self._linked_sites(),
                                   known=self._known_routers())

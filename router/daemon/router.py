@@ -113,7 +113,7 @@ class Router:
         self.links = LinkTable(identity=identity, limits=limits, events=self.agent,
                                on_open=self.forwarder.on_open, on_claim=self._on_claim,
                                reserve=self.fd_reserve, connect=connect_link,
-                               renewals=self.renewals)
+                               renewals=self.renewals, gate=self.cert_signer)
         self.agent.measure = TrafficMeter(self.links, self.flows, trio.current_time()).measure
         self.tcp_clients = TcpClients(forwarder=self.forwarder, connectors=self.connectors,
                                       table=self.flows)

@@ -74,6 +74,8 @@ async def keep_renewed(identity: Identity, lifetime_s: Callable[[], float],
         try:
             renew_server_cert(identity, lifetime_s(), state, clock(),
                               "two thirds of its lifetime have passed")
+            # One cut short (by the CA's own expiry) is due at once: do not spin.
+            await trio.sleep(1.0)
         except (VanError, certs.CertError) as exc:
             state.error = str(exc)
             log.error("server certificate renewal failed (retry in %g s): %s", RETRY_S, exc)

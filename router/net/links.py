@@ -26,6 +26,7 @@ from router.net.handshake import (
     HANDSHAKE_TIMEOUT_S,
     FirstByte,
     HandshakeError,
+    link_limits,
     serve_unauthenticated,
     start_link,
     tls_handshake,
@@ -69,6 +70,14 @@ class LinkIdentity(Protocol):
     def credential_problem(self, link_name: str) -> str | None: ...
 
 
+class LinkGate(Protocol):
+    """Why a peer may not link (it was revoked), or None. `der` is its certificate;
+    `site` and `router_id` what its HELLO said, once known."""
+
+    def link_refusal(self, der: bytes | None, site: str | None = None,
+                     router_id: str | None = None) -> str | None: ...
+
+
 class NeighbourEvents(Protocol):
     """Told when a neighbour comes, goes or changes cost, and what it sends."""
 
@@ -100,7 +109,7 @@ class LinkTable:
     def __init__(self, *, identity: LinkIdentity, limits: Limits, events: NeighbourEvents,
                  on_open: OpenCallback, on_claim: ClaimHandler, reserve: FdReserve,
                  connect: Connect = _open_tcp, environ: Mapping[str, str] = os.environ,
-                 renewals: Renewals | None = None) -> None:
+                 renewals: Renewals | None = None, gate: LinkGate | None = None) -> None:
         self._identity = identity
         self._limits = limits
         self._events = events
@@ -110,6 +119,7 @@ class LinkTable:
         self._connect = connect
         self._environ = environ  # HTTPS_PROXY, NO_PROXY for links whose proxy is "env"
         self.renewals = renewals
+        self._gate = gate
         self.dials: dict[str, DialState] = {}
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
@@ -252,9 +262,21 @@ class LinkTable:
                                 self._refuse(peer_addr, str(reply.get("error")),
                                              what="token claim")
                             return
+                        # A revoked peer is told why in place of a link (at the TLS
+                        # stage, by its certificate; at HELLO, by what it says).
+                        why = self._refusal(stream)
+                        if why is not None:
+                            await self._turn_away(stream, None, why)
+                            self._refuse(peer_addr, why)
+                            return
                         conn, peer, early = await start_link(
                             stream, role=Role.ACCEPTOR, hello=self._identity.hello(),
                             limits=self._limits, expect_site=None)
+                        why = self._refusal(stream, peer)
+                        if why is not None:
+                            await self._turn_away(stream, conn, why)
+                            self._refuse(peer_addr, why)
+                            return
                 except trio.TooSlowError:
                     self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
                     return
@@ -275,6 +297,39 @@ class LinkTable:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
+
+    def _refusal(self, stream: TLSStream, peer: Hello | None = None) -> str | None:
+        if self._gate is None:
+            return None
+        return self._gate.link_refusal(stream.peer_certificate_der(),
+                                       None if peer is None else peer.site,
+                                       None if peer is None else peer.router_id)
+
+    async def _turn_away(self, stream: TLSStream, conn: LinkConnection | None,
+                         reason: str) -> None:
+        """Say GOAWAY with `reason` (after our HELLO, if not sent yet), then wait a moment
+        for the peer to close first: closing on unread input would reset the connection
+        and could take the GOAWAY with it."""
+        if conn is None:
+            conn = LinkConnection(role=Role.ACCEPTOR, hello=self._identity.hello(),
+                                  limits=link_limits(self._limits), now=trio.current_time())
+        conn.close(reason)
+        with trio.move_on_after(1.0):
+            try:
+                await stream.send_all(conn.data_to_send())
+                while await stream.receive_some():
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+                pass
+
+    def close_links(self, site: str, router_ids: set[str], reason: str) -> int:
+        """Close every live link with `site` (or one of `router_ids`), either direction;
+        their flows are reset. How many were closed."""
+        gone = [link for link in self.all_links()
+                if link.peer_site == site or link.peer_id in router_ids]
+        for link in gone:
+            link.close(reason)
+        return len(gone)
 
     # ---- dialling
     def add_dial(self, spec: LinkSpec, nursery: trio.Nursery) -> None:
@@ -376,6 +431,12 @@ class LinkTable:
                         expect_router_id=spec.peer_router_id)
                 except (HandshakeError, ProtocolError) as exc:
                     state.last_error = f"{where}: {exc}"
+                    log.warning("link %s: %s", spec.name, state.last_error)
+                    continue
+                why = self._refusal(stream, peer)
+                if why is not None:
+                    await self._turn_away(stream, conn, why)
+                    state.last_error = f"{where}: refused: {why}"
                     log.warning("link %s: %s", spec.name, state.last_error)
                     continue
                 link = self._make_link(spec.name, "out", stream, conn, peer, spec.cost)

@@ -169,6 +169,8 @@ class Renewals:
                 return
             now = self._clock()
             due = info.renew_at.timestamp() if retry is None else now + retry
+            if state.renewed is not None:  # a certificate cut short (by its CA's expiry,
+                due = max(due, state.renewed + RETRY_MIN_S)  # say) must not spin
             state.next_at = due
             if due > now:
                 await trio.sleep(min(due - now, MAX_SLEEP_S))

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import certs
 from router.names import InvalidName, validate_name, validate_router_id
 from router.site.atomic import read_regular, write_atomic
 from router.site.errors import SiteError
@@ -211,3 +212,45 @@ def revocation_text(entry: Revoked, by_site: str) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(entry.revoked))
     why = f": {entry.reason}" if entry.reason else ""
     return f"site {entry.site} was revoked by site {by_site} at {when}{why}"
+
+
+def build_revocation(site: str, reason: str, *, own_site: str, now: float,
+                     issued: IssuedCerts, live: Iterable[tuple[str, str, bytes | None]] = (),
+                     known: Iterable[tuple[str, str]] = ()) -> Revoked:
+    """What revoking `site` records: the router ids, serials and keys of every certificate
+    this site issued to it (on record), of its live links (`live`: site, router id, the
+    certificate presented) and the router ids the network knows it by (`known`: router
+    id, site). SiteError for a name that is ours, malformed, or known nowhere."""
+    try:
+        validate_name(site, "site name")
+    except InvalidName as exc:
+        raise SiteError(str(exc)) from None
+    if site == own_site:
+        raise SiteError(f"{site} is this site's own name")
+    if len(reason) > MAX_REASON_CHARS or not reason.isprintable():
+        raise SiteError(f"the reason must be one printable line of at most "
+                        f"{MAX_REASON_CHARS} characters")
+    router_ids: list[str] = []
+    serials: list[str] = []
+    keys: list[str] = []
+    for entry in issued.for_site(site):
+        router_ids += [entry.router_id] if entry.router_id else []
+        serials.append(entry.serial)
+        keys.append(entry.key_sha256)
+    for peer_site, router_id, der in live:
+        if peer_site != site:
+            continue
+        router_ids.append(router_id)
+        if der is not None:
+            try:
+                info = certs.leaf_info_der(der)
+            except certs.CertError:
+                continue
+            serials.append(info.serial)
+            keys.append(info.key_sha256)
+    router_ids += [rid for rid, name in known if name == site]
+    if not (router_ids or serials):
+        raise SiteError(f"site {site} is not known here (no certificate of this site's "
+                        "on record, no link, not in the network): nothing to revoke")
+    return Revoked(site=site, router_ids=_merge([], router_ids), serials=_merge([], serials),
+                   keys=_merge([], keys), revoked=now, reason=reason)

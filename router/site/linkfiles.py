@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -38,7 +38,8 @@ class LinkSpec:
     # The issuer's router id, from its claim reply, when known: the dialler pins it.
     peer_router_id: str | None = None
     # An HTTP CONNECT proxy URL, or "env" (router.site.proxyconf); None: dial directly.
-    proxy: str | None = None
+    # Not in the repr: the URL may hold the proxy's password.
+    proxy: str | None = field(default=None, repr=False)
     # When the certificate was last renewed over the link (epoch s); None: never.
     renewed: float | None = None
 

@@ -5,9 +5,6 @@ was stopped is told why and what to do."""
 
 from __future__ import annotations
 
-import hashlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import certs
-from tests.support.services import EchoServer
+from tests.support.services import EchoServer, PacedFlow
 from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
 
 LIFETIME_S = 4.0
@@ -49,47 +46,6 @@ def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Site
 
 def link_of(site: Site, name: str) -> dict[str, object]:
     return next(lk for lk in site.state()["links"] if lk["name"] == name)
-
-
-class PacedFlow:
-    """A client of `port` that sends 32 KiB every 50 ms until stopped, hashing what it
-    sends and what comes back (the target echoes)."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.sent, self.got = hashlib.sha256(), hashlib.sha256()
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self._writer = threading.Thread(target=self._write)
-        self._reader = threading.Thread(target=self._read)
-        self._writer.start()
-        self._reader.start()
-
-    def _write(self) -> None:
-        i = 0
-        try:
-            while not self.stop.is_set():
-                chunk = hashlib.sha256(i.to_bytes(8, "big")).digest() * 1024
-                self.sock.sendall(chunk)
-                self.sent.update(chunk)
-                i += 1
-                self.stop.wait(0.05)  # pacing, so the flow spans the renewals
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError as exc:
-            self.errors.append(exc)
-
-    def _read(self) -> None:
-        try:
-            while data := self.sock.recv(65536):
-                self.got.update(data)
-        except OSError as exc:
-            self.errors.append(exc)
-
-    def finish(self) -> None:
-        self.stop.set()
-        self._writer.join()
-        self._reader.join()
-        self.sock.close()
 
 
 def test_a_flow_runs_across_several_renewals_and_the_link_never_drops(
