@@ -14,7 +14,14 @@ from certs.info import (
     peer_common_name,
     verify_signature,
 )
-from certs.lifetime import LeafInfo, csr_key_sha256, key_matches, leaf_info, leaf_info_der
+from certs.lifetime import (
+    LeafInfo,
+    csr_key_sha256,
+    issued_by,
+    key_matches,
+    leaf_info,
+    leaf_info_der,
+)
 from certs.store import load_pem, save_pem
 from certs.tls import client_context, server_context
 from certs.verify import check_issued_leaf, peer_router_id, router_id_of
@@ -32,6 +39,7 @@ __all__ = [
     "csr_key_sha256",
     "fingerprint",
     "identity_mismatch",
+    "issued_by",
     "key_matches",
     "leaf_info",
     "leaf_info_der",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
 from certs._x509util import CLOCK_SKEW, common_name_of, load_cert, load_private_key
@@ -82,3 +82,12 @@ def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
         return load_cert(cert_pem).public_key() == load_private_key(key_pem).public_key()
     except CertError:
         return False
+
+
+def issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
+    """Whether `ca_pem` signed `cert_pem` (False if either is unreadable)."""
+    try:
+        load_cert(cert_pem).verify_directly_issued_by(load_cert(ca_pem))
+    except (CertError, ValueError, TypeError, InvalidSignature):
+        return False
+    return True

@@ -35,6 +35,8 @@ def _why_renew(identity: Identity, now: float, lifetime_s: float) -> str | None:
     pair = identity.keypair
     if not certs.key_matches(pair.cert_pem, pair.key_pem):
         return "router.key does not match router.crt (a renewal cut short?)"
+    if not certs.issued_by(pair.cert_pem, identity.ca.cert_pem):
+        return None  # put there by hand, from another CA: not ours to replace
     info = certs.leaf_info(pair.cert_pem)
     if info.expires.timestamp() <= now:
         return f"it expired at {info.expires:%Y-%m-%d %H:%M:%S} UTC"
@@ -65,6 +67,9 @@ def check_at_start(identity: Identity, lifetime_s: float, state: ServerCertState
 
 async def keep_renewed(identity: Identity, lifetime_s: Callable[[], float],
                        state: ServerCertState, clock: Callable[[], float] = time.time) -> None:
+    if not certs.issued_by(identity.keypair.cert_pem, identity.ca.cert_pem):
+        log.warning("router.crt is not from this site's CA: it is not renewed")
+        return
     while True:
         due = certs.leaf_info(identity.keypair.cert_pem).renew_at.timestamp()
         now = clock()

@@ -91,8 +91,8 @@ async def start_link(
         validate_name(peer.site, "peer site name")
     except InvalidName as exc:
         raise HandshakeError(f"peer HELLO refused: {exc}") from None
-    for event in early:
-        if isinstance(event, LinkClosedByPeer):  # a GOAWAY right after its HELLO
+    for event in early if role is Role.DIALER else ():
+        if isinstance(event, LinkClosedByPeer):  # the acceptor's GOAWAY right after HELLO
             raise HandshakeError(f"site {peer.site} refused the link: {event.reason}")
     der = stream.peer_certificate_der()
     try:
