@@ -3,10 +3,13 @@ hostile proxies (refusals, a flood of headers, garbage, silence) over memory str
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 import trio.testing
 
+import certs
 from router.net.proxy import (
     MAX_ANSWER_BYTES,
     ConnectExchange,
@@ -14,6 +17,9 @@ from router.net.proxy import (
     ProxyRefused,
     open_via_proxy,
 )
+from router.site.directory import Site
+from router.site.errors import ConfigError
+from router.site.linkfiles import LinkSpec
 from router.site.proxyconf import (
     ProxySettingError,
     bypassed,
@@ -191,3 +197,20 @@ async def test_tunnel_carries_bytes_after_the_answer() -> None:
                                       7001, timeout=5)
         await stream.send_all(b"hello through the tunnel")
         assert await stream.receive_some() == b"hello through the tunnel"
+
+
+def test_link_file_keeps_the_proxy_and_its_password_private(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    ca = certs.CertificateAuthority.generate("hub")
+    pair = ca.issue("lap", role=certs.Role.CLIENT)
+    for name, proxy, mode in (("a", f"http://u:{SECRET}@p:3128", 0o600),
+                              ("b", "http://p:3128", 0o644), ("c", "env", 0o644)):
+        spec = LinkSpec(name=name, peer_site="hub", endpoints=(("h", 1),), cost=1, proxy=proxy)
+        assert SECRET not in repr(spec)
+        site.save_link(spec, ca_pem=ca.cert_pem, cert_pem=pair.cert_pem, key_pem=pair.key_pem)
+        assert site.load_link(name).proxy == proxy
+        assert (tmp_path / "links" / f"{name}.toml").stat().st_mode & 0o777 == mode
+    (tmp_path / "links" / "b.toml").write_text(
+        'peer_site = "hub"\nendpoints = ["h:1"]\nproxy = "socks5://p:1"\n')
+    with pytest.raises(ConfigError, match=r"b\.toml: bad link file: proxy URL scheme"):
+        site.load_link("b")
