@@ -98,11 +98,12 @@ class Identity:
         return self._server_ctx
 
     def set_server_keypair(self, keypair: certs.KeyPair) -> None:
-        """A renewed server certificate: stored, then presented from the next accept."""
-        if self.save_keypair is not None:
-            self.save_keypair(keypair)
+        """A renewed server certificate: presented from the next accept, and stored. It is
+        in use even if storing fails (SiteError): the start renews one that is missing."""
         self.keypair = keypair
         self._server_ctx = None
+        if self.save_keypair is not None:
+            self.save_keypair(keypair)
 
     def credentials(self, link_name: str) -> Credentials:
         load = self.load_credentials or self.link_creds.__getitem__
