@@ -14,6 +14,14 @@ from certs.info import (
     peer_common_name,
     verify_signature,
 )
+from certs.lifetime import (
+    LeafInfo,
+    csr_key_sha256,
+    issued_by,
+    key_matches,
+    leaf_info,
+    leaf_info_der,
+)
 from certs.store import load_pem, save_pem
 from certs.tls import client_context, server_context
 from certs.verify import check_issued_leaf, peer_router_id, router_id_of
@@ -22,13 +30,19 @@ __all__ = [
     "CertError",
     "CertificateAuthority",
     "KeyPair",
+    "LeafInfo",
     "Role",
     "cert_common_name",
     "cert_not_after",
     "check_issued_leaf",
     "client_context",
+    "csr_key_sha256",
     "fingerprint",
     "identity_mismatch",
+    "issued_by",
+    "key_matches",
+    "leaf_info",
+    "leaf_info_der",
     "load_pem",
     "make_csr",
     "peer_common_name",

@@ -56,6 +56,19 @@ def validate_days(valid_days: int) -> timedelta:
     return timedelta(days=valid_days)
 
 
+MIN_LIFETIME_S = 1.0  # short lifetimes are for tests; sites use days (see Limits)
+
+
+def leaf_lifetime(valid_days: int, lifetime_s: float | None) -> timedelta:
+    """`lifetime_s` seconds if given (at least MIN_LIFETIME_S), else `valid_days`."""
+    if lifetime_s is None:
+        return validate_days(valid_days)
+    if (isinstance(lifetime_s, bool) or not isinstance(lifetime_s, int | float)
+            or not MIN_LIFETIME_S <= lifetime_s < 1e10):
+        raise CertError(f"lifetime_s must be from {MIN_LIFETIME_S:g} s, got {lifetime_s!r}")
+    return timedelta(seconds=lifetime_s)
+
+
 def now_utc() -> datetime:
     return datetime.now(UTC)
 

@@ -19,6 +19,7 @@ from certs._x509util import (
     LeafPublicKey,
     common_name_of,
     is_acceptable_leaf_key,
+    leaf_lifetime,
     load_cert,
     load_private_key,
     new_ec_key,
@@ -143,21 +144,22 @@ class CertificateAuthority:
 
     def issue(
         self, name: str, *, role: Role = Role.SERVER, valid_days: int = 825,
-        router_id: str | None = None,
+        router_id: str | None = None, lifetime_s: float | None = None,
     ) -> KeyPair:
-        """Generate a fresh EC P-256 key and a leaf certificate for `name`.
+        """Generate a fresh EC P-256 key and a leaf certificate for `name`, valid for
+        `lifetime_s` seconds if given, else `valid_days`.
 
         The default role is the site router's own (link port) certificate.
         """
         validate_name(name)
-        lifetime = validate_days(valid_days)
+        lifetime = leaf_lifetime(valid_days, lifetime_s)
         key = new_ec_key()
         cert = self._build_leaf(name, key.public_key(), lifetime, role, router_id)
         return KeyPair(key_pem=private_key_pem(key), cert_pem=cert)
 
     def sign_csr(
         self, csr_pem: bytes, *, valid_days: int = 825, expected_name: str | None = None,
-        router_id: str | None = None,
+        router_id: str | None = None, lifetime_s: float | None = None,
     ) -> bytes:
         """Sign a CSR and return a client-only leaf certificate PEM.
 
@@ -169,7 +171,7 @@ class CertificateAuthority:
             raise CertError("CSR must be bytes")
         if len(csr_pem) > MAX_CSR_BYTES:
             raise CertError(f"CSR too large ({len(csr_pem)} bytes, max {MAX_CSR_BYTES})")
-        lifetime = validate_days(valid_days)
+        lifetime = leaf_lifetime(valid_days, lifetime_s)
         try:
             csr = x509.load_pem_x509_csr(csr_pem)
         except ValueError as exc:

@@ -28,6 +28,7 @@ from router.names import InvalidName, validate_name
 from router.protocol.claim import ClaimError, ClaimRefused
 from router.routing.choice import STRATEGIES
 from router.routing.signing import Ed25519Signer
+from router.site.certrecords import IssuedCerts, Revocations, build_revocation
 from router.site.config import (
     ConnectorConfig,
     ListenerConfig,
@@ -44,6 +45,7 @@ from router.site.errors import ARGUMENTS, ConfigError, SiteError
 from router.site.fields import FieldReader
 from router.site.http_fields import CONNECTOR_PROTOCOLS
 from router.site.linkfiles import MAX_LINK_COST, LinkSpec
+from router.site.proxyconf import ProxySettingError, check_proxy_setting, proxy_for
 from router.site.tokens import MAX_GRANT_S, MAX_TOKEN_BYTES, MAX_USES, Token
 from router.version import VersionAction
 from sitectl import flows_cmd, http_cmds, kube, service
@@ -52,7 +54,7 @@ from sitectl.console_cmd import add_console_parser
 from sitectl.errors import FileProblem, UsageError
 from sitectl.hostaddr import LOOPBACK, default_host, is_loopback
 from sitectl.redeem import REDEEM_ALL_TIMEOUT_S, REDEEM_TIMEOUT_S, ClaimResult, Deadline, redeem
-from sitectl.render import render_links, render_network, render_status
+from sitectl.render import render_links, render_network, render_revoked, render_status
 
 EPILOG = """example:
   west$ sitectl init west --host 203.0.113.5     # the address other sites dial
@@ -277,6 +279,10 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
             raise UsageError(f"--name: {exc}") from None
     if not 1 <= a.cost <= MAX_LINK_COST:
         raise UsageError(f"--cost must be from 1 to {MAX_LINK_COST}")
+    try:
+        proxy = None if a.proxy is None else check_proxy_setting(a.proxy)
+    except ProxySettingError as exc:
+        raise UsageError(f"--proxy: {exc}") from None
     token = Token.load(read_token_file(a.file), now=time.time())
     if token.site == cfg.name:
         raise UsageError(f"the token was issued by this site ({cfg.name}); "
@@ -300,10 +306,14 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
             errors.append(f"gave up after {REDEEM_ALL_TIMEOUT_S:g} s")
             break
         try:
+            via = proxy_for(proxy, host, port, os.environ)
+        except ProxySettingError as exc:
+            raise UsageError(f"--proxy env: {exc}") from None
+        try:
             result = redeem(host=host, port=port, issuer_site=token.site, ca_pem=token.ca_pem,
                             code=token.code, csr_pem=csr_pem, key_pem=key_pem, site=cfg.name,
                             signer=signer, now=datetime.now(UTC),
-                            timeout=min(REDEEM_TIMEOUT_S, left))
+                            timeout=min(REDEEM_TIMEOUT_S, left), proxy=via)
             break
         except ClaimRefused as exc:
             errors.append(str(exc))
@@ -314,7 +324,7 @@ def cmd_link_create(ctx: Ctx, a: argparse.Namespace) -> int:
         raise ClaimError("; ".join(errors))
     # Only the verified certificate is stored, and the issuer's router id is pinned.
     spec = LinkSpec(name=name, peer_site=token.site, endpoints=token.endpoints, cost=a.cost,
-                    peer_router_id=result.issuer_router_id)
+                    peer_router_id=result.issuer_router_id, proxy=proxy)
     # Under the edit lock: a router starting meanwhile either reads links/ after the save
     # or answers link.add, so the new link is dialled now, not only after a restart.
     with ctx.site.edit_lock():
@@ -356,6 +366,8 @@ def _wait_link_up(ctx: Ctx, name: str, timeout: float) -> str:
 
 def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
     ctx.site.require()
+    if a.revoked:
+        return _list_revoked(ctx, a)
     reply = ctx.try_call("status", {})
     if reply is not None:
         links = reply["links"]
@@ -367,6 +379,37 @@ def cmd_link_list(ctx: Ctx, a: argparse.Namespace) -> int:
                           "state": "router not running", "cost": spec.cost,
                           "endpoints": [str(Endpoint(h, p)) for h, p in spec.endpoints]})
     out(a, links, render_links(links))
+    return 0
+
+
+def _list_revoked(ctx: Ctx, a: argparse.Namespace) -> int:
+    from router.daemon.certstatus import revoked_entry
+
+    reply = ctx.try_call("status", {})  # the running router knows when each was refused
+    rows = reply["revoked"] if reply is not None else [
+        revoked_entry(e) for e in Revocations(ctx.site.revoked_path).entries]
+    out(a, rows, render_revoked(rows))
+    return 0
+
+
+def cmd_link_revoke(ctx: Ctx, a: argparse.Namespace) -> int:
+    ctx.site.require()
+    try:
+        validate_name(a.site, "site name")
+    except InvalidName as exc:
+        raise UsageError(str(exc)) from None
+    with ctx.site.edit_lock():
+        reply = ctx.try_call("link.revoke", {"site": a.site, "reason": a.reason})
+        if reply is None:
+            entry = Revocations(ctx.site.revoked_path).add(build_revocation(
+                a.site, a.reason, own_site=ctx.site.config().name, now=time.time(),
+                issued=IssuedCerts(ctx.site.issued_path)))
+            out(a, {"revoked": entry.stored(), "closed": 0},
+                f"site {entry.site} revoked (router not running: recorded; its links are "
+                "refused from the router's start)")
+            return 0
+    out(a, reply, f"site {a.site} revoked: {reply['closed']} live link(s) closed; its "
+        "certificates and router ids are refused from now on")
     return 0
 
 
@@ -552,9 +595,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "1-63 letters, digits, '.', '_', '-'")
     p.add_argument("--cost", type=int, default=1)
     p.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the link")
+    p.add_argument("--proxy", metavar="URL", help="dial (and redeem) through this HTTP "
+                   "CONNECT proxy, http://[USER:PASSWORD@]HOST:PORT; `env`: as HTTPS_PROXY "
+                   "and NO_PROXY say, in the environment of the router when it dials")
     p.set_defaults(func=cmd_link_create)
     p = link.add_parser("list", parents=[common])
+    p.add_argument("--revoked", action="store_true", help="the sites this site revoked")
     p.set_defaults(func=cmd_link_list)
+    p = link.add_parser("revoke", parents=[common], help="cut off a site this site issued "
+                        "a token to, for good: its links close now and are refused from "
+                        "then on, and nothing is renewed or redeemed for it")
+    p.add_argument("site")
+    p.add_argument("--reason", default="", help="one line, shown to the site and in logs")
+    p.set_defaults(func=cmd_link_revoke)
     p = link.add_parser("delete", parents=[common])
     p.add_argument("name")
     p.set_defaults(func=cmd_link_delete)

@@ -16,6 +16,7 @@ from datetime import datetime
 
 import certs
 from router.endpoint import Endpoint
+from router.net.proxy import READ_CHUNK, ConnectExchange, ProxyError
 from router.protocol.claim import (
     LENGTH,
     MAX_CLAIM_BYTES,
@@ -28,6 +29,7 @@ from router.protocol.claim import (
     shown_value,
 )
 from router.routing.signing import Signer, router_id_for
+from router.site.proxyconf import ProxyURL
 
 REDEEM_TIMEOUT_S = 10.0  # one issuer endpoint: connect, TLS, claim and the whole reply
 REDEEM_ALL_TIMEOUT_S = 30.0  # every endpoint of a token (it may list 16)
@@ -121,26 +123,65 @@ def _recv_exact(sock: ssl.SSLSocket, n: int, budget: _Budget) -> bytes:
     return bytes(buf)
 
 
+def _through_proxy(proxy: ProxyURL, host: str, port: int, budget: _Budget) -> socket.socket:
+    """A socket to host:port tunnelled through `proxy` (HTTP CONNECT), within the budget."""
+    exchange = ConnectExchange(proxy, host, port)
+    try:
+        raw = socket.create_connection(proxy.endpoint.pair(), timeout=budget.left())
+    except TimeoutError:
+        raise ClaimError(f"cannot connect to {exchange.where}: timed out") from None
+    except OSError as exc:
+        raise ClaimError(f"cannot connect to {exchange.where}: "
+                         f"{exc.strerror or exc}") from None
+    try:
+        budget.arm(raw)
+        raw.sendall(exchange.request())
+        while True:
+            budget.arm(raw)
+            # No read goes past the answer: the TLS server inside waits for our hello.
+            if exchange.receive(raw.recv(READ_CHUNK)):
+                return raw
+    except TimeoutError:
+        raw.close()
+        raise ClaimError(f"{exchange.where} did not answer CONNECT within "
+                         f"{budget.deadline.seconds:g} s") from None
+    except ProxyError as exc:
+        raw.close()
+        raise ClaimError(str(exc)) from None
+    except OSError as exc:
+        raw.close()
+        raise ClaimError(f"{exchange.where} broke the connection during CONNECT: "
+                         f"{exc.strerror or exc}") from None
+    except BaseException:
+        raw.close()
+        raise
+
+
 def redeem(
     *, host: str, port: int, issuer_site: str, ca_pem: bytes, code: bytes, csr_pem: bytes,
     key_pem: bytes, site: str, signer: Signer, now: datetime,
     timeout: float = REDEEM_TIMEOUT_S, clock: Callable[[], float] = time.monotonic,
+    proxy: ProxyURL | None = None,
 ) -> ClaimResult:
     """Blocking client used by sitectl: the issuer's checked reply (see check_reply).
     `signer` holds our identity key: it proves the router id we claim. The whole
-    exchange (connect, TLS, claim, reply) takes at most `timeout` seconds."""
+    exchange (connect, TLS, claim, reply) takes at most `timeout` seconds, through
+    `proxy` (HTTP CONNECT) when one is given."""
     router_id = router_id_for(signer.public_key)
     ctx = certs.client_context(cert_pem=None, key_pem=None, ca_pem=ca_pem)
     where = Endpoint(host, port)
     expired = f"site {issuer_site} at {where} did not answer within {timeout:g} s"
     budget = _Budget(Deadline(timeout, now=clock()), clock, expired)
-    try:
-        raw = socket.create_connection((host, port), timeout=budget.left())
-    except TimeoutError:
-        raise ClaimError(expired) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ClaimError(f"cannot reach site {issuer_site} at {where}: {reason}") from None
+    if proxy is not None:
+        raw = _through_proxy(proxy, host, port, budget)
+    else:
+        try:
+            raw = socket.create_connection((host, port), timeout=budget.left())
+        except TimeoutError:
+            raise ClaimError(expired) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ClaimError(f"cannot reach site {issuer_site} at {where}: {reason}") from None
     try:
         budget.arm(raw)  # CPython bounds a whole TLS handshake, recv or send by it
         with ctx.wrap_socket(raw, server_hostname=issuer_site) as tls:

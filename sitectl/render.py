@@ -28,6 +28,29 @@ def _since(epoch: float | None) -> str:
     return f"{secs / 3600:.1f}h"
 
 
+def _span(secs: float) -> str:
+    if secs < 120:
+        return f"{secs:.0f}s"
+    if secs < 7200:
+        return f"{secs / 60:.0f}m"
+    if secs < 3 * 86400:
+        return f"{secs / 3600:.1f}h"
+    return f"{secs / 86400:.0f}d"
+
+
+def render_cert(expires: float | None, renewed: float | None, error: str | None) -> str:
+    """"expires in 20d, renewed 3h ago" (or "expired 2m ago", "never renewed")."""
+    if expires is None:
+        return "unknown"
+    left = expires - time.time()
+    text = f"expires in {_span(left)}" if left > 0 else f"EXPIRED {_span(-left)} ago"
+    text += f", renewed {_span(max(0.0, time.time() - renewed))} ago" if renewed else (
+        ", not renewed yet")
+    if error:
+        text += f"; last renewal failed: {_t(error)}"
+    return text
+
+
 def render_links(links: list[dict[str, Any]]) -> str:
     if not links:
         return "  (none)"
@@ -42,9 +65,14 @@ def render_links(links: list[dict[str, Any]]) -> str:
             line += f"  rtt {link['rtt_ms']:.2f} ms"
         if link.get("flows"):
             line += f"  flows {link['flows']}"
+        if link.get("proxy"):
+            line += f"  via proxy {_t(link['proxy'])}"
         if link.get("error") and link["state"] != "up":
             line += f"  ({_t(link['error'])})"
         rows.append(line)
+        if "cert_expires" in link:
+            rows.append("    certificate " + render_cert(
+                link["cert_expires"], link.get("cert_renewed"), link.get("renewal_error")))
     return "\n".join(rows)
 
 
@@ -57,12 +85,41 @@ def render_admin(st: dict[str, Any]) -> str:
             "the router, for /metrics, /healthz and /readyz)")
 
 
+def render_certs(st: dict[str, Any]) -> list[str]:
+    lines = []
+    if st.get("server_cert"):
+        cert = st["server_cert"]
+        lines.append("server certificate: " + render_cert(cert["expires"], cert["renewed"],
+                                                          cert["error"]))
+    if st.get("revoked"):
+        lines.append("revoked sites: " + ", ".join(_t(r["site"]) for r in st["revoked"])
+                     + "  (sitectl link list --revoked)")
+    return lines
+
+
+def render_revoked(revoked: list[dict[str, Any]]) -> str:
+    if not revoked:
+        return "  (none)"
+    rows = []
+    for r in revoked:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["revoked"]))
+        line = f"  {_t(r['site']):<16} revoked {when}"
+        if r.get("reason"):
+            line += f": {_t(r['reason'])}"
+        line += f"  (routers {', '.join(map(_t, r['router_ids'])) or 'unknown'})"
+        if r.get("last_refused"):
+            line += f"  last refused {_since(r['last_refused'])} ago"
+        rows.append(line)
+    return "\n".join(rows)
+
+
 def render_status(st: dict[str, Any]) -> str:
     lines = [
         f"site {st['site']}  (router {st['router_id']}, pid {st['pid']}, "
         f"up {st['uptime_s']:.0f}s)",
         f"link endpoint: {st['link_endpoint']}",
         render_admin(st),
+        *render_certs(st),
         "links:",
         render_links(st["links"]),
         "listeners:",

@@ -175,9 +175,10 @@ class SiteAdmin:
                 raise ValueError(f"link {name} was dialled by site {inbound[0].peer_site}, "
                                  f"which owns its cost: run `sitectl link cost` there")
             raise ValueError(f"no link named {name!r}")
-        spec = self._links.dials[name].spec
         self._links.set_cost(name, cost)
         site = self._site()
+        # From the file: the router saves renewals there (the dial's copy may be older).
+        spec = site.load_link(name)
         ca_pem, cert_pem, key_pem = site.link_credentials(name)
         site.save_link(replace(spec, cost=cost), ca_pem=ca_pem, cert_pem=cert_pem,
-                            key_pem=key_pem)
+                       key_pem=key_pem)

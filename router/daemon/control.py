@@ -22,10 +22,12 @@ from typing import Any
 import trio
 
 from certs import CertError
+from router.daemon import certstatus
 from router.daemon.admin import SiteAdmin
 from router.daemon.console import console_reply
 from router.daemon.flowsview import flows_reply
 from router.daemon.issuer import TokenIssuer
+from router.daemon.revoke import revoke_site
 from router.daemon.status import network_status, site_status
 from router.daemon.top import TopCounter
 from router.daemon.view import RouterView
@@ -159,6 +161,16 @@ async def _link_delete(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+async def _link_revoke(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
+    """{"site": S, "reason": TEXT (optional)}."""
+    reason = args.get("reason", "")
+    if not isinstance(reason, str):
+        raise RequestError("reason must be a string")
+    entry, closed = revoke_site(_name(args, "site"), reason, signer=t.view.cert_signer,
+                                links=t.view.links, routing=t.view.routing)
+    return {"revoked": certstatus.revoked_entry(entry), "closed": closed}
+
+
 async def _link_cost(t: Targets, args: dict[str, Any]) -> dict[str, Any]:
     cost = args.get("cost")
     if isinstance(cost, bool) or not isinstance(cost, int) or not 1 <= cost <= 1_000_000:
@@ -183,6 +195,7 @@ HANDLERS: dict[str, Handler] = {
     "link.add": _link_add,
     "link.delete": _link_delete,
     "link.cost": _link_cost,
+    "link.revoke": _link_revoke,
 }
 
 

@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import certs
+from router.daemon.certsigner import CertSigner
 from router.protocol.claim import ClaimError, decode_claim_body, refusal_for
+from router.site.errors import SiteError
 from router.site.tokens import GrantStore, Token, TokenError
 
 log = logging.getLogger(__name__)
@@ -16,13 +18,15 @@ log = logging.getLogger(__name__)
 
 class TokenIssuer:
     def __init__(self, *, site: str, router_id: str, ca: certs.CertificateAuthority,
-                 grants: GrantStore, endpoints: Callable[[], tuple[tuple[str, int], ...]],
+                 grants: GrantStore, signer: CertSigner,
+                 endpoints: Callable[[], tuple[tuple[str, int], ...]],
                  linked_sites: Callable[[], set[str]],
                  known_routers: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.site = site
         self.router_id = router_id
         self._ca = ca
         self._grants = grants
+        self._signer = signer  # signs (short-lived), records, refuses revoked sites
         self._endpoints = endpoints
         self._linked_sites = linked_sites
         self._known_routers = known_routers  # (router id, site) from the routing database
@@ -44,15 +48,18 @@ class TokenIssuer:
         try:
             claim = decode_claim_body(body)
             grant = self._grants.check(claim.code, now=time.time())
+            revoked = self._signer.revoked(site=claim.site, router_id=claim.router_id)
+            if revoked is not None:
+                raise ClaimError(self._signer.refusal_text(revoked))
             refusal = refusal_for(claim, own_site=self.site, own_router_id=self.router_id,
                                   linked_sites=self._linked_sites(),
                                   known=self._known_routers())
             if refusal is not None:
                 raise ClaimError(refusal)
-            cert_pem = self._ca.sign_csr(claim.csr_pem, expected_name=claim.site,
-                                         router_id=claim.router_id)
+            cert_pem = self._signer.sign_claim(claim.csr_pem, site=claim.site,
+                                               router_id=claim.router_id)
             self._grants.consume(grant)  # counted only once the certificate exists
-        except (ClaimError, TokenError, certs.CertError) as exc:
+        except (ClaimError, TokenError, certs.CertError, SiteError) as exc:
             # Not logged here: anyone can send wrong claims as fast as TLS allows, so the
             # link port logs refusals with the peer's address, throttled per kind.
             return {"ok": False, "error": str(exc)}

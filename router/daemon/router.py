@@ -31,12 +31,14 @@ from router.adaptors.http.limits import http_limits
 from router.adaptors.listeners import Listeners
 from router.adaptors.tcp import Connect, TcpClients, TcpConnectors
 from router.daemon.admin import SiteAdmin
+from router.daemon.certsigner import CertSigner
 from router.daemon.console import Console, new_token
 from router.daemon.control import ControlServer
 from router.daemon.identity import Identity
 from router.daemon.issuer import TokenIssuer
 from router.daemon.notify import sd_notify
 from router.daemon.routing_agent import RoutingAgent
+from router.daemon.servercert import ServerCertState, check_at_start, keep_renewed
 from router.daemon.traffic import TrafficMeter
 from router.daemon.web import serve_web
 from router.daemon.web_routes import admin_routes
@@ -48,10 +50,12 @@ from router.flows.table import FlowTable
 from router.net.accept import FdReserve
 from router.net.link import Link
 from router.net.links import LinkTable
+from router.net.renewal import Renewals
 from router.net.side import FlowSide
 from router.protocol import Open
 from router.routing import RoutingCore, ed25519_verify
 from router.routing.summaries import SummaryTable
+from router.site.certrecords import IssuedCerts, Revocations
 from router.site.config import ListenerConfig, SiteConfig, admin_url
 from router.site.directory import Site
 from router.site.tokens import GrantStore
@@ -99,14 +103,24 @@ class Router:
                                    window=limits.flow_window_bytes,
                                    open_timeout=limits.open_timeout_s,
                                    serve_local=self._serve_local)
+        # Link certificates: signed short-lived, recorded, renewed over the links, and
+        # refused to revoked sites; the server certificate renews itself.
+        self.cert_signer = CertSigner(
+            site=config.name, ca=identity.ca, lifetime_s=self._cert_lifetime,
+            issued=IssuedCerts(None if site is None else site.issued_path),
+            revocations=Revocations(None if site is None else site.revoked_path))
+        self.renewals = Renewals(holder=identity, signer=self.cert_signer)
+        self.server_cert = ServerCertState()
         self.issuer = None if site is None else TokenIssuer(
             site=config.name, router_id=self.router_id, ca=identity.ca,
-            grants=GrantStore(site.grants_path), endpoints=self.endpoints,
+            grants=GrantStore(site.grants_path), signer=self.cert_signer,
+            endpoints=self.endpoints,
             linked_sites=self._linked_sites,
             known_routers=lambda: ((r.router_id, r.site) for r in self.routing.records()))
         self.links = LinkTable(identity=identity, limits=limits, events=self.agent,
                                on_open=self.forwarder.on_open, on_claim=self._on_claim,
-                               reserve=self.fd_reserve, connect=connect_link)
+                               reserve=self.fd_reserve, connect=connect_link,
+                               renewals=self.renewals, gate=self.cert_signer)
         self.agent.measure = TrafficMeter(self.links, self.flows, trio.current_time()).measure
         self.tcp_clients = TcpClients(forwarder=self.forwarder, connectors=self.connectors,
                                       table=self.flows)
@@ -168,6 +182,9 @@ class Router:
         """A listener's current config (its rules and options change live)."""
         return next((lst for lst in self.config.listeners if lst.key == key), None)
 
+    def _cert_lifetime(self) -> float:
+        return self.config.limits.link_cert_lifetime_s
+
     def _link_for(self, peer_id: str) -> Link | None:
         return self.links.link_for(peer_id)
 
@@ -189,6 +206,11 @@ class Router:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg, site = self.config, self.site
+        if cfg.limits.link_cert_lifetime_s < 3600:
+            log.warning("link_cert_lifetime_s = %g: a site whose router is stopped for longer "
+                        "cannot renew its link certificates and needs a new token",
+                        cfg.limits.link_cert_lifetime_s)
+        check_at_start(self.identity, cfg.limits.link_cert_lifetime_s, self.server_cert)
         link_listeners: list[trio.SocketListener] = []
         if site is not None:
             try:
@@ -217,6 +239,7 @@ class Router:
                     self.links.add_dial(site.load_link(name), root)
                 self._write_pid(site)
             root.start_soon(self.agent.run)
+            root.start_soon(keep_renewed, self.identity, self._cert_lifetime, self.server_cert)
             log.info("site %s (router %s) ready: links on %s:%d", self.name,
                      self.router_id, cfg.bind, cfg.link_port)
             self._not_ready = None

@@ -9,10 +9,12 @@ from typing import Any
 
 import trio
 
+from router.daemon import certstatus
 from router.daemon.netview import key_traffic, live_summaries, network_links, summary_info
 from router.daemon.view import RouterView
 from router.endpoint import Endpoint
 from router.site.listener_edit import listener_status
+from router.site.proxyconf import setting_shown
 
 
 def _ago(epoch: float) -> float:
@@ -31,14 +33,15 @@ def site_status(r: RouterView) -> dict[str, Any]:
             "endpoints": [str(Endpoint(h, p)) for h, p in dial.spec.endpoints],
             "flows": len(link.flows) if link else 0,
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
-        })
+            "proxy": setting_shown(dial.spec.proxy),
+        } | certstatus.dialled(r, name, dial))
     for link in r.links.accepted:
         links.append({
             "name": link.name, "peer_site": link.peer_site, "direction": "in", "state": "up",
             "since": time.time() - (trio.current_time() - link.since), "cost": link.cost,
             "error": None, "flows": len(link.flows),
             "rtt_ms": round(link.rtt * 1000, 3) if link.rtt is not None else None,
-        })
+        } | certstatus.accepted(r, link))
     keys: dict[str, dict[str, Any]] = {}
     wanted = {lst.key for lst in cfg.listeners} | {con.key for con in cfg.connectors}
     for key in sorted(wanted):
@@ -64,6 +67,8 @@ def site_status(r: RouterView) -> dict[str, Any]:
         "keys": keys,
         "flows": r.flows.counters(),
         "traffic": traffic(r),
+        "server_cert": certstatus.server(r),
+        "revoked": certstatus.revoked(r),
     }
 
 

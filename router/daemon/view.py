@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Protocol
 
 from router.adaptors.listeners import Listeners
+from router.daemon.certsigner import CertSigner
+from router.daemon.identity import Identity
+from router.daemon.servercert import ServerCertState
 from router.flows.table import FlowTable
 from router.net.links import LinkTable
+from router.net.renewal import Renewals
 from router.routing import RoutingCore
 from router.routing.summaries import SummaryTable
 from router.site.config import SiteConfig
@@ -35,4 +39,12 @@ class RouterView(Protocol):
     def admin_error(self) -> str | None: ...
     @property
     def console_token(self) -> str: ...
+    @property
+    def identity(self) -> Identity: ...
+    @property
+    def renewals(self) -> Renewals: ...
+    @property
+    def cert_signer(self) -> CertSigner: ...
+    @property
+    def server_cert(self) -> ServerCertState: ...
     def endpoints(self) -> tuple[tuple[str, int], ...]: ...

@@ -22,7 +22,15 @@ from router.errors import VanError
 from router.names import InvalidName, validate_name
 from router.net.link import LinkLost, exchange_hello
 from router.net.tls import TLSStream
-from router.protocol import PREFACE, Event, Hello, LinkConnection, LinkLimits, Role
+from router.protocol import (
+    PREFACE,
+    Event,
+    Hello,
+    LinkClosedByPeer,
+    LinkConnection,
+    LinkLimits,
+    Role,
+)
 from router.protocol.claim import CLAIM_MAGIC, CLAIM_VERSION, MAX_CLAIM_BYTES, encode_reply
 from router.site.config import Limits
 
@@ -83,6 +91,9 @@ async def start_link(
         validate_name(peer.site, "peer site name")
     except InvalidName as exc:
         raise HandshakeError(f"peer HELLO refused: {exc}") from None
+    for event in early if role is Role.DIALER else ():
+        if isinstance(event, LinkClosedByPeer):  # the acceptor's GOAWAY right after HELLO
+            raise HandshakeError(f"site {peer.site} refused the link: {event.reason}")
     der = stream.peer_certificate_der()
     try:
         cert_site = certs.peer_common_name(der) if der else None

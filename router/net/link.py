@@ -45,6 +45,7 @@ from router.protocol import (
     Open,
     PongReceived,
     ProtocolError,
+    RenewReceived,
     RoutingReceived,
 )
 
@@ -74,6 +75,7 @@ class FlowHandler(Protocol):
 Direction = Literal["in", "out"]  # who dialled: the peer ("in") or we ("out")
 OpenCallback = Callable[["Link", int, Open], None]
 RoutingCallback = Callable[["Link", bytes], None]
+RenewCallback = Callable[["Link", bytes], None]
 
 
 async def exchange_hello(
@@ -116,6 +118,7 @@ class Link:
         buffer_limit: int,
         on_open: OpenCallback,
         on_routing: RoutingCallback,
+        on_renew: RenewCallback | None = None,
     ) -> None:
         self.name = name
         self.direction = direction
@@ -131,6 +134,7 @@ class Link:
         self.bytes_out = 0
         self._on_open = on_open
         self._on_routing = on_routing
+        self._on_renew = on_renew
         self._wake = trio.Event()
         self._writing = False
         self._dispatching = False
@@ -346,6 +350,9 @@ class Link:
                 self._on_routing(self, event.payload)
             elif isinstance(event, PongReceived):
                 self.rtt = event.rtt
+            elif isinstance(event, RenewReceived):
+                if self._on_renew is not None:
+                    self._on_renew(self, event.payload)
             elif isinstance(event, LinkClosedByPeer):
                 raise LinkLost(f"peer closed the link: {event.reason}")
             elif isinstance(event, LinkDead):

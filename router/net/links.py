@@ -5,11 +5,12 @@ agent) which neighbours are up and what routing messages they sent."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal, Protocol
@@ -25,6 +26,7 @@ from router.net.handshake import (
     HANDSHAKE_TIMEOUT_S,
     FirstByte,
     HandshakeError,
+    link_limits,
     serve_unauthenticated,
     start_link,
     tls_handshake,
@@ -33,11 +35,14 @@ from router.net.handshake import (
 from router.net.link import Direction, Link, OpenCallback
 from router.net.linkstats import LinkSample, LinkTotals, link_samples
 from router.net.logthrottle import KeyedLogThrottle
+from router.net.proxy import ProxyError, open_via_proxy
+from router.net.renewal import Renewals
 from router.net.sockets import peer_name
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
 from router.site.config import Limits
 from router.site.linkfiles import LinkSpec
+from router.site.proxyconf import ProxySettingError, proxy_for
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,7 @@ HANDSHAKES_PER_SOURCE_PER_S = 10.0
 MAX_WAITING_FOR_FIRST_BYTE = 1024
 REFUSAL_LOG_INTERVAL_S = 10.0  # per kind of refusal
 _DIGITS = re.compile(r"\d+")
-DialPhase = Literal["connecting", "up", "down"]
+DialPhase = Literal["connecting", "up", "down", "expired"]
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
 ClaimHandler = Callable[[bytes], Awaitable[dict[str, object]]]
 
@@ -62,6 +67,15 @@ class LinkIdentity(Protocol):
     def hello(self) -> Hello: ...
     def server_context(self) -> ssl.SSLContext: ...
     def client_context(self, link_name: str) -> ssl.SSLContext: ...
+    def credential_problem(self, link_name: str) -> str | None: ...
+
+
+class LinkGate(Protocol):
+    """Why a peer may not link (it was revoked), or None. `der` is its certificate;
+    `site` and `router_id` what its HELLO said, once known."""
+
+    def link_refusal(self, der: bytes | None, site: str | None = None,
+                     router_id: str | None = None) -> str | None: ...
 
 
 class NeighbourEvents(Protocol):
@@ -94,7 +108,8 @@ class DialState:
 class LinkTable:
     def __init__(self, *, identity: LinkIdentity, limits: Limits, events: NeighbourEvents,
                  on_open: OpenCallback, on_claim: ClaimHandler, reserve: FdReserve,
-                 connect: Connect = _open_tcp) -> None:
+                 connect: Connect = _open_tcp, environ: Mapping[str, str] = os.environ,
+                 renewals: Renewals | None = None, gate: LinkGate | None = None) -> None:
         self._identity = identity
         self._limits = limits
         self._events = events
@@ -102,6 +117,9 @@ class LinkTable:
         self._on_claim = on_claim
         self._reserve = reserve
         self._connect = connect
+        self._environ = environ  # HTTPS_PROXY, NO_PROXY for links whose proxy is "env"
+        self.renewals = renewals
+        self._gate = gate
         self.dials: dict[str, DialState] = {}
         self.accepted: list[Link] = []
         self.by_peer: dict[str, list[Link]] = {}
@@ -160,6 +178,8 @@ class LinkTable:
         try:
             await link.run(early)
         finally:
+            if self.renewals is not None:
+                self.renewals.link_ended(link)
             totals.bytes_in += link.bytes_in
             totals.bytes_out += link.bytes_out
             peers.remove(link)
@@ -174,7 +194,8 @@ class LinkTable:
                    conn: LinkConnection, peer: Hello, cost: int) -> Link:
         return Link(name=name, direction=direction, stream=stream, conn=conn, peer=peer,
                     cost=cost, buffer_limit=self._limits.link_buffer_bytes,
-                    on_open=self._on_open, on_routing=self._events.on_routing)
+                    on_open=self._on_open, on_routing=self._events.on_routing,
+                    on_renew=None if self.renewals is None else self.renewals.on_message)
 
     # ---- accepting
     async def serve(self, listeners: list[trio.SocketListener],
@@ -241,9 +262,21 @@ class LinkTable:
                                 self._refuse(peer_addr, str(reply.get("error")),
                                              what="token claim")
                             return
+                        # A revoked peer is told why in place of a link (at the TLS
+                        # stage, by its certificate; at HELLO, by what it says).
+                        why = self._refusal(stream)
+                        if why is not None:
+                            await self._turn_away(stream, None, why)
+                            self._refuse(peer_addr, why)
+                            return
                         conn, peer, early = await start_link(
                             stream, role=Role.ACCEPTOR, hello=self._identity.hello(),
                             limits=self._limits, expect_site=None)
+                        why = self._refusal(stream, peer)
+                        if why is not None:
+                            await self._turn_away(stream, conn, why)
+                            self._refuse(peer_addr, why)
+                            return
                 except trio.TooSlowError:
                     self._refuse(peer_addr, f"handshake not done in {HANDSHAKE_TIMEOUT_S:g} s")
                     return
@@ -264,6 +297,39 @@ class LinkTable:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
+
+    def _refusal(self, stream: TLSStream, peer: Hello | None = None) -> str | None:
+        if self._gate is None:
+            return None
+        return self._gate.link_refusal(stream.peer_certificate_der(),
+                                       None if peer is None else peer.site,
+                                       None if peer is None else peer.router_id)
+
+    async def _turn_away(self, stream: TLSStream, conn: LinkConnection | None,
+                         reason: str) -> None:
+        """Say GOAWAY with `reason` (after our HELLO, if not sent yet), then wait a moment
+        for the peer to close first: closing on unread input would reset the connection
+        and could take the GOAWAY with it."""
+        if conn is None:
+            conn = LinkConnection(role=Role.ACCEPTOR, hello=self._identity.hello(),
+                                  limits=link_limits(self._limits), now=trio.current_time())
+        conn.close(reason)
+        with trio.move_on_after(1.0):
+            try:
+                await stream.send_all(conn.data_to_send())
+                while await stream.receive_some():
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+                pass
+
+    def close_links(self, site: str, router_ids: set[str], reason: str) -> int:
+        """Close every live link with `site` (or one of `router_ids`), either direction;
+        their flows are reset. How many were closed."""
+        gone = [link for link in self.all_links()
+                if link.peer_site == site or link.peer_id in router_ids]
+        for link in gone:
+            link.close(reason)
+        return len(gone)
 
     # ---- dialling
     def add_dial(self, spec: LinkSpec, nursery: trio.Nursery) -> None:
@@ -307,21 +373,52 @@ class LinkTable:
                     delay = limits.redial_min_s  # it was healthy: retry quickly
                 if state.deleted:
                     return
-                state.state = "connecting"
+                if state.state != "expired":  # it stays so: no dial can help
+                    state.state = "connecting"
                 # Full jitter keeps many sites from redialling a restarted hub in lockstep.
                 await trio.sleep(self._rng.uniform(delay / 2, delay))
                 delay = min(delay * 2, limits.redial_max_s)
 
+    async def _open(self, spec: LinkSpec, host: str, port: int) -> trio.abc.Stream:
+        """TCP to the peer, directly or through the link's HTTP CONNECT proxy."""
+        timeout = self._limits.connect_timeout_s
+        proxy = proxy_for(spec.proxy, host, port, self._environ)
+        if proxy is not None:
+            return await open_via_proxy(self._connect, proxy, host, port, timeout=timeout)
+        with trio.fail_after(timeout):
+            return await self._connect(host, port)
+
+    async def _run_dialled(self, link: Link, name: str, early: list[Event]) -> None:
+        """Run an outgoing link, renewing its certificate meanwhile."""
+        if self.renewals is None:
+            await self._run_link(link, early)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guarded, f"certificate renewal of link {name}",
+                               self.renewals.run_for, link, name)
+            await self._run_link(link, early)
+            nursery.cancel_scope.cancel()
+
     async def _dial_once(self, state: DialState) -> float | None:
         """One attempt over every endpoint; returns how long the link was up."""
         spec = state.spec
+        problem = self._identity.credential_problem(spec.name)
+        if problem is not None:
+            # Dialling cannot help: the peer would refuse it without saying why.
+            if state.last_error != problem:
+                log.error("link %s: %s", spec.name, problem, extra={"link": spec.name})
+            state.last_error, state.state = problem, "expired"
+            return None
         for host, port in spec.endpoints:
             where = Endpoint(host, port)
             try:
-                with trio.fail_after(self._limits.connect_timeout_s):
-                    sock = await self._connect(host, port)
+                sock = await self._open(spec, host, port)
             except (OSError, trio.TooSlowError) as exc:
                 state.last_error = f"cannot connect to {where}: {connect_reason(exc)}"
+                continue
+            except (ProxyError, ProxySettingError) as exc:
+                state.last_error = f"{where}: {exc}"
+                log.warning("link %s: %s", spec.name, state.last_error)
                 continue
             stream = TLSStream(sock, self._identity.client_context(spec.name),
                                server_side=False, server_hostname=spec.peer_site)
@@ -336,12 +433,18 @@ class LinkTable:
                     state.last_error = f"{where}: {exc}"
                     log.warning("link %s: %s", spec.name, state.last_error)
                     continue
+                why = self._refusal(stream, peer)
+                if why is not None:
+                    await self._turn_away(stream, conn, why)
+                    state.last_error = f"{where}: refused: {why}"
+                    log.warning("link %s: %s", spec.name, state.last_error)
+                    continue
                 link = self._make_link(spec.name, "out", stream, conn, peer, spec.cost)
                 state.link, state.state, state.since = link, "up", time.time()
                 state.last_error = None
                 started = trio.current_time()
                 try:
-                    await self._run_link(link, early)
+                    await self._run_dialled(link, spec.name, early)
                 finally:
                     state.link, state.since = None, time.time()
                     state.last_error = link.closed_reason

@@ -15,13 +15,15 @@ from .events import (
     LinkClosedByPeer,
     LinkDead,
     PongReceived,
+    RenewReceived,
     RoutingReceived,
 )
-from .frames import PREFACE, VERSION, FrameType
+from .frames import PREFACE, RENEW_FEATURE, VERSION, FrameType
 from .messages import Accept, GoAway, Hello, Open, Refuse, Reset, printable
 
 __all__ = [
     "PREFACE",
+    "RENEW_FEATURE",
     "VERSION",
     "Accept",
     "CreditGranted",
@@ -47,6 +49,7 @@ __all__ = [
     "PongReceived",
     "ProtocolError",
     "Refuse",
+    "RenewReceived",
     "Reset",
     "Role",
     "RoutingReceived",

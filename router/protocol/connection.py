@@ -25,6 +25,7 @@ from .events import (
     LinkClosedByPeer,
     LinkDead,
     PongReceived,
+    RenewReceived,
     RoutingReceived,
 )
 from .flows import CAN_RECV_DATA, CAN_SEND_DATA, UNANSWERED, Flow, FlowInput, FlowState
@@ -112,6 +113,7 @@ class LinkConnection:
             FrameType.PONG: self._on_pong,
             FrameType.ROUTING: self._on_routing,
             FrameType.GOAWAY: self._on_goaway,
+            FrameType.RENEW: self._on_renew,
         }
 
         self._out.raw(PREFACE)
@@ -475,6 +477,9 @@ class LinkConnection:
     def _on_routing(self, flow_id: int, body: bytes, now: float) -> Event | None:
         return RoutingReceived(payload=body)
 
+    def _on_renew(self, flow_id: int, body: bytes, now: float) -> Event | None:
+        return RenewReceived(payload=body)
+
     def _on_goaway(self, flow_id: int, body: bytes, now: float) -> Event | None:
         goaway = GoAway.from_wire(body)
         self._peer_closing = True
@@ -603,6 +608,14 @@ class LinkConnection:
                 f"routing payload of {len(payload)} bytes exceeds {self._limits.max_control_bytes}"
             )
         self._queue(FrameType.ROUTING, 0, payload)
+
+    def send_renew(self, payload: bytes) -> None:
+        """A certificate renewal message; only to a peer whose HELLO has RENEW_FEATURE."""
+        if len(payload) > self._limits.max_control_bytes:
+            raise ValueError(
+                f"renew payload of {len(payload)} bytes exceeds {self._limits.max_control_bytes}"
+            )
+        self._queue(FrameType.RENEW, 0, payload)
 
     def close(self, reason: str) -> None:
         """Queue GOAWAY (once); no new flows afterwards, existing ones may finish."""

@@ -24,6 +24,7 @@ __all__ = [
     "LinkClosedByPeer",
     "LinkDead",
     "PongReceived",
+    "RenewReceived",
     "RoutingReceived",
 ]
 
@@ -93,6 +94,13 @@ class RoutingReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RenewReceived:
+    """A certificate renewal message (router.protocol.renewal) from the peer."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PongReceived:
     """Answer to one of our PINGs; ``rtt`` in seconds of the caller's clock."""
 
@@ -123,6 +131,7 @@ Event: TypeAlias = (
     | FlowFinished
     | FlowReset
     | RoutingReceived
+    | RenewReceived
     | PongReceived
     | LinkClosedByPeer
     | LinkDead

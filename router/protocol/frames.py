@@ -14,6 +14,7 @@ __all__ = [
     "MAGIC",
     "PING_BODY_SIZE",
     "PREFACE",
+    "RENEW_FEATURE",
     "VERSION",
     "FrameType",
 ]
@@ -43,10 +44,16 @@ class FrameType(IntEnum):
     PONG = 10
     ROUTING = 11
     GOAWAY = 12
+    # A certificate renewal request or answer between the two ends of this link (a peer
+    # sends it only if the other's HELLO lists RENEW_FEATURE, so older routers never see it).
+    RENEW = 13
 
+
+RENEW_FEATURE = "renew/1"
 
 # Frames about the link itself travel on flow 0; all others name a flow and must not.
 LINK_FRAMES = frozenset(
-    {FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.ROUTING, FrameType.GOAWAY}
+    {FrameType.HELLO, FrameType.PING, FrameType.PONG, FrameType.ROUTING, FrameType.GOAWAY,
+     FrameType.RENEW}
 )
 FLOW_FRAMES = frozenset(FrameType) - LINK_FRAMES

@@ -73,6 +73,9 @@ class Limits:
     traffic_summary_s: float = 5.0  # how often this router tells the network its load
     flow_records_max: int = 10_000  # ended flows a router keeps; 0: no records
     flow_records_ttl_s: float = 900.0  # ... for this long at most
+    # Link client certificates this site issues, and its own server certificate, live this
+    # long; their holders renew them two thirds of the way through (30 days).
+    link_cert_lifetime_s: float = 30 * 86_400.0
     # HTTP listeners, each client connection (router.adaptors.http.limits.HttpLimits)
     http_max_head_bytes: int = 64 * 1024
     http_max_headers: int = 128
@@ -209,6 +212,9 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     # A record is a few hundred bytes: a million is a few hundred MB.
     "flow_records_max": (0, 1_000_000),
     "flow_records_ttl_s": (1.0, 7 * DAY_S),
+    # Down to a second for tests of renewal; a site down for longer than the lifetime
+    # needs a new token, so real sites want days (the router warns below an hour).
+    "link_cert_lifetime_s": (1.0, 3650 * DAY_S),
     # HTTP: a request the listener accepts must fit the message codec between routers
     # (message.MessageLimits: its head twice over, as `forwarded` repeats the authority,
     # and two more headers); the HTTP/2 bounds are RFC 9113's.

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
 from router.names import NAME_RE
-from router.site.config import ADMIN_BIND, SiteConfig, dump_config, parse_config
+from router.site.config import ADMIN_BIND, Limits, SiteConfig, dump_config, parse_config
 from router.site.directory import Site
 from router.site.errors import SiteError
 from router.site.registry import (
@@ -23,7 +23,7 @@ from router.site.registry import (
 
 # What init writes; any of them without site.toml is a half-made or foreign site.
 SITE_FILES = ("site.toml", "ca.key", "ca.crt", "router.key", "router.crt", "identity.key",
-              "links", "grants.json", "run")
+              "links", "grants.json", "issued.json", "revoked.json", "run")
 
 
 def check_init_args(root: Path, name: str, *, host: str, link_port: int | None, bind: str,
@@ -74,7 +74,9 @@ def init_site(root: Path, name: str, *, host: str, link_port: int | None, bind: 
     port = link_port or pick_port("link", FIRST_LINK_PORT, bind, taken={admin_port or 0})
     admin = admin_port or pick_port("admin", FIRST_ADMIN_PORT, admin_bind, taken={port})
     ca = certs.CertificateAuthority.generate(name)
-    router = ca.issue(name, role=certs.Role.SERVER)  # the site's only server certificate
+    # The site's only server certificate; the router renews it (router.daemon.servercert).
+    router = ca.issue(name, role=certs.Role.SERVER,
+                      lifetime_s=Limits().link_cert_lifetime_s)
     certs.save_pem(root / "ca.key", ca.key_pem, private=True)
     certs.save_pem(root / "ca.crt", ca.cert_pem, private=False)
     certs.save_pem(root / "router.key", router.key_pem, private=True)

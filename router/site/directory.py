@@ -5,12 +5,17 @@
     <site-dir>/router.crt/.key     this router's server certificate, signed by its CA
     <site-dir>/identity.key        Ed25519 key; the router id is derived from it
     <site-dir>/links/NAME.toml     a link this site dials, with NAME.crt/.key/-ca.crt
-    <site-dir>/grants.json         token grants this site issued (code hashes, uses left)
+    <data-dir>/grants.json         token grants this site issued (code hashes, uses left)
+    <data-dir>/issued.json         unexpired link certificates its CA signed (certrecords)
+    <data-dir>/revoked.json        the sites it revoked, for good (certrecords)
     <site-dir>/run/                control socket and pid file while the router runs
 
 A site directory may be read-only (a Kubernetes Secret and ConfigMap): then
-$SITECTL_RUN_DIR holds what run/ would and $SITECTL_DATA_DIR what the router writes
-(grants.json), each a directory of one site, e.g. an emptyDir.
+$SITECTL_RUN_DIR holds what run/ would and $SITECTL_DATA_DIR (<data-dir>, else the site
+dir) what the router writes (grants, issued certificates, revocations), each a directory
+of one site, e.g. an emptyDir (a PersistentVolumeClaim to keep them across restarts).
+Renewed certificates are written to the site dir: where it is read-only they are used
+until the router restarts, which then starts from the mounted ones again.
 
 Here: the paths, the edit lock, loading the config and keys. Links: `linkfiles`;
 creating a site: `create`; picking its link port: `registry`; grants: `tokens`.
@@ -32,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
+from router.site.atomic import write_atomic
 from router.site.config import SiteConfig, load_config, save_config
 from router.site.errors import SiteError
 from router.site.linkfiles import LinkFiles
@@ -195,6 +201,25 @@ class Site(LinkFiles):
             key_pem=certs.load_pem(self.root / "router.key"),
             cert_pem=certs.load_pem(self.root / "router.crt"),
         )
+
+    def save_router_keypair(self, keypair: certs.KeyPair) -> None:
+        """A renewed server certificate. Two atomic writes, the key first: a crash between
+        them leaves a key that does not match the certificate, which the router's start
+        notices and repairs by issuing a new one (it holds the CA)."""
+        try:
+            write_atomic(self.root / "router.key", keypair.key_pem, mode=0o600)
+            write_atomic(self.root / "router.crt", keypair.cert_pem, mode=0o644)
+        except OSError as exc:
+            raise SiteError(f"cannot save the renewed router certificate in {self.root}: "
+                            f"{exc.strerror or exc}") from None
+
+    @property
+    def issued_path(self) -> Path:
+        return self.data_dir / "issued.json"
+
+    @property
+    def revoked_path(self) -> Path:
+        return self.data_dir / "revoked.json"
 
     def identity_key(self) -> Ed25519PrivateKey:
         key = serialization.load_pem_private_key(

@@ -1,6 +1,7 @@
 """The links a site dials: LinkSpec and its files under links/.
 
-    links/NAME.toml          peer site, endpoints, cost, the peer's pinned router id
+    links/NAME.toml          peer site, endpoints, cost, the peer's pinned router id, the
+                             proxy to dial through, when its certificate was last renewed
     links/NAME-ca.crt        the peer's CA, which its server certificate must chain to
     links/NAME.crt, .key     the client certificate the peer's CA issued to this site
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -23,6 +24,7 @@ from router.endpoint import Endpoint, parse_endpoint
 from router.names import InvalidName, validate_name, validate_router_id
 from router.site.atomic import read_regular
 from router.site.errors import ConfigError, SiteError
+from router.site.proxyconf import PROXY_FROM_ENV, check_proxy_setting, parse_proxy_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,11 @@ class LinkSpec:
     cost: int
     # The issuer's router id, from its claim reply, when known: the dialler pins it.
     peer_router_id: str | None = None
+    # An HTTP CONNECT proxy URL, or "env" (router.site.proxyconf); None: dial directly.
+    # Not in the repr: the URL may hold the proxy's password.
+    proxy: str | None = field(default=None, repr=False)
+    # When the certificate was last renewed over the link (epoch s); None: never.
+    renewed: float | None = None
 
 
 class LinkFiles:
@@ -92,7 +99,7 @@ class LinkFiles:
             self.links_dir.mkdir(mode=0o700, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=self.links_dir, prefix=".new-") as tmp:
                 files = ((ca_path, ca_pem, 0o644), (cert_path, cert_pem, 0o644),
-                         (key_path, key_pem, 0o600), (toml_path, text, 0o644))
+                         (key_path, key_pem, 0o600), (toml_path, text, _toml_mode(spec)))
                 for path, data, mode in files:
                     _write_synced(Path(tmp) / path.name, data, mode)
                 for path, _, _ in files:
@@ -151,7 +158,7 @@ class LinkFiles:
             path.unlink(missing_ok=True)
 
 
-_LINK_FIELDS = {"peer_site", "endpoints", "cost", "peer_router_id"}
+_LINK_FIELDS = {"peer_site", "endpoints", "cost", "peer_router_id", "proxy", "renewed"}
 MAX_LINK_FILE_BYTES = 64 * 1024  # a link's toml is a few hundred bytes
 MAX_LINK_COST = 1_000_000
 
@@ -164,7 +171,18 @@ def _link_doc(spec: LinkSpec) -> dict[str, object]:
     }
     if spec.peer_router_id is not None:
         doc["peer_router_id"] = spec.peer_router_id
+    if spec.proxy is not None:
+        doc["proxy"] = spec.proxy
+    if spec.renewed is not None:
+        doc["renewed"] = spec.renewed
     return doc
+
+
+def _toml_mode(spec: LinkSpec) -> int:
+    """A proxy password makes the link's toml a secret."""
+    if spec.proxy is None or spec.proxy == PROXY_FROM_ENV:
+        return 0o644
+    return 0o600 if parse_proxy_url(spec.proxy).password else 0o644
 
 
 def _link_from(name: str, doc: dict[str, object]) -> LinkSpec:
@@ -180,11 +198,16 @@ def _link_from(name: str, doc: dict[str, object]) -> LinkSpec:
     cost = doc.get("cost", 1)
     if type(cost) is not int or not 1 <= cost <= MAX_LINK_COST:
         raise InvalidName(f"cost must be an integer from 1 to {MAX_LINK_COST}")
-    router_id = doc.get("peer_router_id")
+    router_id, proxy, renewed = doc.get("peer_router_id"), doc.get("proxy"), doc.get("renewed")
+    if renewed is not None and (isinstance(renewed, bool) or not isinstance(renewed, int | float)
+                                or not 0 <= renewed < 1e11):
+        raise InvalidName("renewed must be a time (seconds since 1970)")
     return LinkSpec(
         name=name, peer_site=validate_name(doc["peer_site"], "peer site name"),
         endpoints=tuple(parse_endpoint(ep) for ep in endpoints), cost=cost,
         peer_router_id=None if router_id is None else validate_router_id(router_id),
+        proxy=None if proxy is None else check_proxy_setting(proxy),
+        renewed=None if renewed is None else float(renewed),
     )
 
 

@@ -148,7 +148,7 @@ def test_limits_apply_before_hello_too() -> None:
     raises(fresh(), PREFACE + HEADER.pack(FrameType.HELLO, 0, 0, 2049), ErrorCode.FRAME_TOO_LARGE)
 
 
-@pytest.mark.parametrize("ftype", [0, 13, 255])
+@pytest.mark.parametrize("ftype", [0, 14, 255])
 def test_unknown_frame_type(ftype: int) -> None:
     raises(ready(), HEADER.pack(ftype, 0, 0, 0), ErrorCode.UNKNOWN_FRAME)
 

@@ -146,3 +146,48 @@ def transfer(port: int, conn_id: int, send: int, back: int, timeout: float = 60)
         if failed:
             raise failed[0]
     return Transfer(result[0], received_hash, n)
+
+
+class PacedFlow:
+    """A client of `port` that sends 32 KiB every 50 ms until stopped, hashing what it
+    sends and what comes back (the target echoes); `ended` is set when its read side
+    ends (at the echo's end, or early when the flow is reset)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sent, self.got = hashlib.sha256(), hashlib.sha256()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.ended = threading.Event()
+        self._writer = threading.Thread(target=self._write)
+        self._reader = threading.Thread(target=self._read)
+        self._writer.start()
+        self._reader.start()
+
+    def _write(self) -> None:
+        i = 0
+        try:
+            while not self.stop.is_set():
+                chunk = hashlib.sha256(i.to_bytes(8, "big")).digest() * 1024
+                self.sock.sendall(chunk)
+                self.sent.update(chunk)
+                i += 1
+                self.stop.wait(0.05)  # pacing, so that the flow spans what is tested
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self.errors.append(exc)
+
+    def _read(self) -> None:
+        try:
+            while data := self.sock.recv(65536):
+                self.got.update(data)
+        except OSError as exc:
+            self.errors.append(exc)
+        finally:
+            self.ended.set()
+
+    def finish(self) -> None:
+        self.stop.set()
+        self._writer.join()
+        self._reader.join()
+        self.sock.close()
