@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from router.site.directory import Site as SiteDir
+from sitectl.client import call
 from tests.support.netns import Background, NetLab, NetnsSite, in_ns, leftovers, require_netns
 from tests.support.services import HashServer, transfer
 from tests.support.sites import free_port, wait_for
@@ -96,7 +98,19 @@ def _start_long_flow(dm: Diamond) -> tuple[Background, int]:
     flow = Background(dm.s.ns, transfer, dm.port, cid, 4000 * MB, 0, 30)
     wait_for(lambda: dm.t1.link_flows("S") >= 1 and dm.t1.link_flows("E") >= 1,
              what="a flow in transit through T1")
+    # And S has its ACCEPT: T1 dying before it is a path failure, which S retries via T2
+    # without the client noticing (so it would never be reset: failed 1 run in 3 on a
+    # loaded machine, where the ACCEPT took longer than the test's next step).
+    wait_for(lambda: _accepted_via_t1(dm), what="the long flow accepted through T1")
     return flow, cid
+
+
+def _accepted_via_t1(dm: Diamond) -> bool:
+    """S's active flow for svc has its whole path, which comes back with the ACCEPT."""
+    reply = call(SiteDir(dm.s.dir).control_path, "flows", {"key": "svc", "active": True},
+                 timeout=20)
+    return any(r["role"] == "listener" and r["sites"] == VIA_T1
+               for r in reply["records"])
 
 
 def _assert_broken(dm: Diamond, flow: Background, cid: int) -> None:
