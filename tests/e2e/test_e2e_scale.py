@@ -7,6 +7,7 @@ the routers must raise it themselves, as they say in status."""
 
 from __future__ import annotations
 
+import re
 import resource
 import socket
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from router.site.directory import Site as SiteDir
 from tests.support.manyflows import (
     PingPong,
     close_all,
@@ -37,11 +39,29 @@ from tests.support.sites import (
 
 FLOWS = 10_000
 START_SOFT_LIMIT = 1024  # what the routers are started with: below FLOWS
+BATCH = 250  # connections opened together
 FDS_NEEDED = FLOWS + 1000  # the test process's clients, and each router's flows
 MESSAGES = 100_000
 STRICT = 10_000  # messages sent one at a time, each reply awaited; then rounds of up to
 ROUND = 16  # messages,
 ROUND_BYTES = 128 * 1024  # or of this many bytes
+
+
+# What these tests check is capacity, not liveness: on a shared 2-core machine under
+# load (other suites, benchmarks), a router kept off the CPU for 3 s by a burst of new
+# flows lost its link (dead_after_s), which reset every flow, and an OPEN queued behind
+# a few hundred others can wait long. Patient deadlines keep that out of the verdict.
+PATIENT = {"dead_after_s": "30.0", "open_timeout_s": "60.0", "connect_timeout_s": "30.0"}
+
+
+def _patient(site: Site) -> Site:
+    path = SiteDir(site.dir).config_path
+    text = path.read_text()
+    for key, value in PATIENT.items():
+        text, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.M)
+        assert n == 1, f"no {key} in {path}"
+    path.write_text(text)
+    return site
 
 
 def _hard_limit() -> int:
@@ -79,7 +99,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         echo_port = free_port()
         echo = Process("echo", [sys.executable, "-m", "tests.support.echo_proc",
                                 str(echo_port)], tmp / "echo.log", cwd=ROOT)
-        west, east = Site(tmp, "west", env).init(), Site(tmp, "east", env).init()
+        west = _patient(Site(tmp, "west", env).init())
+        east = _patient(Site(tmp, "east", env).init())
         try:
             wait_for(lambda: port_open(echo_port), what="the echo server")
             for site in (west, east):
@@ -111,11 +132,12 @@ def test_the_routers_raise_their_open_files_limit_and_say_what_it_allows(
 
 
 def test_10000_idle_flows_through_one_link_are_served_and_released(chain: Chain) -> None:
+    wait_for(lambda: chain.east.key_reachable("echo"), what="key echo reachable")
     close_all(open_echo_flows(chain.port, 2))  # warm: what a first flow sets up stays
     wait_for(lambda: chain.flows_active() == (0, 0), what="warm-up flows ended")
     fds_before = [s.open_fds() for s in chain.sites]
     with fd_limit_raised():
-        socks = open_echo_flows(chain.port, FLOWS, batch=500)
+        socks = open_echo_flows(chain.port, FLOWS, batch=BATCH)
         try:
             assert len(socks) == FLOWS
             wait_for(lambda: chain.flows_active() == (FLOWS, FLOWS),
@@ -137,6 +159,7 @@ def test_10000_idle_flows_through_one_link_are_served_and_released(chain: Chain)
 
 
 def test_100000_messages_over_one_flow_lose_and_reorder_nothing(chain: Chain) -> None:
+    wait_for(lambda: chain.east.key_reachable("echo"), what="key echo reachable")
     sizes = message_sizes(MESSAGES, seed=10)
     (sock,) = open_echo_flows(chain.port, 1)
     with sock:
