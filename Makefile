@@ -38,7 +38,8 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 # Debian packages the benchmarks drive (command -> package), installed when missing and root.
-BENCH_TOOLS := stunnel4:stunnel4 iperf3:iperf3 wrk:wrk h2load:nghttp2-client nginx:nginx
+BENCH_TOOLS := stunnel4:stunnel4 iperf3:iperf3 wrk:wrk h2load:nghttp2-client nginx:nginx \
+  pgbench:postgresql-client redis-benchmark:redis-tools
 
 bench: $(STAMP)
 	@PATH="$$PATH:/usr/sbin"; \
@@ -50,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/http_bench.py
 	$(BIN)/python bench/records_bench.py
+	$(BIN)/python bench/db_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

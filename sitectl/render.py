@@ -156,6 +156,9 @@ def render_status(st: dict[str, Any]) -> str:
     flows = st["flows"]
     lines.append(f"flows: {flows['active']} active, {flows['opened']} opened, "
                  f"{flows['refused']} refused")
+    if st.get("flows_allowed") is not None:
+        lines.append(f"capacity: about {st['flows_allowed']} flows at once "
+                     f"(open-files limit {st['fd_limit']})")
     http = [(key, t["http"]) for key, t in st.get("traffic", {}).items() if "http" in t]
     if http:
         lines.append("http requests:")

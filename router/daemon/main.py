@@ -75,11 +75,15 @@ def raise_fd_limit() -> None:
     descriptor, and the soft default (often 1024) is a small fraction of what is
     allowed. trio uses epoll, so descriptors past FD_SETSIZE are fine."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
+    target = hard
+    if hard == resource.RLIM_INFINITY:  # the kernel refuses an unlimited soft limit
+        with contextlib.suppress(OSError, ValueError):
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+    if soft != target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit
-            log.debug("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("cannot raise the descriptor limit from %d to %d: %s", soft, target, exc)
     log.debug("descriptor limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 

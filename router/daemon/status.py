@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import time
 from typing import Any
 
@@ -15,6 +16,22 @@ from router.daemon.view import RouterView
 from router.endpoint import Endpoint
 from router.site.listener_edit import listener_status
 from router.site.proxyconf import setting_shown
+
+# Descriptors a router holds besides its flows' sockets: stdio, epoll and trio's wake-up
+# pair, the site lock, the control and metrics sockets and a few of their clients, the
+# accept loops' spare (FdReserve), TLS and DNS at a link dial; plus one per link and one
+# per listener, counted apart.
+FD_RESERVE = 48
+
+
+def flow_capacity(links: int, listeners: int) -> dict[str, int | None]:
+    """How many flows at once this process's open-files limit allows: a flow holds one
+    descriptor on this router (the client's socket on the listener's site, the
+    target's on the connector's; none in transit). None where the limit is unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return {"fd_limit": None, "flows_allowed": None}
+    return {"fd_limit": soft, "flows_allowed": max(0, soft - FD_RESERVE - links - listeners)}
 
 
 def _ago(epoch: float) -> float:
@@ -66,6 +83,7 @@ def site_status(r: RouterView) -> dict[str, Any]:
         "connectors": [dataclasses.asdict(con) for con in cfg.connectors],
         "keys": keys,
         "flows": r.flows.counters(),
+        **flow_capacity(len(links), len(cfg.listeners)),
         "traffic": traffic(r),
         "server_cert": certstatus.server(r),
         "revoked": certstatus.revoked(r),

@@ -265,14 +265,17 @@ class Site:
             return [self.sitectl_bin, "--site-dir", str(self.dir), "run"]
         return [sys.executable, "-m", "router", "--site-dir", str(self.dir)]
 
-    def start(self, *, wait: bool = True, rlimit_nofile: int | None = None) -> Site:
-        """Start the router; `rlimit_nofile` caps its descriptors (soft = hard)."""
+    def start(self, *, wait: bool = True,
+              rlimit_nofile: int | tuple[int, int] | None = None) -> Site:
+        """Start the router; `rlimit_nofile` caps its descriptors (soft = hard), or sets
+        (soft, hard)."""
         if self.alive():
             raise SiteError(f"router {self.name} is already running")
 
         def limit_fds() -> None:
             assert rlimit_nofile is not None
-            resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
+            limits = rlimit_nofile if isinstance(rlimit_nofile, tuple) else (rlimit_nofile,) * 2
+            resource.setrlimit(resource.RLIMIT_NOFILE, limits)
 
         self.process = Process(
             f"router-{self.name}", [*self.command_prefix(("run",)), *self.router_argv()],
