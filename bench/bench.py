@@ -37,7 +37,7 @@ from loads import (
     ping_pong_us,
 )
 from numbers_fmt import fmt, fmt_ratio, ratio
-from paths import RouterPair, SetupError, StunnelPair
+from paths import ECHO_SERVER, RouterPair, SetupError, StunnelPair
 
 from tests.support.sites import (
     Process,
@@ -133,7 +133,7 @@ class Bench:
         targets = {"iperf": free_port(), "echo": free_port()}
         servers = {
             "iperf3-server": [iperf3, "-s", "-B", "127.0.0.1", "-p", str(targets["iperf"])],
-            "echo-server": [sys.executable, str(BENCH_DIR / "echo_server.py"),
+            "echo-server": [sys.executable, ECHO_SERVER,
                             str(targets["echo"])],
         }
         server_logs: dict[str, Path] = {}

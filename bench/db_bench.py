@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 import db_loads as dl
 from loads import LoadError, echo_check, percentile, ping_pong_us
 from numbers_fmt import fmt, fmt_ratio, ratio
-from paths import RouterPair, SetupError, StunnelPair
+from paths import ECHO_SERVER, RouterPair, SetupError, StunnelPair
 
 from tests.support.manyflows import FlowError, close_all, open_echo_flows
 from tests.support.sites import Process, free_port, port_open, rss_kib, site_env, wait_for
@@ -149,7 +149,7 @@ class Bench:
 
     def start(self, sitectl: str) -> None:
         echo = free_port()
-        svc = Process("echo-server", [sys.executable, str(BENCH_DIR / "echo_server.py"),
+        svc = Process("echo-server", [sys.executable, ECHO_SERVER,
                                       str(echo)], self.root / "echo-server.log")
         self.stack.callback(svc.stop)
         wait_for(partial(port_open, echo), 15, "echo server", step=0.1)

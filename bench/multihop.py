@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 import convergence
 from loads import LoadError, echo_check, iperf3_mbps, percentile, ping_pong_us
 from numbers_fmt import fmt, fmt_ratio, ratio
+from paths import ECHO_SERVER
 
 from tests.support.sites import (
     HOST,
@@ -101,7 +102,7 @@ def start_servers(root: Path, stack: ExitStack, iperf3: str) -> dict[str, int]:
     targets = {"iperf": free_port(), "echo": free_port()}
     argvs = {
         "iperf3-server": [iperf3, "-s", "-B", HOST, "-p", str(targets["iperf"])],
-        "echo-server": [sys.executable, str(BENCH_DIR / "echo_server.py"), str(targets["echo"])],
+        "echo-server": [sys.executable, ECHO_SERVER, str(targets["echo"])],
     }
     for name, argv in argvs.items():
         svc = Process(name, argv, root / f"{name}.log")

@@ -28,6 +28,8 @@ from tests.support.sites import (
 )
 
 SetupError = SiteError  # a path could not be set up
+# The echo target every load uses: an asyncio server in its own process (PORT argument).
+ECHO_SERVER = str(Path(__file__).resolve().parents[1] / "tests" / "support" / "echo_proc.py")
 
 
 class RouterPair:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 from loads import LoadError, connection_rate, echo_check, iperf3_mbps
 from multihop import cpu_seconds
 from numbers_fmt import fmt, fmt_ratio, ratio
-from paths import RouterPair
+from paths import ECHO_SERVER, RouterPair
 
 from router.site.directory import Site as SiteDir
 from sitectl.client import call
@@ -75,7 +75,7 @@ def start_servers(root: Path, stack: ExitStack, iperf3: str) -> dict[str, int]:
     targets = {"iperf": free_port(), "echo": free_port()}
     for name, argv in {
         "iperf3-server": [iperf3, "-s", "-B", "127.0.0.1", "-p", str(targets["iperf"])],
-        "echo-server": [sys.executable, str(BENCH_DIR / "echo_server.py"), str(targets["echo"])],
+        "echo-server": [sys.executable, ECHO_SERVER, str(targets["echo"])],
     }.items():
         stack.callback(Process(name, argv, root / f"{name}.log").stop)
     for port in targets.values():
