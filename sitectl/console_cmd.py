@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from router.errors import VanError
 
 if TYPE_CHECKING:
-    from sitectl.main import Ctx
+    from sitectl.context import Ctx
 
 
 class NoConsole(VanError):

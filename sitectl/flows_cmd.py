@@ -12,7 +12,7 @@ from router.protocol import printable
 from sitectl.errors import UsageError
 
 if TYPE_CHECKING:
-    from sitectl.main import Ctx
+    from sitectl.context import Ctx
 
 
 def add_flows_parser(sub: Any, common: argparse.ArgumentParser) -> None:

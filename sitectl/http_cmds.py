@@ -27,7 +27,7 @@ from sitectl.errors import UsageError
 from sitectl.render import render_routes
 
 if TYPE_CHECKING:
-    from sitectl.main import Ctx
+    from sitectl.context import Ctx
 
 _TIMEOUT = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _TIMEOUT_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
