@@ -10,8 +10,11 @@ emitter to get wrong. The objects, all named vanrouter-SITE:
                     admin port from outside the pod) and host the Service's DNS name
     Deployment      one replica (a site is one router identity), non-root, read-only root
                     filesystem, no privileges; the Secret and ConfigMap projected into one
-                    read-only site dir, emptyDirs for the runtime and data dirs
+                    read-only site dir, an emptyDir for the runtime dir and one for
+                    the data dir, or with --data-size the PersistentVolumeClaim
     Service         the link port
+    PersistentVolumeClaim  with --data-size: the data dir (token grants, certificates
+                    issued, revoked and renewed) kept across pod restarts
 """
 
 from __future__ import annotations
@@ -54,7 +57,11 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
 MAX_IMAGE = 255
 # Namespaced kinds only: the tests refuse any other.
-KINDS = ("ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service")
+KINDS = ("ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service",
+         "PersistentVolumeClaim")
+# A storage request as most clusters' provisioners take it: whole binary units.
+_SIZE = re.compile(r"^[1-9][0-9]{0,5}(Mi|Gi|Ti)$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class _Ctx(Protocol):
@@ -67,6 +74,20 @@ def dns_label(value: str, what: str, *, most: int = 63) -> str:
         raise UsageError(f"{what} {value[:80]!r} is not a DNS-1123 label of at most {most} "
                          "characters (lowercase letters, digits and '-', starting and "
                          "ending with a letter or digit)")
+    return value
+
+
+def storage_size(value: str) -> str:
+    if not _SIZE.fullmatch(value):
+        raise UsageError(f"--data-size {value[:80]!r} is not a size such as 100Mi or 1Gi "
+                         "(a whole number of Mi, Gi or Ti)")
+    return value
+
+
+def storage_class(value: str) -> str:
+    if not _SUBDOMAIN.fullmatch(value):
+        raise UsageError(f"--storage-class {value[:80]!r} is not a storage class name "
+                         "(lowercase letters, digits, '-' and '.')")
     return value
 
 
@@ -95,12 +116,20 @@ def secret_files(site: Site) -> dict[str, tuple[str, bytes]]:
 
 
 def manifests(site: Site, *, namespace: str, image: str, service_type: str = "ClusterIP",
-              advertise: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """The List of objects for `site` in `namespace`."""
+              advertise: tuple[str, ...] | None = None, data_size: str | None = None,
+              storage_class_name: str | None = None) -> dict[str, Any]:
+    """The List of objects for `site` in `namespace`; with `data_size`, the data dir is a
+    PersistentVolumeClaim of that size (of `storage_class_name`, else the default)."""
     cfg = site.config()
     dns_label(namespace, "namespace")
     name = PREFIX + dns_label(cfg.name, "site name", most=63 - len(PREFIX))
     image_ref(image)
+    if data_size is not None:
+        storage_size(data_size)
+    if storage_class_name is not None:
+        if data_size is None:
+            raise UsageError("--storage-class needs --data-size (an emptyDir has no class)")
+        storage_class(storage_class_name)
     if not cfg.admin_port:
         raise UsageError(f"site {cfg.name} has no admin port, which the probes need: set "
                          "admin_port in site.toml")
@@ -135,12 +164,19 @@ def manifests(site: Site, *, namespace: str, image: str, service_type: str = "Cl
         _deployment(meta(), selector, image=image, files=files,
                     grace=math.ceil(cfg.limits.drain_timeout_s) + GRACE_MARGIN_S,
                     link_port=cfg.link_port, admin_port=cfg.admin_port,
-                    config_hash=digest.hexdigest()[:16]),
+                    config_hash=digest.hexdigest()[:16], persistent=data_size is not None),
         {"apiVersion": "v1", "kind": "Service", "metadata": meta(),
          "spec": {"type": service_type, "selector": selector,
                   "ports": [{"name": "link", "port": cfg.link_port, "targetPort": "link",
                              "protocol": "TCP"}]}},
     ]
+    if data_size is not None:
+        claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                 "resources": {"requests": {"storage": data_size}}}
+        if storage_class_name is not None:
+            claim["storageClassName"] = storage_class_name
+        items.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta(),
+                      "spec": claim})
     return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
@@ -153,7 +189,7 @@ def env() -> dict[str, str]:
 
 def _deployment(meta: dict[str, Any], selector: dict[str, str], *, image: str,
                 files: dict[str, tuple[str, bytes]], grace: int, link_port: int,
-                admin_port: int, config_hash: str) -> dict[str, Any]:
+                admin_port: int, config_hash: str, persistent: bool) -> dict[str, Any]:
     name = meta["name"]
     drop_all = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                 "runAsNonRoot": True, "privileged": False,
@@ -180,6 +216,9 @@ def _deployment(meta: dict[str, Any], selector: dict[str, str], *, image: str,
                          {"name": "run", "mountPath": RUN_MOUNT},
                          {"name": "data", "mountPath": DATA_MOUNT}],
     }
+    data_volume: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": name}} if persistent
+        else {"emptyDir": {"sizeLimit": "64Mi"}})
     site_volume = {"defaultMode": FILE_MODE, "sources": [
         {"configMap": {"name": name, "items": [{"key": "site.toml", "path": "site.toml"}]}},
         {"secret": {"name": name, "items": [{"key": key, "path": path}
@@ -206,7 +245,7 @@ def _deployment(meta: dict[str, Any], selector: dict[str, str], *, image: str,
                     "volumes": [
                         {"name": "site", "projected": site_volume},
                         {"name": "run", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
-                        {"name": "data", "emptyDir": {"sizeLimit": "64Mi"}},
+                        {"name": "data", **data_volume},
                     ],
                 },
             },
@@ -224,7 +263,8 @@ def cmd_manifests(ctx: _Ctx, a: argparse.Namespace) -> int:
             raise UsageError(f"--advertise: {exc}") from None
     image = a.image if a.image is not None else f"vanrouter:{package_version()}"
     doc = manifests(ctx.site, namespace=a.namespace, image=image,
-                    service_type=a.service_type, advertise=advertise)
+                    service_type=a.service_type, advertise=advertise,
+                    data_size=a.data_size, storage_class_name=a.storage_class)
     print(json.dumps(doc, indent=2))
     return 0
 
@@ -243,4 +283,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="where sites outside the cluster dial this one (a load balancer, a "
                    "node port); repeatable (default: the site's own advertise, and the "
                    "Service's name vanrouter-SITE.NAMESPACE.svc)")
+    p.add_argument("--data-size", metavar="SIZE",
+                   help="keep the data dir (token grants, certificates issued, revoked and "
+                   "renewed) on a PersistentVolumeClaim of SIZE (e.g. 100Mi) instead of an "
+                   "emptyDir that a new pod starts without")
+    p.add_argument("--storage-class", metavar="NAME",
+                   help="the claim's storage class (default: the cluster's default)")
     p.set_defaults(func=cmd_manifests)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import certs
 from router.errors import VanError
@@ -20,7 +20,6 @@ from router.routing.signing import router_id_for
 from router.routing.summary import SUMMARY_FEATURE
 from router.site.config import Limits
 from router.site.directory import Site
-from router.site.errors import SiteError
 
 # Early data offered to peers per flow (HELLO early_bytes): a request head and a small
 # body travel with the OPEN instead of a round trip later; bounded like the window.
@@ -28,8 +27,8 @@ EARLY_BYTES = 64 * 1024
 
 # (CA of the peer, our certificate from it, our key) for dialling the link NAME.
 Credentials = tuple[bytes, bytes, bytes]
-# Store renewed credentials of link NAME: (name, ca, cert, key, when).
-SaveCredentials = Callable[[str, bytes, bytes, bytes, float], None]
+# Store a renewed certificate of link NAME: (name, cert, key, when).
+SaveCredentials = Callable[[str, bytes, bytes, float], None]
 SaveKeyPair = Callable[[certs.KeyPair], None]
 
 
@@ -50,16 +49,10 @@ class Identity:
 
     @classmethod
     def from_site(cls, site: Site, name: str, limits: Limits) -> Identity:
-        def save(link: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
-                 now: float) -> None:
-            if not site.link_files(link)[0].exists():
-                raise SiteError(f"link {link} was deleted meanwhile")
-            site.save_link(replace(site.load_link(link), renewed=now), ca_pem=ca_pem,
-                           cert_pem=cert_pem, key_pem=key_pem)
-
         return cls(name=name, ca=site.ca(), keypair=site.router_keypair(),
                    signer=Ed25519Signer(site.identity_key()), limits=limits,
-                   load_credentials=site.link_credentials, save_credentials=save,
+                   load_credentials=site.link_credentials,
+                   save_credentials=site.store_link_renewal,
                    save_keypair=site.save_router_keypair)
 
     @classmethod
@@ -142,11 +135,10 @@ class Identity:
     def store_renewed(self, link_name: str, cert_pem: bytes, key_pem: bytes,
                       now: float) -> None:
         """A renewed certificate for link NAME: stored, then used from the next dial."""
-        ca_pem = self.credentials(link_name)[0]
         if self.save_credentials is not None:
-            self.save_credentials(link_name, ca_pem, cert_pem, key_pem, now)
+            self.save_credentials(link_name, cert_pem, key_pem, now)
         else:
-            self.link_creds[link_name] = (ca_pem, cert_pem, key_pem)
+            self.link_creds[link_name] = (self.link_creds[link_name][0], cert_pem, key_pem)
         self.forget_link(link_name)
 
     def forget_link(self, link_name: str) -> None:

@@ -8,14 +8,16 @@
     <data-dir>/grants.json         token grants this site issued (code hashes, uses left)
     <data-dir>/issued.json         unexpired link certificates its CA signed (certrecords)
     <data-dir>/revoked.json        the sites it revoked, for good (certrecords)
+    <data-dir>/renewed/            with a data dir of its own, the certificates the router
+                                   renewed (router.site.renewed)
     <site-dir>/run/                control socket and pid file while the router runs
 
 A site directory may be read-only (a Kubernetes Secret and ConfigMap): then
 $SITECTL_RUN_DIR holds what run/ would and $SITECTL_DATA_DIR (<data-dir>, else the site
 dir) what the router writes (grants, issued certificates, revocations), each a directory
 of one site, e.g. an emptyDir (a PersistentVolumeClaim to keep them across restarts).
-Renewed certificates are written to the site dir: where it is read-only they are used
-until the router restarts, which then starts from the mounted ones again.
+Renewed certificates go there too (router.site.renewed), and are used in place of the
+mounted ones they were renewed from.
 
 Here: the paths, the edit lock, loading the config and keys. Links: `linkfiles`;
 creating a site: `create`; picking its link port: `registry`; grants: `tokens`.
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import certs
+from router.site import renewed
 from router.site.atomic import write_atomic
 from router.site.config import SiteConfig, load_config, save_config
 from router.site.errors import SiteError
@@ -197,20 +200,38 @@ class Site(LinkFiles):
         )
 
     def router_keypair(self) -> certs.KeyPair:
-        return certs.KeyPair(
-            key_pem=certs.load_pem(self.root / "router.key"),
-            cert_pem=certs.load_pem(self.root / "router.crt"),
-        )
+        """The link port's server certificate: the mounted one, or its renewal kept in
+        the data dir (router.site.renewed)."""
+        mounted = certs.KeyPair(key_pem=certs.load_pem(self.root / "router.key"),
+                                cert_pem=certs.load_pem(self.root / "router.crt"))
+        renewal = renewed.load(self.renewed_router_path, mounted_cert_pem=mounted.cert_pem,
+                               ca_pem=certs.load_pem(self.root / "ca.crt"))
+        if renewal is None:
+            return mounted
+        return certs.KeyPair(key_pem=renewal.key_pem, cert_pem=renewal.cert_pem)
+
+    @property
+    def renewed_router_path(self) -> Path:
+        return self.data_dir / "renewed" / "router.json"
 
     def save_router_keypair(self, keypair: certs.KeyPair) -> None:
-        """A renewed server certificate. Two atomic writes, the key first: a crash between
-        them leaves a key that does not match the certificate, which the router's start
-        notices and repairs by issuing a new one (it holds the CA)."""
+        """A renewed server certificate, kept where the router writes: with a data dir of
+        its own, there (one atomic file); else as router.key and router.crt, two atomic
+        writes, the key first: a crash between them leaves a key that does not match the
+        certificate, which the router's start notices and repairs by issuing a new one
+        (it holds the CA)."""
+        where = self.root if self.data_dir == self.root else self.renewed_router_path.parent
         try:
-            write_atomic(self.root / "router.key", keypair.key_pem, mode=0o600)
-            write_atomic(self.root / "router.crt", keypair.cert_pem, mode=0o644)
+            if self.data_dir == self.root:
+                write_atomic(self.root / "router.key", keypair.key_pem, mode=0o600)
+                write_atomic(self.root / "router.crt", keypair.cert_pem, mode=0o644)
+            else:
+                renewed.save(self.renewed_router_path,
+                             mounted_cert_pem=certs.load_pem(self.root / "router.crt"),
+                             cert_pem=keypair.cert_pem, key_pem=keypair.key_pem,
+                             now=time.time())
         except OSError as exc:
-            raise SiteError(f"cannot save the renewed router certificate in {self.root}: "
+            raise SiteError(f"cannot save the renewed router certificate in {where}: "
                             f"{exc.strerror or exc}") from None
 
     @property

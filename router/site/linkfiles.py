@@ -5,16 +5,21 @@
     links/NAME-ca.crt        the peer's CA, which its server certificate must chain to
     links/NAME.crt, .key     the client certificate the peer's CA issued to this site
 
+With a data dir of its own ($SITECTL_DATA_DIR), the router writes no link file: a renewed
+certificate goes to <data-dir>/renewed/links/NAME.json (router.site.renewed) and is used
+in place of links/NAME.crt and .key while those are the ones it was renewed from.
+
 A name becomes four file names, so it is checked (names.validate_name) and every path kept
 inside links/; a link is saved all or nothing and exists once its toml does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomli_w
@@ -22,6 +27,7 @@ import tomli_w
 import certs
 from router.endpoint import Endpoint, parse_endpoint
 from router.names import InvalidName, validate_name, validate_router_id
+from router.site import renewed
 from router.site.atomic import read_regular
 from router.site.errors import ConfigError, SiteError
 from router.site.proxyconf import PROXY_FROM_ENV, check_proxy_setting, parse_proxy_url
@@ -48,10 +54,15 @@ class LinkFiles:
     """The link methods of a Site (mixed into router.site.directory.Site)."""
 
     root: Path
+    data_dir: Path
 
     @property
     def links_dir(self) -> Path:
         return self.root / "links"
+
+    def renewed_link_path(self, name: str) -> Path:
+        self.link_files(name)  # the name is checked
+        return self.data_dir / "renewed" / "links" / f"{name}.json"
 
     def link_files(self, name: str) -> tuple[Path, Path, Path, Path]:
         """NAME.toml, NAME-ca.crt, NAME.crt, NAME.key: only for a valid name, and only
@@ -122,20 +133,58 @@ class LinkFiles:
             raise ConfigError(str(exc)) from None
         try:
             doc = tomllib.loads(read_regular(toml_path, MAX_LINK_FILE_BYTES).decode())
-            return _link_from(name, doc)
+            spec = _link_from(name, doc)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: "
                               f"{getattr(exc, 'strerror', None) or exc}") from None
         except (tomllib.TOMLDecodeError, InvalidName, RecursionError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: {exc}") from None
+        try:
+            renewal = self._link_renewal(name, *self._mounted_credentials(name)[:2])
+        except (SiteError, OSError, certs.CertError):
+            return spec  # unreadable credentials: dialling says why
+        return spec if renewal is None else replace(spec, renewed=renewal.renewed)
 
     def link_credentials(self, name: str) -> tuple[bytes, bytes, bytes]:
+        """(the peer's CA, our certificate, our key) for dialling link NAME: the mounted
+        ones, or their renewal kept in the data dir."""
+        ca_pem, cert_pem, key_pem = self._mounted_credentials(name)
+        renewal = self._link_renewal(name, ca_pem, cert_pem)
+        if renewal is None:
+            return ca_pem, cert_pem, key_pem
+        return ca_pem, renewal.cert_pem, renewal.key_pem
+
+    def store_link_renewal(self, name: str, cert_pem: bytes, key_pem: bytes,
+                           now: float) -> None:
+        """A certificate renewed over link NAME, kept where the router writes: in the
+        link's files, or with a data dir of its own, in the data dir."""
+        toml_path, ca_path, cert_path, _ = self.link_files(name)
+        if not toml_path.exists():
+            raise SiteError(f"link {name} was deleted meanwhile")
+        if self.data_dir == self.root:
+            self.save_link(replace(self.load_link(name), renewed=now),
+                           ca_pem=certs.load_pem(ca_path), cert_pem=cert_pem, key_pem=key_pem)
+            return
+        path = self.renewed_link_path(name)
+        try:
+            renewed.save(path, mounted_cert_pem=certs.load_pem(cert_path), cert_pem=cert_pem,
+                         key_pem=key_pem, now=now)
+        except OSError as exc:
+            raise SiteError(f"cannot save the renewed certificate of link {name} in "
+                            f"{path.parent}: {exc.strerror or exc}") from None
+
+    def _mounted_credentials(self, name: str) -> tuple[bytes, bytes, bytes]:
         _, ca_path, cert_path, key_path = self.link_files(name)
         for path in (ca_path, cert_path, key_path):
             # Opening a FIFO would block the router's event loop until a writer came.
             if path.exists() and not path.is_file():
                 raise SiteError(f"{path} is not a regular file")
         return certs.load_pem(ca_path), certs.load_pem(cert_path), certs.load_pem(key_path)
+
+    def _link_renewal(self, name: str, ca_pem: bytes,
+                      cert_pem: bytes) -> renewed.Renewed | None:
+        return renewed.load(self.renewed_link_path(name), mounted_cert_pem=cert_pem,
+                            ca_pem=ca_pem)
 
     def link_names(self) -> list[str]:
         """Complete links only: a valid name, and the toml with all three PEM files."""
@@ -156,6 +205,8 @@ class LinkFiles:
         toml_path.unlink(missing_ok=True)  # first: a half-deleted link is no link
         for path in others:
             path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only data dir: the copy is ignored
+            self.renewed_link_path(name).unlink(missing_ok=True)  # once new ones come
 
 
 _LINK_FIELDS = {"peer_site", "endpoints", "cost", "peer_router_id", "proxy", "renewed"}

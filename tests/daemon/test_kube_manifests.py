@@ -45,9 +45,12 @@ def manifests(site: Site, *args: str) -> dict[str, Any]:
     return doc
 
 
-@pytest.fixture(scope="module")
-def doc(west: Site) -> dict[str, Any]:
-    return manifests(west)
+PERSISTENT = ("--data-size", "100Mi", "--storage-class", "standard")
+
+
+@pytest.fixture(scope="module", params=[(), PERSISTENT], ids=["emptydir", "persistent"])
+def doc(west: Site, request: pytest.FixtureRequest) -> dict[str, Any]:
+    return manifests(west, *request.param)
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +61,9 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
 
 def test_only_namespaced_kinds_all_in_the_namespace(doc: dict[str, Any]) -> None:
     kinds = [o["kind"] for o in doc["items"]]
-    assert sorted(kinds) == sorted(kube.KINDS)
+    claims = [v for v in pod_spec(doc)["volumes"] if "persistentVolumeClaim" in v]
+    assert sorted(kinds) == sorted(k for k in kube.KINDS
+                                   if k != "PersistentVolumeClaim" or claims)
     assert set(kinds) <= NAMESPACED_KINDS
     assert not {"Namespace", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding",
                 "CustomResourceDefinition"} & set(kinds)
@@ -120,13 +125,16 @@ def test_pod_is_non_root_read_only_unprivileged(doc: dict[str, Any]) -> None:
         assert set(container["resources"][kind]) == {"cpu", "memory"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    # Writable: only the emptyDirs of the runtime and data dirs; the site is read-only.
+    # Writable: only the runtime dir (an emptyDir) and the data dir (an emptyDir or the
+    # site's own claim); the site is read-only.
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert mounts["site"]["readOnly"] is True and "projected" in volumes["site"]
     writable = {n for n, m in mounts.items() if not m.get("readOnly")}
     assert writable == {"run", "data"}
-    assert all("emptyDir" in volumes[n] for n in writable)
+    assert "emptyDir" in volumes["run"]
+    assert "emptyDir" in volumes["data"] or volumes["data"]["persistentVolumeClaim"] == {
+        "claimName": "vanrouter-west"}
 
 
 def test_pod_config_and_drain(doc: dict[str, Any], west: Site) -> None:
@@ -183,12 +191,30 @@ def test_options(west: Site) -> None:
     (("--namespace", NS, "--image", "x y"), "is not an image reference"),
     (("--namespace", NS, "--image", "x\ny"), "is not an image reference"),
     (("--namespace", NS, "--advertise", "nope"), "--advertise:"),
+    (("--namespace", NS, "--data-size", "100"), "--data-size '100' is not a size"),
+    (("--namespace", NS, "--data-size", "0Gi"), "is not a size such as 100Mi"),
+    (("--namespace", NS, "--data-size", "1Gi", "--storage-class", "Fast SSD"),
+     "is not a storage class name"),
+    (("--namespace", NS, "--storage-class", "fast"), "--storage-class needs --data-size"),
 ])
 def test_bad_arguments_exit_2(west: Site, args: tuple[str, ...], says: str) -> None:
     result = west.sitectl("kube", "manifests", *args, check=False)
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert not result.stdout
+
+
+def test_the_data_dir_on_a_claim(west: Site) -> None:
+    doc = manifests(west, *PERSISTENT)
+    (claim,) = [o for o in doc["items"] if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "100Mi"
+    assert claim["spec"]["storageClassName"] == "standard"
+    spec = pod_spec(doc)
+    (data,) = [v for v in spec["volumes"] if v["name"] == "data"]
+    assert data == {"name": "data", "persistentVolumeClaim": {"claimName": "vanrouter-west"}}
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "data"]
+    (env,) = [e for e in spec["containers"][0]["env"] if e["name"] == "SITECTL_DATA_DIR"]
+    assert env["value"] == mount["mountPath"]
 
 
 def test_site_name_must_be_a_dns_label(tmp_path: Path) -> None:

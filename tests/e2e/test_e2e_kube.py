@@ -7,20 +7,23 @@ redeems, writes nothing in its site dir, and drains on SIGTERM within the grace 
 from __future__ import annotations
 
 import json
-import subprocess
+import stat
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import certs
 from router.site.directory import ENV_RUN_DIR
-from tests.support.kube import make_writable, project_volume, snapshot
+from tests.support.kube import LocalPod, make_writable, snapshot
 from tests.support.services import HashServer, transfer
 from tests.support.sites import (
     BIN,
     Process,
     Site,
     free_port,
+    short_lived,
     site_env,
     start_sites,
     wait_for,
@@ -41,11 +44,25 @@ def probe(port: int, path: str) -> int:
         return 0
 
 
+def start_pod(pod: LocalPod, log: Path) -> Process:
+    """The pod's router, once its readiness probe answers."""
+    router = Process("pod", pod.argv, log, pod.env, cwd=log.parent)
+    wait_for(lambda: probe(pod.ports["admin"], "/readyz") == 200 or not router.alive(),
+             what="readiness probe")
+    assert router.alive(), router.log.read_text()
+    return router
+
+
+def link_of(pod: LocalPod, name: str) -> dict[str, Any]:
+    status = json.loads(pod.sitectl("status", "--json"))
+    return next((lk for lk in status["links"] if lk["name"] == name), {"state": "absent"})
+
+
 def test_router_runs_as_the_deployment_says(tmp_path: Path) -> None:
     env = site_env(tmp_path)
     east, west, north = (Site(tmp_path, n, env).init() for n in ("east", "west", "north"))
     server = HashServer()
-    pod: Process | None = None
+    router: Process | None = None
     root = tmp_path / "p"  # short: the control socket's path must fit in sun_path
     try:
         start_sites(east, north)
@@ -56,55 +73,17 @@ def test_router_runs_as_the_deployment_says(tmp_path: Path) -> None:
         west.sitectl("link", "create", str(token))
         listen = free_port()
         west.sitectl("listener", "create", "db", str(listen))
-        doc = json.loads(west.sitectl("kube", "manifests", "--namespace", NS, "--advertise",
-                                      f"127.0.0.1:{west.link_port}").stdout)
+        manifests = json.loads(west.sitectl("kube", "manifests", "--namespace", NS,
+                                            "--advertise", f"127.0.0.1:{west.link_port}").stdout)
 
-        objects = {(o["kind"], o["metadata"]["name"]): o for o in doc["items"]}
-        deployment = next(o for o in doc["items"] if o["kind"] == "Deployment")
-        spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
-        (container,) = spec["containers"]
-        volumes = {v["name"]: v for v in spec["volumes"]}
-        mounts: dict[str, Path] = {}
-        for mount in container["volumeMounts"]:
-            local = root / mount["name"]
-            if "projected" in volumes[mount["name"]]:
-                project_volume(volumes[mount["name"]]["projected"], objects, local)
-            else:
-                assert "emptyDir" in volumes[mount["name"]]
-                local.mkdir(parents=True, mode=0o700)
-            mounts[mount["mountPath"]] = local
-
-        def local_path(value: str) -> str:
-            for mount_path, local in mounts.items():
-                if value == mount_path or value.startswith(mount_path + "/"):
-                    return str(local) + value[len(mount_path):]
-            return value
-
-        # The container's environment, with each mount at its local place; PATH finds
-        # `sitectl` as the image's does.
-        pod_env = {e["name"]: local_path(e["value"]) for e in container["env"]}
-        pod_env |= {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path / "home")}
-        site_dir = mounts["/etc/vanrouter/site"]
+        pod = LocalPod(manifests, root, BIN, tmp_path / "home")
+        site_dir = pod.mounts["/etc/vanrouter/site"]
         before = snapshot(site_dir)
-        pod = Process("pod", [*container["command"], *container["args"]],
-                      tmp_path / "pod.log", pod_env, cwd=tmp_path)
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        wait_for(lambda: probe(ports["admin"], "/readyz") == 200 or not pod.alive(),
-                 what="readiness probe")
-        assert pod.alive(), pod.log.read_text()
-        assert probe(ports["admin"], "/healthz") == 200
+        router = start_pod(pod, tmp_path / "pod.log")
+        assert probe(pod.ports["admin"], "/healthz") == 200
+        sitectl = pod.sitectl
 
-        def sitectl(*args: str) -> str:  # as `kubectl exec ... sitectl ARGS` would
-            done = subprocess.run([str(BIN / "sitectl"), *args], env=pod_env,
-                                  capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stderr
-            return done.stdout
-
-        def link_up() -> bool:
-            status = json.loads(sitectl("status", "--json"))
-            return any(lk["name"] == "east" and lk["state"] == "up" for lk in status["links"])
-
-        wait_for(link_up, what="west's link to east up")
+        wait_for(lambda: link_of(pod, "east")["state"] == "up", what="west's link to east up")
         wait_for(lambda: json.loads(sitectl("status", "--json"))["keys"].get("db", {})
                  .get("reachable"), what="db reachable from west")
         sent = transfer(listen, 1, 2 * MB, MB)
@@ -116,23 +95,87 @@ def test_router_runs_as_the_deployment_says(tmp_path: Path) -> None:
         sitectl("token", "issue", "-o", str(pod_token))
         north.sitectl("link", "create", str(pod_token))
         wait_for(lambda: north.link_up("west"), what="north's link to west up")
-        assert (Path(pod_env["SITECTL_DATA_DIR"]) / "grants.json").exists()
-        assert (Path(pod_env[ENV_RUN_DIR]) / "router.pid").exists()
+        assert (Path(pod.env["SITECTL_DATA_DIR"]) / "grants.json").exists()
+        assert (Path(pod.env[ENV_RUN_DIR]) / "router.pid").exists()
         assert snapshot(site_dir) == before  # nothing written where the mounts are
 
         # SIGTERM: the router drains and exits 0 before the kubelet would SIGKILL it.
-        assert pod.stop(grace=spec["terminationGracePeriodSeconds"]) == 0, \
-            pod.log.read_text()
-        log = pod.log.read_text()
+        assert router.stop(grace=pod.grace) == 0, router.log.read_text()
+        log = router.log.read_text()
         assert "Traceback" not in log
         lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
         assert any("received SIGTERM" in line["message"] for line in lines), log
     finally:
-        if pod is not None:
-            pod.stop()
+        if router is not None:
+            router.stop()
         for site in (east, west, north):
             site.stop()
         server.close()
         if root.exists():
             make_writable(root)
 
+
+
+RENEWAL_LIFETIME_S = 12.0  # renewed 8 s after issue: outlasts the mounted one by 8 s
+
+
+def test_certificates_renewed_in_the_pod_outlive_a_restart(tmp_path: Path) -> None:
+    """The site dir is read-only, so the link and server certificates the pod renews go
+    to its data dir; restarted after the mounted link certificate expired, the pod dials
+    with the renewed one: no new token, and still nothing written in the site dir."""
+    env = site_env(tmp_path)
+    east = short_lived(Site(tmp_path, "east", env).init(), RENEWAL_LIFETIME_S)
+    west = short_lived(Site(tmp_path, "west", env).init(), RENEWAL_LIFETIME_S)
+    server = HashServer()
+    router: Process | None = None
+    root = tmp_path / "p"
+    try:
+        start_sites(east)
+        east.sitectl("connector", "create", "db", f"127.0.0.1:{server.port}")
+        token = tmp_path / "east.token"
+        east.sitectl("token", "issue", "-o", str(token))
+        west.sitectl("link", "create", str(token))
+        listen = free_port()
+        west.sitectl("listener", "create", "db", str(listen))
+        manifests = json.loads(west.sitectl("kube", "manifests", "--namespace", NS).stdout)
+        pod = LocalPod(manifests, root, BIN, tmp_path / "home")
+        site_dir, data = pod.mounts["/etc/vanrouter/site"], Path(pod.env["SITECTL_DATA_DIR"])
+        before = snapshot(site_dir)
+        mounted_link = certs.leaf_info((site_dir / "links" / "east.crt").read_bytes())
+        mounted_server = certs.leaf_info((site_dir / "router.crt").read_bytes())
+        renewed_link = data / "renewed" / "links" / "east.json"
+        renewed_server = data / "renewed" / "router.json"
+
+        router = start_pod(pod, tmp_path / "pod.log")
+        wait_for(lambda: link_of(pod, "east")["state"] == "up", what="west's link to east up")
+        wait_for(lambda: renewed_link.exists() and renewed_server.exists(),
+                 timeout=RENEWAL_LIFETIME_S + 15, what="both certificates renewed in the pod")
+        assert router.stop(grace=pod.grace) == 0, router.log.read_text()
+        assert stat.S_IMODE(renewed_link.stat().st_mode) == 0o600  # it holds the key
+
+        # The pod stays down until the certificate mounted from the Secret has expired.
+        expired_at = mounted_link.expires.timestamp()
+        wait_for(lambda: time.time() > expired_at + 0.5, timeout=RENEWAL_LIFETIME_S + 5,
+                 what="the mounted link certificate expired")
+        router = start_pod(pod, tmp_path / "pod2.log")
+        wait_for(lambda: link_of(pod, "east")["state"] == "up",
+                 what="west's link to east up again, with the renewed certificate")
+        wait_for(lambda: json.loads(pod.sitectl("status", "--json"))["keys"].get("db", {})
+                 .get("reachable"), what="db reachable from west")
+        sent = transfer(listen, 1, MB, MB)
+        assert server.results[1].received_hash == sent.sent_hash
+        assert sent.received_hash == server.results[1].sent_hash
+        status = json.loads(pod.sitectl("status", "--json"))
+        (lk,) = [lk for lk in status["links"] if lk["name"] == "east"]
+        assert lk["cert_expires"] > expired_at and lk["cert_renewed"] is not None
+        assert status["server_cert"]["expires"] < mounted_server.expires.timestamp()
+        assert snapshot(site_dir) == before
+        assert "Traceback" not in router.log.read_text()
+    finally:
+        if router is not None:
+            router.stop()
+        for site in (east, west):
+            site.stop()
+        server.close()
+        if root.exists():
+            make_writable(root)

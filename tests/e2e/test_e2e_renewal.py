@@ -13,18 +13,17 @@ import pytest
 
 import certs
 from tests.support.services import EchoServer, PacedFlow
-from tests.support.sites import Site, free_port, link, site_env, start_sites, wait_for
+from tests.support.sites import (
+    Site,
+    free_port,
+    link,
+    short_lived,
+    site_env,
+    start_sites,
+    wait_for,
+)
 
 LIFETIME_S = 4.0
-
-
-def short_lived(site: Site) -> Site:
-    toml = site.dir / "site.toml"
-    text = toml.read_text()
-    assert "link_cert_lifetime_s = 2592000.0\n" in text
-    toml.write_text(text.replace("link_cert_lifetime_s = 2592000.0\n",
-                                 f"link_cert_lifetime_s = {LIFETIME_S}\n"))
-    return site
 
 
 def serial(path: Path) -> str:
@@ -35,8 +34,8 @@ def serial(path: Path) -> str:
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Site, Site]]:
     work = tmp_path_factory.mktemp("renewal")
     env = site_env(work)
-    hub = short_lived(Site(work, "hub", env).init())
-    lap = short_lived(Site(work, "lap", env).init())
+    hub = short_lived(Site(work, "hub", env).init(), LIFETIME_S)
+    lap = short_lived(Site(work, "lap", env).init(), LIFETIME_S)
     start_sites(hub, lap)
     link(hub, lap, work)
     yield work, hub, lap

@@ -26,6 +26,7 @@ from typing import Any
 _RESOURCES = {
     "/api/v1": [("configmaps", "ConfigMap", True), ("secrets", "Secret", True),
                 ("services", "Service", True), ("serviceaccounts", "ServiceAccount", True),
+                ("persistentvolumeclaims", "PersistentVolumeClaim", True),
                 ("pods", "Pod", True), ("namespaces", "Namespace", False),
                 ("nodes", "Node", False), ("persistentvolumes", "PersistentVolume", False)],
     "/apis/apps/v1": [("deployments", "Deployment", True)],
@@ -155,3 +156,49 @@ def make_writable(root: Path) -> None:
     """Undo `project_volume`'s read-only dirs, so the test's tmp dir can be removed."""
     for directory in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
         directory.chmod(0o755)
+
+
+class LocalPod:
+    """The pod `sitectl kube manifests` describes, run here as the current user: its
+    volumes laid out under `root` (projected ones read-only, emptyDirs as plain dirs),
+    its container's command and environment with each mount at its local place, PATH
+    finding `sitectl` as the image's does."""
+
+    def __init__(self, manifests: dict[str, Any], root: Path, bin_dir: Path,
+                 home: Path) -> None:
+        objects = {(o["kind"], o["metadata"]["name"]): o for o in manifests["items"]}
+        deployment = next(o for o in manifests["items"] if o["kind"] == "Deployment")
+        self.spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+        (self.container,) = self.spec["containers"]
+        volumes = {v["name"]: v for v in self.spec["volumes"]}
+        self.mounts: dict[str, Path] = {}
+        for mount in self.container["volumeMounts"]:
+            local = root / mount["name"]
+            if "projected" in volumes[mount["name"]]:
+                project_volume(volumes[mount["name"]]["projected"], objects, local)
+            else:
+                assert "emptyDir" in volumes[mount["name"]]
+                local.mkdir(parents=True, mode=0o700)
+            self.mounts[mount["mountPath"]] = local
+        self.env = {e["name"]: self._local(e["value"]) for e in self.container["env"]}
+        self.env |= {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home)}
+        self.bin_dir = bin_dir
+        self.ports = {p["name"]: p["containerPort"] for p in self.container["ports"]}
+        self.grace: float = self.spec["terminationGracePeriodSeconds"]
+
+    def _local(self, value: str) -> str:
+        for mount_path, local in self.mounts.items():
+            if value == mount_path or value.startswith(mount_path + "/"):
+                return str(local) + value[len(mount_path):]
+        return value
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.container["command"], *self.container["args"]]
+
+    def sitectl(self, *args: str) -> str:
+        """As `kubectl exec ... sitectl ARGS` would run it; asserts it succeeds."""
+        done = subprocess.run([str(self.bin_dir / "sitectl"), *args], env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout

@@ -384,6 +384,17 @@ class Site:
         return any(lk["name"] == name and lk["state"] == "up" for lk in self.state()["links"])
 
 
+def short_lived(site: Site, lifetime_s: float) -> Site:
+    """The link certificates `site` issues, and its own server certificate, live
+    `lifetime_s` (its site.toml edited before its router starts)."""
+    toml = site.dir / "site.toml"
+    text = toml.read_text()
+    default = "link_cert_lifetime_s = 2592000.0\n"
+    assert default in text
+    toml.write_text(text.replace(default, f"link_cert_lifetime_s = {lifetime_s}\n"))
+    return site
+
+
 def start_sites(*sites: Site) -> None:
     """Start several routers side by side (a start is mostly a Python process importing:
     two of them share the 2 cores) and wait until each answers; on failure every one of
