@@ -24,7 +24,7 @@ from router.flows.table import FlowTable
 from router.net.errors import connect_reason, only
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
-from router.net.sockets import READ_CHUNK, abort_socket, peer_name
+from router.net.sockets import READ_CHUNK, abort_socket, open_tcp, peer_name
 from router.protocol import FlowCode, Open
 from router.site.config import ConnectorConfig, ListenerConfig
 
@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 # exhausted: one line per routing key per interval, with a count of the rest.
 REFUSAL_LOG_INTERVAL_S = 10.0
 Connect = Callable[[str, int], Awaitable[trio.abc.Stream]]
-
-
-async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
-    return await trio.open_tcp_stream(host, port)
 
 
 End = SocketFlow | StreamFlow
@@ -67,7 +63,7 @@ class TcpConnectors:
     """The site's connectors: serve incoming OPENs by connecting to a local target."""
 
     def __init__(self, *, site: str, table: FlowTable, window: int, connect_timeout: float,
-                 connect: Connect = _open_tcp) -> None:
+                 connect: Connect = open_tcp) -> None:
         self.site = site
         self._table = table
         self._window = window

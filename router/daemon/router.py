@@ -52,6 +52,7 @@ from router.net.link import Link
 from router.net.links import LinkTable
 from router.net.renewal import Renewals
 from router.net.side import FlowSide
+from router.net.sockets import open_tcp
 from router.protocol import Open
 from router.routing import RoutingCore, ed25519_verify
 from router.routing.summaries import SummaryTable
@@ -63,13 +64,9 @@ from router.site.tokens import GrantStore
 log = logging.getLogger(__name__)
 
 
-async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
-    return await trio.open_tcp_stream(host, port)
-
-
 class Router:
     def __init__(self, identity: Identity, config: SiteConfig, *, site: Site | None = None,
-                 connect_link: Connect = _open_tcp, connect_target: Connect = _open_tcp
+                 connect_link: Connect = open_tcp, connect_target: Connect = open_tcp
                  ) -> None:
         limits = config.limits
         self.identity = identity

@@ -37,7 +37,7 @@ from router.net.linkstats import LinkSample, LinkTotals, link_samples
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.proxy import ProxyError, open_via_proxy
 from router.net.renewal import Renewals
-from router.net.sockets import peer_name
+from router.net.sockets import open_tcp, peer_name
 from router.net.tls import TLSStream
 from router.protocol import Event, Hello, LinkConnection, ProtocolError, Role
 from router.site.config import Limits
@@ -87,10 +87,6 @@ class NeighbourEvents(Protocol):
     def on_routing(self, link: Link, payload: bytes) -> None: ...
 
 
-async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
-    return await trio.open_tcp_stream(host, port)
-
-
 @dataclass(slots=True)
 class DialState:
     """What `status` shows for a configured (outgoing) link."""
@@ -108,7 +104,7 @@ class DialState:
 class LinkTable:
     def __init__(self, *, identity: LinkIdentity, limits: Limits, events: NeighbourEvents,
                  on_open: OpenCallback, on_claim: ClaimHandler, reserve: FdReserve,
-                 connect: Connect = _open_tcp, environ: Mapping[str, str] = os.environ,
+                 connect: Connect = open_tcp, environ: Mapping[str, str] = os.environ,
                  renewals: Renewals | None = None, gate: LinkGate | None = None) -> None:
         self._identity = identity
         self._limits = limits

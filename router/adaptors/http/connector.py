@@ -38,16 +38,13 @@ from router.flows.table import FlowTable
 from router.net.errors import connect_reason, guarded
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
+from router.net.sockets import open_tcp
 from router.protocol import FlowCode, Open
 from router.site.config import ConnectorConfig
 
 log = logging.getLogger(__name__)
 REFUSAL_LOG_INTERVAL_S = 10.0
 PROTOCOLS = ("http1", "http2")
-
-
-async def _open_tcp(host: str, port: int) -> trio.abc.Stream:
-    return await trio.open_tcp_stream(host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +65,7 @@ class HttpConnectors:
     """The site's HTTP connectors and their pools of backend connections."""
 
     def __init__(self, *, site: str, table: FlowTable, window: int, connect_timeout: float,
-                 connect: Connect = _open_tcp) -> None:
+                 connect: Connect = open_tcp) -> None:
         self.site = site
         self._table = table
         self._window = window
