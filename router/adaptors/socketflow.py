@@ -118,8 +118,9 @@ class SocketFlow(FlowEnd):
                           extra={"flow_id": self.entry.id, "routing_key": self.entry.key,
                                  "link": self.side.link.name})
             self.side.release()
-            with trio.CancelScope(shield=True):
-                await sock.aclose()
+            # What SocketStream.aclose does, without its checkpoint: one trip through the
+            # run loop less per flow, and nothing here to cancel.
+            sock.socket.close()
 
     async def _socket_to_link(self, sock: trio.SocketStream) -> None:
         side, link, entry = self.side, self.side.link, self.entry
@@ -186,6 +187,6 @@ class SocketFlow(FlowEnd):
                 continue
             # Peer half-closed and everything it sent was delivered.
             self._delivered = True
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await sock.send_eof()
+            with contextlib.suppress(OSError):  # the client is gone: our read says so
+                sock.socket.shutdown(socket.SHUT_WR)  # never blocks: no checkpoint needed
             return
