@@ -47,6 +47,16 @@ class SocketFlow(FlowEnd):
         self._delivered = False  # the peer's FIN passed on: link -> socket is done
         # Time to first byte: a listener's from the link, a connector's from its target.
         self._ttfb_in = entry.role == "listener"
+        self._early_rest = b""  # read before the OPEN, beyond the early credit: sent first
+
+    def send_early(self, data: bytes) -> None:
+        """What the client sent before its flow opened: as much as the peer's early credit
+        takes goes with the OPEN (inside its batch), the rest first thing once the flow
+        runs. The caller counts the bytes (once, whichever attempt carries them)."""
+        n = min(len(data), max(0, self.side.credit()))
+        if n:
+            self.side.send(data[:n], flush=False)
+        self._early_rest = data[n:]
 
     # ---- FlowHandler: called by the link reader, must not block
     def on_data(self, data: bytes) -> None:
@@ -94,7 +104,9 @@ class SocketFlow(FlowEnd):
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    if self._inbox or self._remote_fin:  # came before we ran
+                    if self._inbox:  # came before we ran (early data with the OPEN)
+                        self._write_inbox_now()
+                    if self._inbox or self._remote_fin:
                         self._start_writer()
                     await self._socket_to_link(sock)
                     if not self._writer:  # nothing to read any more: deliver ourselves
@@ -122,17 +134,42 @@ class SocketFlow(FlowEnd):
             # run loop less per flow, and nothing here to cancel.
             sock.socket.close()
 
+    def _write_inbox_now(self) -> None:
+        """Hand what arrived before the socket was attached to the kernel now, as
+        `on_data`'s fast path would have: no writer task for a request that fits."""
+        assert self._fd is not None
+        data = b"".join(self._inbox)
+        self._inbox.clear()
+        try:
+            n = os.write(self._fd, data)
+        except OSError:  # would block, or broken: the writer task deals with it
+            n = 0
+        if n:
+            self.side.grant(n)
+            self.entry.bytes_in += n
+        if n < len(data):
+            self._inbox.append(data[n:])
+
+    async def _credit(self) -> int:
+        """The peer's credit for this flow, once there is some."""
+        credit = self.side.credit()
+        while credit <= 0:
+            self._credit_ready = trio.Event()
+            await self._credit_ready.wait()
+            credit = self.side.credit()
+        return credit
+
     async def _socket_to_link(self, sock: trio.SocketStream) -> None:
         side, link, entry = self.side, self.side.link, self.entry
         fd = sock.socket.fileno()
         more = False  # did the last read fill its buffer (so more is likely waiting)?
         first = entry.role == "connector"  # our target's first byte: its ttfb
+        while self._early_rest:
+            credit = await self._credit()
+            side.send(self._early_rest[:credit])
+            self._early_rest = self._early_rest[credit:]
         while True:
-            credit = side.credit()
-            while credit <= 0:
-                self._credit_ready = trio.Event()
-                await self._credit_ready.wait()
-                credit = side.credit()
+            credit = await self._credit()
             # Small messages: wait first, then read once (no read that finds nothing).
             # Bulk: read first, with a checkpoint so other tasks still get their turn.
             if more:

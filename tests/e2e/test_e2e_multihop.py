@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import random
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.services import HashServer, transfer
+from tests.support.services import HEADER, HashServer, transfer
 from tests.support.sites import (
     Site,
     free_port,
@@ -64,6 +68,21 @@ def test_refusal_fails_over_to_another_site(tmp_path: Path) -> None:
         result = transfer(port, 7, MB, MB)  # left refuses (target down), right serves
         assert server.results[7].received_hash == result.sent_hash
         assert "cannot reach 'svc'" in left.log_tail(20)
+        # What the client sent before its flow opened went with the OPEN to left, and
+        # again to right: right got it once, and the record counts it once.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            request = HEADER.pack(8, 1000) + random.Random(8).randbytes(20_000)
+            sock.sendall(request)
+            sock.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+        wait_for(lambda: 8 in server.results, what="the server saw the request end")
+        assert server.results[8].received_hash == hashlib.sha256(request[HEADER.size:]).hexdigest()
+        assert len(got) == 1000
+        (record,) = [r for r in json.loads(hub.sitectl("flows", "--json").stdout)
+                     if r["routing_key"] == "svc" and r["bytes_s2c"] == 1000]
+        assert record["bytes_c2s"] == len(request) and record["outcome"] == "ok", record
     finally:
         for s in (hub, left, right):
             s.stop()

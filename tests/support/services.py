@@ -10,7 +10,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
-_HEADER = struct.Struct(">QQ")  # connection id, bytes the server must send back
+HEADER = struct.Struct(">QQ")  # connection id, bytes the server must send back
 CHUNK = 256 * 1024
 
 
@@ -91,12 +91,12 @@ class HashServer(Server):
 
     def handle(self, conn: socket.socket) -> None:
         header = b""
-        while len(header) < _HEADER.size:
-            more = conn.recv(_HEADER.size - len(header))
+        while len(header) < HEADER.size:
+            more = conn.recv(HEADER.size - len(header))
             if not more:
                 return
             header += more
-        conn_id, back = _HEADER.unpack(header)
+        conn_id, back = HEADER.unpack(header)
         sent: list[str] = []
         sender = threading.Thread(target=lambda: sent.append(
             _send_pattern(conn, conn_id + 1_000_000, back)))
@@ -117,7 +117,7 @@ class EchoServer(Server):
 def transfer(port: int, conn_id: int, send: int, back: int, timeout: float = 60) -> Transfer:
     """Client side of HashServer: send `send` pattern bytes, receive `back` bytes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(_HEADER.pack(conn_id, back))
+        sock.sendall(HEADER.pack(conn_id, back))
         result: list[str] = []
         failed: list[OSError] = []
 
