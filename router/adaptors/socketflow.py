@@ -101,17 +101,17 @@ class SocketFlow(FlowEnd):
         self._sock = sock
         failure: tuple[FlowCode, str] | None = None
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    if self._inbox:  # came before we ran (early data with the OPEN)
-                        self._write_inbox_now()
-                    if self._inbox or self._remote_fin:
-                        self._start_writer()
-                    await self._socket_to_link(sock)
-                    if not self._writer:  # nothing to read any more: deliver ourselves
-                        self._writer = True
-                        await self._link_to_socket(sock)
+            async with trio.open_nursery() as nursery:
+                self._run_in(nursery.cancel_scope)
+                self._nursery = nursery
+                if self._inbox:  # came before we ran (early data with the OPEN)
+                    self._write_inbox_now()
+                if self._inbox or self._remote_fin:
+                    self._start_writer()
+                await self._socket_to_link(sock)
+                if not self._writer:  # nothing to read any more: deliver ourselves
+                    self._writer = True
+                    await self._link_to_socket(sock)
         except BaseException as exc:
             # Cancellation reaches us inside the nursery's exception group.
             failure = ((FlowCode.SHUTDOWN, "flow cancelled: router shutting down")

@@ -29,10 +29,10 @@ class StreamFlow(FlowEnd):
     async def run(self, stream: trio.abc.Stream) -> None:
         """Pump until both directions finished or the flow is reset; closes `stream`."""
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._stream_to_link, stream)
-                    nursery.start_soon(self._link_to_stream, stream)
+            async with trio.open_nursery() as nursery:
+                self._run_in(nursery.cancel_scope)
+                nursery.start_soon(self._stream_to_link, stream)
+                nursery.start_soon(self._link_to_stream, stream)
         except BaseException as exc:
             if only(exc, (trio.Cancelled,)) is not None:
                 self.reset(FlowCode.SHUTDOWN, "flow cancelled: router shutting down")

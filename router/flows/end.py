@@ -51,7 +51,10 @@ class FlowEnd:
         self.refusal: FlowRefusedError | None = None
         self._answered = False
         self._answer: trio.Event | None = None  # while wait_answer waits
-        self._scope = trio.CancelScope()  # the data path runs in it; a reset cancels it
+        # The data path's scope while it runs (its nursery's: no scope of its own, which
+        # would cost a scope and a cancel status per flow); a reset cancels it.
+        self._scope: trio.CancelScope | None = None
+        self._stopped = False
         # Received, not yet delivered. A list, not a deque: most flows never use it
         # (the fast paths deliver at once), and an empty deque costs 600 bytes.
         self._inbox: list[bytes] = []
@@ -90,7 +93,7 @@ class FlowEnd:
             # Reset before any answer: the path failed under the OPEN.
             self.refusal = FlowRefusedError(code, reason, path_failed=True)
         self._answer_came()
-        self._scope.cancel()
+        self._stop()
 
     def on_data(self, data: bytes) -> None:
         if self._ttfb_in:
@@ -126,7 +129,19 @@ class FlowEnd:
         if self.reset_reason is None:
             self.reset_reason, self.reset_code = reason, code
             self.side.reset(code, reason)
-        self._scope.cancel()
+        self._stop()
+
+    def _stop(self) -> None:
+        """End the data path: now if it runs, as it starts if it has not yet."""
+        self._stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _run_in(self, scope: trio.CancelScope) -> None:
+        """The data path runs in `scope` from now on."""
+        self._scope = scope
+        if self._stopped:
+            scope.cancel()
 
 
 class PendingOpen:
