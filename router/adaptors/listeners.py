@@ -4,13 +4,11 @@ adaptor of the listener's protocol (TCP, HTTP)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 
 import trio
 
 from router.flows.table import FlowTable
 from router.net.accept import FdReserve, serve_listeners
-from router.net.errors import guarded
 from router.site.config import ListenerConfig, SiteConfig
 
 Serve = Callable[[ListenerConfig, trio.abc.Stream], Awaitable[None]]
@@ -52,12 +50,13 @@ class Listeners:
 
     async def _accept(self, lst: ListenerConfig, serve: Serve,
                       sockets: list[trio.SocketListener], scope: trio.CancelScope) -> None:
-        async def client(stream: trio.abc.Stream) -> None:
-            await serve(self._current(lst), stream)
+        def client(stream: trio.abc.Stream) -> Awaitable[None]:
+            # Not a coroutine: the task awaits serve's own, one frame less per client.
+            return serve(self._current(lst), stream)
 
         with scope:
-            await serve_listeners(partial(guarded, f"client of {lst.key}", client),
-                                  sockets, name=f"listener {lst.key}",
+            await serve_listeners(client, sockets, what=f"client of {lst.key}",
+                                  name=f"listener {lst.key}",
                                   handler_nursery=self._table.nursery, reserve=self._reserve)
 
     def _current(self, lst: ListenerConfig) -> ListenerConfig:

@@ -21,7 +21,7 @@ from router.flows.end import PendingOpen, accept_incoming
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import Forwarder, NoRoute, NoTarget
 from router.flows.table import FlowTable
-from router.net.errors import connect_reason, only
+from router.net.errors import connect_reason, ended_quietly, only
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
 from router.net.sockets import READ_CHUNK, abort_socket, open_tcp, peer_name, receive_nowait
@@ -104,7 +104,7 @@ class TcpConnectors:
 
     def serve_open(self, side: FlowSide, open_msg: Open) -> None:
         """An OPEN for a key this site serves (from the link reader: must not block)."""
-        accept_incoming(self._table, side, open_msg, self._serve, "flow")
+        accept_incoming(self._table, side, open_msg, self._serve)
 
     async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
         side = pending.side
@@ -139,10 +139,11 @@ class TcpConnectors:
             await _pump(end, target)  # closes it
             reason = end.reset_reason
             outcome = "reset" if reason is not None else "ok"
-        except BaseException:
+        except BaseException as exc:
             if not pumped:  # an internal error: the opener must not wait for an answer
                 side.reset(FlowCode.INTERNAL, "serving router failed")
-            raise
+            if not ended_quietly(f"flow for {open_msg.routing_key}", exc):
+                raise
         finally:
             self._table.end(entry, outcome, reason)
             if target is not None and not pumped:

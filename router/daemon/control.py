@@ -15,7 +15,6 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,6 @@ from router.daemon.top import TopCounter
 from router.daemon.view import RouterView
 from router.errors import VanError
 from router.net.accept import FdReserve, serve_listeners
-from router.net.errors import guarded
 from router.site.config import connector_from, listener_from, listener_table
 from router.site.directory import Site
 from router.site.fields import FieldReader
@@ -222,8 +220,8 @@ class ControlServer:
         sock.listen(socket.SOMAXCONN)  # many sitectl at once queue, not fail
         try:
             with self.reserve:
-                await serve_listeners(partial(guarded, "control request", self._handle),
-                                      [trio.SocketListener(sock)], name="control socket",
+                await serve_listeners(self._handle, [trio.SocketListener(sock)],
+                                      what="control request", name="control socket",
                                       reserve=self.reserve, serve_at_limit=True,
                                       task_status=task_status)
         finally:

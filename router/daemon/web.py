@@ -39,7 +39,6 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -47,7 +46,6 @@ import h11
 import trio
 
 from router.net.accept import FdReserve, serve_listeners
-from router.net.errors import guarded
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +141,7 @@ async def serve_web(routes: Routes, host: str, port: int, *, limits: WebLimits =
     listeners = await trio.open_tcp_listeners(port, host=host)
     server = _Server(routes, limits)
     task_status.started(listeners)
-    await serve_listeners(partial(guarded, "admin connection", server.handle), listeners,
+    await serve_listeners(server.handle, listeners, what="admin connection",
                           name="admin port", reserve=reserve)
 
 

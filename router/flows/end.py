@@ -16,7 +16,6 @@ import trio
 from router.errors import VanError
 from router.flows.entry import FlowEntry
 from router.flows.table import FlowTable
-from router.net.errors import guarded
 from router.net.link import FlowHandler
 from router.net.side import FlowSide
 from router.protocol import FlowCode, Open
@@ -182,13 +181,15 @@ class PendingOpen:
 ServeIncoming = Callable[[PendingOpen, FlowEntry, Open], Awaitable[None]]
 
 
-def accept_incoming(table: FlowTable, side: FlowSide, open_msg: Open, serve: ServeIncoming,
-                    what: str) -> None:
+def accept_incoming(table: FlowTable, side: FlowSide, open_msg: Open,
+                    serve: ServeIncoming) -> None:
     """An OPEN this site serves (from the link reader: must not block): registered in
-    the table, held by a PendingOpen, and served by `serve` in the flows' nursery."""
+    the table, held by a PendingOpen, and served by `serve` in the flows' nursery.
+    `serve` guards itself (net.errors.ended_quietly): a wrapper such as `guarded` would
+    be one more coroutine frame for as long as the flow is open."""
     entry = table.begin(open_msg.routing_key, "connector", client=open_msg.client_addr,
                         trace=(*open_msg.trace, table.router_id),
                         listener_site=open_msg.origin_site)
     pending = PendingOpen(side)
     side.attach(pending)
-    table.spawn(guarded, f"{what} for {open_msg.routing_key}", serve, pending, entry, open_msg)
+    table.spawn(serve, pending, entry, open_msg)

@@ -19,6 +19,7 @@ from typing import NoReturn, Protocol
 
 import trio
 
+from router.net.errors import ended_quietly
 from router.net.logthrottle import LogThrottle
 from router.net.sockets import abort_socket
 
@@ -116,22 +117,27 @@ async def _accept_on_spare(listener: Listener,
     return stream
 
 
-async def _run_handler(handler: Handler, stream: trio.SocketStream,
+async def _run_handler(handler: Handler, what: str, stream: trio.SocketStream,
                        spare: FdReserve | None = None) -> None:
+    """One client's task, guarded as `guarded` does it (here, not in a wrapper of the
+    handler: a coroutine frame less for every open connection)."""
     try:
         await handler(stream)
+    except BaseException as exc:
+        if not ended_quietly(what, exc):
+            raise
     finally:
         stream.socket.close()  # (SocketStream.aclose, minus a checkpoint per client)
         if spare is not None:
             spare.refill()  # this client had the spare descriptor
 
 
-async def accept_loop(listener: Listener, handler: Handler,
+async def accept_loop(listener: Listener, handler: Handler, what: str,
                       handler_nursery: trio.Nursery, name: str,
                       reserve: FdReserve | None = None, serve_at_limit: bool = False,
                       ) -> NoReturn:
     """Accept on `listener` forever, starting `handler(stream)` in `handler_nursery`
-    for each client; the handler must not raise (wrap it in `guarded`).
+    for each client, guarded (`what` names it in the log if it fails).
 
     At the fd limit, with a `reserve`: shed waiting clients (accept, close at once),
     or with `serve_at_limit` serve them one at a time on the spare (for the control
@@ -155,7 +161,7 @@ async def accept_loop(listener: Listener, handler: Handler,
                     what = f"retrying in {PAUSE_S:g} s"
                 elif serve_at_limit:
                     what = "serving one client at a time on a spare descriptor"
-                    handler_nursery.start_soon(_run_handler, handler, spare, reserve)
+                    handler_nursery.start_soon(_run_handler, handler, what, spare, reserve)
                 else:
                     what = "closing new clients at once"
                     abort_socket(spare)  # a reset: the client knows it was not served
@@ -169,21 +175,21 @@ async def accept_loop(listener: Listener, handler: Handler,
                 continue
             if reserve is not None:
                 reserve.refill()
-            handler_nursery.start_soon(_run_handler, handler, stream)
+            handler_nursery.start_soon(_run_handler, handler, what, stream)
     finally:
         await listener.aclose()
 
 
 async def serve_listeners(handler: Handler, listeners: Sequence[Listener], *,
-                          name: str, handler_nursery: trio.Nursery | None = None,
+                          what: str, name: str, handler_nursery: trio.Nursery | None = None,
                           reserve: FdReserve | None = None, serve_at_limit: bool = False,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                           ) -> NoReturn:
     """trio.serve_listeners with accept_loop's behaviour at the limits."""
     async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(accept_loop, listener, handler, handler_nursery or nursery,
-                               name, reserve, serve_at_limit)
+            nursery.start_soon(accept_loop, listener, handler, what,
+                               handler_nursery or nursery, name, reserve, serve_at_limit)
         task_status.started()
     raise AssertionError("accept loops never return")
 

@@ -47,12 +47,20 @@ async def guarded(what: str, fn: Callable[..., Awaitable[None]], *args: Any) -> 
     try:
         await fn(*args)
     except BaseException as exc:
-        if only(exc, NETWORK_ERRORS) is not None:
-            log.debug("%s ended: %s", what, exc)
-        elif only(exc, (Exception,)) is not None:
-            log.exception("%s failed with an internal error", what)
-        else:
+        if not ended_quietly(what, exc):
             raise
+
+
+def ended_quietly(what: str, exc: BaseException) -> bool:
+    """`guarded`'s judgement of a task that raised `exc`: logged and done (True), or to
+    propagate (a cancellation, KeyboardInterrupt: False)."""
+    if only(exc, NETWORK_ERRORS) is not None:
+        log.debug("%s ended: %s", what, exc)
+        return True
+    if only(exc, (Exception,)) is not None:
+        log.exception("%s failed with an internal error", what)
+        return True
+    return False
 
 
 def connect_reason(exc: BaseException) -> str:

@@ -12,7 +12,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Literal, Protocol
 
 import trio
@@ -196,8 +195,8 @@ class LinkTable:
     # ---- accepting
     async def serve(self, listeners: list[trio.SocketListener],
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_listeners(partial(guarded, "incoming link", self._handle_incoming),
-                              listeners, name="link port", reserve=self._reserve,
+        await serve_listeners(self._handle_incoming, listeners, what="incoming link",
+                              name="link port", reserve=self._reserve,
                               task_status=task_status)
 
     async def _first_byte(self, sock: trio.SocketStream) -> FirstByte:

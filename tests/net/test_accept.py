@@ -72,7 +72,7 @@ async def test_accept_errors_pause_and_retry_with_one_log_line(
 
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept_loop, listener, handler, nursery, "test port")
+        nursery.start_soon(accept_loop, listener, handler, "test", nursery, "test port")
         await done.wait()
         elapsed = trio.current_time() - start
         nursery.cancel_scope.cancel()
@@ -91,7 +91,7 @@ async def test_a_long_outage_logs_once_per_interval_with_a_count(
     failures = round(outage_s / PAUSE_S)
     listener = ScriptedListener([OSError(errno.EMFILE, "x") for _ in range(failures)])
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(accept_loop, listener, _never_called, nursery, "test port")
+        nursery.start_soon(accept_loop, listener, _never_called, "test", nursery, "test port")
         await trio.sleep(outage_s + 1)
         nursery.cancel_scope.cancel()
     warnings = _accept_warnings(caplog)
@@ -133,7 +133,7 @@ async def test_at_the_fd_limit_waiting_clients_are_closed_at_once(
     with FdReserve() as reserve:
         listener = FdLimitedListener(reserve, [ours for ours, _ in pairs])
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(accept_loop, listener, _never_called, nursery, "test port",
+            nursery.start_soon(accept_loop, listener, _never_called, "test", nursery, "test port",
                                reserve)
             await trio.sleep(1)
             nursery.cancel_scope.cancel()
@@ -157,7 +157,7 @@ async def test_serve_listeners_runs_handlers_in_the_given_nursery(
 
     async with trio.open_nursery() as handlers:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve_listeners, handler, listeners,
+            await nursery.start(partial(serve_listeners, handler, listeners, what="test",
                                         name="test port", handler_nursery=handlers))
             await trio.sleep(1)
             assert len(seen) == 3
@@ -193,7 +193,7 @@ async def test_the_control_socket_serves_one_client_at_a_time_on_its_spare(
     with FdReserve() as reserve:
         listener = FdLimitedListener(reserve, [ours for ours, _ in pairs])
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(accept_loop, listener, handler, nursery, "control", reserve,
+            nursery.start_soon(accept_loop, listener, handler, "test", nursery, "control", reserve,
                                True)
             await trio.sleep(1)
             assert len(served) == 1 and not reserve.held  # the first one has the spare

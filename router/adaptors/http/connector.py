@@ -35,7 +35,7 @@ from router.flows.end import PendingOpen, accept_incoming
 from router.flows.entry import FlowEntry, Outcome
 from router.flows.forwarder import NoTarget
 from router.flows.table import FlowTable
-from router.net.errors import connect_reason, guarded
+from router.net.errors import connect_reason, ended_quietly, guarded
 from router.net.logthrottle import KeyedLogThrottle
 from router.net.side import FlowSide
 from router.net.sockets import open_tcp
@@ -148,7 +148,7 @@ class HttpConnectors:
     # ---- requests from other sites
     def serve_open(self, side: FlowSide, open_msg: Open) -> None:
         """An OPEN for an HTTP key (from the link reader: must not block)."""
-        accept_incoming(self._table, side, open_msg, self._serve, "HTTP request")
+        accept_incoming(self._table, side, open_msg, self._serve)
 
     async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
         side = pending.side
@@ -190,14 +190,15 @@ class HttpConnectors:
                 side.release()
             elif flow.reset_reason is None:
                 flow.abort(FlowCode.PEER_RESET, "the HTTP exchange did not complete")
-        except BaseException:
+        except BaseException as exc:
             if not accepted:  # an internal error: the opener must not wait for an answer
                 side.reset(FlowCode.INTERNAL, "serving router failed")
             elif flow.reset_reason is None and not flow.done:
                 # Accepted first, so the opener cannot take it for a path failure and
                 # send a request the backend may have seen again.
                 flow.abort(FlowCode.INTERNAL, "serving router failed")
-            raise
+            if not ended_quietly(f"HTTP request for {open_msg.routing_key}", exc):
+                raise
         finally:
             self._table.end(entry, outcome)
 
