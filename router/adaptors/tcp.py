@@ -19,7 +19,7 @@ from router.adaptors.socketflow import SocketFlow
 from router.adaptors.stream import StreamFlow
 from router.flows.end import PendingOpen, accept_incoming
 from router.flows.entry import FlowEntry, Outcome
-from router.flows.forwarder import Forwarder, NoRoute, NoTarget
+from router.flows.forwarder import Forwarder, NoRoute, NoTarget, Route
 from router.flows.table import FlowTable
 from router.net.errors import connect_reason, ended_quietly, only
 from router.net.logthrottle import KeyedLogThrottle
@@ -183,26 +183,14 @@ class TcpClients:
     async def serve_client(self, lst: ListenerConfig, client: trio.abc.Stream) -> None:
         """Find a serving site and pump. Whatever else ends this (no site, an internal
         error, shutdown) resets and closes the client: it must neither mistake it for
-        a clean end nor leak the fd. An error is logged once, by `guarded` around us."""
+        a clean end nor leak the fd. An error is logged once, by the accept loop."""
         entry = self._table.begin(lst.key, "listener", client=peer_name(client))
-        kind = _end_for(client)
-        early = _ClientFirst(client) if kind is SocketFlow else None
-
-        def make_end(side: FlowSide) -> End:
-            return kind(side, entry)
-
-        async def connect_local(key: str) -> trio.abc.Stream:
-            stream, entry.server = await self._connectors.connect_target(key)
-            return stream
-
         outcome: Outcome = "error"
         reason: str | None = "internal error in this router"
         served = False
         try:
             try:
-                route = await self._forwarder.open(
-                    entry, lst.strategy, make_end=make_end, connect_local=connect_local,
-                    early=None if early is None else early.send)
+                route, early = await self._route(lst, client, entry)
             except NoRoute as exc:
                 outcome, reason = "refused", str(exc)
                 self._refusal_log.log(lst.key, log, logging.WARNING, trio.current_time(),
@@ -210,16 +198,15 @@ class TcpClients:
                                       extra={"routing_key": lst.key, "flow_id": entry.id})
                 return
             served = True  # the pump closes the client
-            if early is not None:
-                entry.bytes_out += len(early.data or b"")  # sent with the OPEN that took it
+            entry.bytes_out += len(early)  # sent with the OPEN that took it
             if route.end is not None:
                 await _pump(route.end, client)
                 reason = route.end.reset_reason
                 outcome = "reset" if reason is not None else "ok"
             else:
                 assert route.target is not None
-                if early is not None and early.data:  # read for a site that refused
-                    await route.target.send_all(early.data)
+                if early:  # read for a site that refused
+                    await route.target.send_all(early)
                 if await splice(client, route.target, entry):
                     outcome, reason = "ok", None
                 else:
@@ -233,6 +220,26 @@ class TcpClients:
             self._table.end(entry, outcome, reason)
             if not served:
                 await _close_abortively(client)
+
+    async def _route(self, lst: ListenerConfig, client: trio.abc.Stream,
+                     entry: FlowEntry) -> tuple[Route[trio.abc.Stream, End], bytes]:
+        """The route `Forwarder.open` found, and the early data it sent. A method of its
+        own so that what only opening needs (two closures, the early reader) is gone
+        while the flow stays open, which may be for hours."""
+        kind = _end_for(client)
+        early = _ClientFirst(client) if kind is SocketFlow else None
+
+        def make_end(side: FlowSide) -> End:
+            return kind(side, entry)
+
+        async def connect_local(key: str) -> trio.abc.Stream:
+            stream, entry.server = await self._connectors.connect_target(key)
+            return stream
+
+        route = await self._forwarder.open(
+            entry, lst.strategy, make_end=make_end, connect_local=connect_local,
+            early=None if early is None else early.send)
+        return route, (early.data or b"") if early is not None else b""
 
 
 async def splice(a: trio.abc.Stream, b: trio.abc.Stream, entry: FlowEntry) -> bool:
