@@ -107,6 +107,9 @@ class TcpConnectors:
         accept_incoming(self._table, side, open_msg, self._serve)
 
     async def _serve(self, pending: PendingOpen, entry: FlowEntry, open_msg: Open) -> None:
+        # The entry has what this needs of the OPEN (its key, the opener's site): the
+        # message itself is let go rather than kept for as long as the flow is open.
+        del open_msg
         side = pending.side
         outcome: Outcome = "error"
         reason: str | None = "serving router failed"
@@ -114,14 +117,14 @@ class TcpConnectors:
         pumped = False
         try:
             try:
-                target, entry.server = await self.connect_target(open_msg.routing_key)
+                target, entry.server = await self.connect_target(entry.key)
             except NoTarget as exc:
                 if pending.reset_reason is None:
-                    self._refusal_log.log(open_msg.routing_key, log, logging.INFO,
+                    self._refusal_log.log(entry.key, log, logging.INFO,
                                           trio.current_time(), "refused flow for %s from %s: %s",
-                                          open_msg.routing_key, open_msg.origin_site, exc,
-                                          extra={"routing_key": open_msg.routing_key,
-                                                 "peer_site": open_msg.origin_site})
+                                          entry.key, entry.listener_site, exc,
+                                          extra={"routing_key": entry.key,
+                                                 "peer_site": entry.listener_site})
                     side.refuse(FlowCode.NO_TARGET, str(exc))
                 outcome, reason = "refused", str(exc)
                 return
@@ -142,7 +145,7 @@ class TcpConnectors:
         except BaseException as exc:
             if not pumped:  # an internal error: the opener must not wait for an answer
                 side.reset(FlowCode.INTERNAL, "serving router failed")
-            if not ended_quietly(f"flow for {open_msg.routing_key}", exc):
+            if not ended_quietly(f"flow for {entry.key}", exc):
                 raise
         finally:
             self._table.end(entry, outcome, reason)
