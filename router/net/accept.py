@@ -158,18 +158,18 @@ async def accept_loop(listener: Listener, handler: Handler, what: str,
                 if reserve is not None and exc.errno in FD_ERRNOS:
                     spare = await _accept_on_spare(listener, reserve)
                 if spare is None:
-                    what = f"retrying in {PAUSE_S:g} s"
+                    action = f"retrying in {PAUSE_S:g} s"
                 elif serve_at_limit:
-                    what = "serving one client at a time on a spare descriptor"
+                    action = "serving one client at a time on a spare descriptor"
                     handler_nursery.start_soon(_run_handler, handler, what, spare, reserve)
                 else:
-                    what = "closing new clients at once"
+                    action = "closing new clients at once"
                     abort_socket(spare)  # a reset: the client knows it was not served
                     spare.socket.close()  # synchronous: the descriptor is free to refill
                     assert reserve is not None
                     reserve.refill()
                 throttle.log(log, logging.WARNING, trio.current_time(),
-                             "%s: accept failed: %s; %s", name, _describe(exc), what)
+                             "%s: accept failed: %s; %s", name, _describe(exc), action)
                 if spare is None:
                     await trio.sleep(PAUSE_S)
                 continue

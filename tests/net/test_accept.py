@@ -85,6 +85,30 @@ async def test_accept_errors_pause_and_retry_with_one_log_line(
     peer.close()
 
 
+async def test_a_handler_that_fails_is_logged_under_its_name_and_its_client_closed(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    # After an accept error too: the loop's own words for that error are not the name.
+    streams = [_stream_pair() for _ in range(2)]
+    listener = ScriptedListener([streams[0][0], OSError(errno.EMFILE, "x"), streams[1][0]])
+    failed: list[trio.SocketStream] = []
+
+    async def handler(s: trio.SocketStream) -> None:
+        failed.append(s)
+        raise RuntimeError("a bug")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(accept_loop, listener, handler, "client of db", nursery, "port")
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel()
+    assert len(failed) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["client of db failed with an internal error"] * 2, errors
+    for stream, peer in streams:
+        assert stream.socket.fileno() == -1  # closed by the loop
+        assert peer.recv(1) == b""
+        peer.close()
+
+
 async def test_a_long_outage_logs_once_per_interval_with_a_count(
         autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
     outage_s = 3 * LOG_INTERVAL_S
