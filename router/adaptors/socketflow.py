@@ -104,10 +104,12 @@ class SocketFlow(FlowEnd):
             async with trio.open_nursery() as nursery:
                 self._run_in(nursery.cancel_scope)
                 self._nursery = nursery
-                if self._inbox:  # came before we ran (early data with the OPEN)
-                    self._write_inbox_now()
-                if self._inbox or self._remote_fin:
-                    self._start_writer()
+                if self._inbox:  # came before we ran (early data with the OPEN): deliver
+                    data = b"".join(self._inbox)  # it as if it came now, so that a
+                    self._inbox.clear()  # request that fits needs no writer task
+                    self.on_data(data)
+                if self._remote_fin:
+                    self.on_fin()  # (the same for a FIN: half-closed now if delivered)
                 await self._socket_to_link(sock)
                 if not self._writer:  # nothing to read any more: deliver ourselves
                     self._writer = True
@@ -133,22 +135,6 @@ class SocketFlow(FlowEnd):
             # What SocketStream.aclose does, without its checkpoint: one trip through the
             # run loop less per flow, and nothing here to cancel.
             sock.socket.close()
-
-    def _write_inbox_now(self) -> None:
-        """Hand what arrived before the socket was attached to the kernel now, as
-        `on_data`'s fast path would have: no writer task for a request that fits."""
-        assert self._fd is not None
-        data = b"".join(self._inbox)
-        self._inbox.clear()
-        try:
-            n = os.write(self._fd, data)
-        except OSError:  # would block, or broken: the writer task deals with it
-            n = 0
-        if n:
-            self.side.grant(n)
-            self.entry.bytes_in += n
-        if n < len(data):
-            self._inbox.append(data[n:])
 
     async def _credit(self) -> int:
         """The peer's credit for this flow, once there is some."""

@@ -162,11 +162,14 @@ class _ClientFirst:
 
     def __init__(self, client: trio.abc.Stream) -> None:
         self._client = client
-        self.data: bytes | None = None
+        self._read = False
+        self.data = b""
 
     def send(self, end: End) -> None:
-        assert isinstance(end, SocketFlow)
-        if self.data is None:
+        if not isinstance(end, SocketFlow):  # only a socket's client is read early
+            return
+        if not self._read:
+            self._read = True
             # b"" (EOF) stays for the pump to read: a socket's EOF is read again.
             self.data = receive_nowait(self._client, EARLY_READ_BYTES) or b""
         if self.data:
@@ -230,7 +233,7 @@ class TcpClients:
         own so that what only opening needs (two closures, the early reader) is gone
         while the flow stays open, which may be for hours."""
         kind = _end_for(client)
-        early = _ClientFirst(client) if kind is SocketFlow else None
+        early = _ClientFirst(client)
 
         def make_end(side: FlowSide) -> End:
             return kind(side, entry)
@@ -239,10 +242,9 @@ class TcpClients:
             stream, entry.server = await self._connectors.connect_target(key)
             return stream
 
-        route = await self._forwarder.open(
-            entry, lst.strategy, make_end=make_end, connect_local=connect_local,
-            early=None if early is None else early.send)
-        return route, (early.data or b"") if early is not None else b""
+        route = await self._forwarder.open(entry, lst.strategy, make_end=make_end,
+                                           connect_local=connect_local, early=early.send)
+        return route, early.data
 
 
 async def splice(a: trio.abc.Stream, b: trio.abc.Stream, entry: FlowEntry) -> bool:
