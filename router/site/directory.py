@@ -220,17 +220,18 @@ class Site(LinkFiles):
         writes, the key first: a crash between them leaves a key that does not match the
         certificate, which the router's start notices and repairs by issuing a new one
         (it holds the CA)."""
-        where = self.root if self.data_dir == self.root else self.renewed_router_path.parent
+        separate = self.data_dir != self.root
         try:
-            if self.data_dir == self.root:
-                write_atomic(self.root / "router.key", keypair.key_pem, mode=0o600)
-                write_atomic(self.root / "router.crt", keypair.cert_pem, mode=0o644)
-            else:
+            if separate:
                 renewed.save(self.renewed_router_path,
                              mounted_cert_pem=certs.load_pem(self.root / "router.crt"),
                              cert_pem=keypair.cert_pem, key_pem=keypair.key_pem,
                              now=time.time())
+            else:
+                write_atomic(self.root / "router.key", keypair.key_pem, mode=0o600)
+                write_atomic(self.root / "router.crt", keypair.cert_pem, mode=0o644)
         except OSError as exc:
+            where = self.renewed_router_path.parent if separate else self.root
             raise SiteError(f"cannot save the renewed router certificate in {where}: "
                             f"{exc.strerror or exc}") from None
 

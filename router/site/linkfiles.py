@@ -139,6 +139,8 @@ class LinkFiles:
                               f"{getattr(exc, 'strerror', None) or exc}") from None
         except (tomllib.TOMLDecodeError, InvalidName, RecursionError) as exc:
             raise ConfigError(f"{toml_path}: bad link file: {exc}") from None
+        if not self.renewed_link_path(name).exists():
+            return spec  # the usual case: no renewal kept apart, nothing more to read
         try:
             renewal = self._link_renewal(name, *self._mounted_credentials(name)[:2])
         except (SiteError, OSError, certs.CertError):
